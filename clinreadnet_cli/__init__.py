@@ -1,0 +1,3 @@
+"""clinreadnet: no-reference CT image quality scores on the radiologists' 0-4 scale (ClinReadNet)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,98 @@
+"""ClinReadNet: timm's Swin-T with SOQN after stages 1-2, (S)W-MTMSA in stage 4, four heads (§3.1, Fig. 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from ..config import ClinReadNetConfig
+from .heads import MultiHeadClassifier, argmax_class, average_probabilities, expected_score, head_probabilities
+from .mtmsa import use_mtmsa
+from .soqn import SOQN
+
+TIMM_SWIN = "swin_tiny_patch4_window7_224"
+
+
+@dataclass
+class Prediction:
+    """What the model says about a batch of slices."""
+
+    probs: torch.Tensor  # (B, K) head-averaged class probabilities
+    head_probs: torch.Tensor  # (B, H, K)
+
+    @property
+    def score(self) -> torch.Tensor:  # (B,) 0-4
+        return expected_score(self.probs)
+
+    @property
+    def label(self) -> torch.Tensor:  # (B,) arg-max class 0..K-1
+        return argmax_class(self.probs)
+
+    @property
+    def head_scores(self) -> torch.Tensor:  # (B, H) each head's own 0-4 score
+        return expected_score(self.head_probs)
+
+
+def create_backbone(cfg: ClinReadNetConfig, checkpoint: str | Path | None = None) -> nn.Module:
+    """Headless timm Swin built from ``cfg``; optionally loaded from a local timm/official checkpoint.
+
+    timm's own loader does the adaptation: 3-channel patch embeddings are summed to the
+    1-channel one, relative position tables are resized to the window, and the ImageNet
+    classifier is dropped.
+    """
+    kwargs = dict(
+        img_size=cfg.img_size, in_chans=cfg.in_chans, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim,
+        depths=cfg.depths, num_heads=cfg.num_heads, window_size=cfg.window_size, num_classes=0,
+        drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate,
+    )
+    if checkpoint is None:
+        return timm.create_model(TIMM_SWIN, pretrained=False, **kwargs)
+    path = Path(checkpoint)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: backbone checkpoints are read from .safetensors files only (no pickles)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: backbone checkpoint not found")
+    return timm.create_model(TIMM_SWIN, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+
+
+class ClinReadNet(nn.Module):
+    def __init__(self, cfg: ClinReadNetConfig, backbone_checkpoint: str | Path | None = None):
+        super().__init__()
+        self.config = cfg
+        self.backbone = create_backbone(cfg, backbone_checkpoint)
+        widths = [info["num_chs"] for info in self.backbone.feature_info]
+        self.soqn = nn.ModuleDict(
+            {str(stage): SOQN(widths[stage], cfg.soqn) for stage in cfg.soqn_stages} if cfg.soqn else {}
+        )
+        if cfg.mtmsa is not None:
+            use_mtmsa(self.backbone.layers[-1], cfg.mtmsa)
+        self.head = MultiHeadClassifier(sum(widths), cfg.classifier_heads, cfg.num_classes, cfg.drop_rate)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, 96+192+384+768): GAP of every stage output, concatenated."""
+        x = self.backbone.patch_embed((x - 0.5) / 0.5)  # windowed [0, 1] slice -> zero-centred [-1, 1]
+        pooled = []
+        last = len(self.backbone.layers) - 1
+        for i, stage in enumerate(self.backbone.layers):
+            x = stage(x)
+            if str(i) in self.soqn:
+                x = self.soqn[str(i)](x)  # in line: the next stage receives SOQN's output
+            out = self.backbone.norm(x) if i == last else x  # timm's final norm belongs to stage 4
+            pooled.append(out.mean(dim=(1, 2)))
+        return torch.cat(pooled, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [0, 1] -> per-head logits (B, heads, classes), in training and in eval."""
+        return self.head(self.forward_features(x))
+
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor) -> Prediction:
+        """Eval-mode prediction: head-averaged probabilities plus each head's own."""
+        if self.training:
+            raise RuntimeError("predict() needs eval mode: call model.eval() first")
+        logits = self(x)
+        return Prediction(probs=average_probabilities(logits), head_probs=head_probabilities(logits))

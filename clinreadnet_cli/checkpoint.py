@@ -1,0 +1,103 @@
+"""Self-describing weights files: safetensors tensors plus the model config in the header metadata.
+
+Only safetensors is read: no pickle, so a weights file cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from . import __version__
+from .archs import ClinReadNet, create_model
+from .config import ClinReadNetConfig, ConfigError
+
+FORMAT = "clinreadnet-weights/1"
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used, with the file and the reason in its message."""
+
+
+def save_weights(model: ClinReadNet, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write ``model``'s weights and config to ``path`` atomically (temp file, then rename).
+
+    ``dtype=torch.float16`` halves the file; floating tensors are cast back to fp32 on load.
+    """
+    path = Path(path)
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        tensors[name] = tensor.contiguous()
+    metadata = {"format": FORMAT, "config": model.config.to_json(), "clinreadnet_version": __version__}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_config(path: str | Path) -> ClinReadNetConfig:
+    """The config stored in a weights file (reads the header only)."""
+    path = Path(path)
+    metadata = _open(path, lambda f: f.metadata()) or {}
+    if metadata.get("format") != FORMAT or "config" not in metadata:
+        raise WeightsError(f"{path}: not a clinreadnet weights file (no '{FORMAT}' config in its header)")
+    try:
+        return ClinReadNetConfig.from_json(metadata["config"])
+    except ConfigError as exc:
+        raise WeightsError(f"{path}: stored config is unusable: {exc}") from None
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> ClinReadNet:
+    """Rebuild the model a weights file describes and load its tensors (eval mode)."""
+    model = create_model(read_config(path))
+    load_weights(model, path)
+    return model.to(map_location).eval()
+
+
+def load_weights(model: ClinReadNet, path: str | Path) -> None:
+    """Load a weights file into ``model``; its stored config must match the model's."""
+    path = Path(path)
+    stored = read_config(path)
+    if stored != model.config:
+        mine, theirs = model.config.to_dict(), stored.to_dict()
+        diffs = [f"{k}: file {theirs[k]!r} != model {mine[k]!r}" for k in mine if mine[k] != theirs[k]]
+        raise WeightsError(f"{path}: config does not match the model ({'; '.join(diffs)})")
+    tensors = _open(path, lambda f: {k: f.get_tensor(k) for k in f.keys()})
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or wrong_shape:
+        problems = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if keys:
+                shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+                problems.append(f"{label} tensors: {shown}")
+        raise WeightsError(f"{path}: tensors do not fit its config ({'; '.join(problems)})")
+    with torch.no_grad():
+        for name, target in expected.items():
+            target.copy_(tensors[name].to(target.dtype))
+
+
+def _open(path: Path, read):
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return read(f)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None

@@ -1,0 +1,237 @@
+"""Named configurations of ClinReadNet and its ablations (paper Tables 3-8).
+
+A configuration describes one trainable recipe: the architecture (backbone size,
+SOQN and (S)W-MTMSA variants, heads), the HRPS loss terms it is trained with and
+the CT intensity window its inputs are mapped through. It is stored inside every
+weights file, so a file alone says how to rebuild and feed its model.
+
+This module imports no torch: the CLI and the readers can use it cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+NUM_CLASSES = 21  # mean radiologist score x 5, rounded: 0..20 (paper §4.1)
+TEMPERATURES = {"low": 0.5, "medium": 1.0, "high": 2.0}  # initial T_i (§4.3)
+PROGRESSIVE_WEIGHTS = {"low": 0.3, "medium": 0.4, "high": 0.3}  # initial w_i^proj (§4.3)
+
+
+class ConfigError(ValueError):
+    """A configuration name, override or stored config that cannot be used."""
+
+
+@dataclass(frozen=True)
+class SOQNConfig:
+    """Sobel ordinal quality network (§3.2). Ablations: Tab. 4 and Tab. 5."""
+
+    sobel_branch: bool = True
+    ordinal_branch: bool = True
+    weighted_residual: bool = True  # False: plain Y = f_enh(F) + X (Tab. 5, 1#)
+    beta: float = 0.8  # initial weight of the identity path (Eq. 3)
+    gamma: float = 0.2  # initial weight of the enhanced path (Eq. 3)
+    hidden_ratio: float = 0.5  # width of the internal 1x1/3x3 bottlenecks, as a fraction of C
+    dropout: float = 0.1  # dropout of the ordinal branch's fully connected layers
+
+    def __post_init__(self) -> None:
+        if not (self.sobel_branch or self.ordinal_branch):
+            raise ConfigError("SOQN needs at least one of its two branches")
+        if not 0 < self.hidden_ratio <= 4:
+            raise ConfigError(f"SOQN hidden_ratio must be in (0, 4], got {self.hidden_ratio}")
+
+
+@dataclass(frozen=True)
+class MTMSAConfig:
+    """Multi-temperature window attention of stage 4 (§3.3). Ablation: Tab. 6."""
+
+    temperatures: tuple[str, ...] = ("low", "medium", "high")
+    modulator_ratio: float = 0.25  # hidden width of the quality-aware modulator (Eq. 13), fraction of C
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.temperatures if t not in TEMPERATURES]
+        if unknown or not self.temperatures or len(set(self.temperatures)) != len(self.temperatures):
+            raise ConfigError(
+                f"MTMSA temperatures must be a non-empty subset of {list(TEMPERATURES)}, "
+                f"got {list(self.temperatures)}"
+            )
+        # Keep the paper's low -> medium -> high order whatever order the subset was given in.
+        ordered = tuple(t for t in TEMPERATURES if t in self.temperatures)
+        object.__setattr__(self, "temperatures", ordered)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Training objective (§3.1, §3.4). ``hrps=False`` trains the heads' CE alone (Tab. 3 rows 1-3)."""
+
+    hrps: bool = True
+    cross_entropy: bool = True  # L_CE of Eq. 17 inside L_main (Tab. 8, 2#)
+    fine_rps: bool = True  # Eq. 20/26 (Tab. 8, 1#)
+    coarse_rps: bool = True  # Eq. 25/27 (Tab. 8, 4#)
+    entropy: bool = True  # Eq. 29-30 (Tab. 8, 3#)
+    lambda_ce: float = 1.0
+    lambda_fine: float = 1.0
+    lambda_coarse: float = 1.0
+    lambda_entropy: float = 5e-5
+    coarse_group: int = 3  # fine classes per coarse class: 21 -> 7
+
+    def __post_init__(self) -> None:
+        if self.hrps and not (self.cross_entropy or self.fine_rps or self.coarse_rps or self.entropy):
+            raise ConfigError("HRPS needs at least one of its terms; set hrps=False to train the heads' CE alone")
+
+
+@dataclass(frozen=True)
+class ClinReadNetConfig:
+    name: str
+    description: str = ""
+    img_size: int = 224  # network input; 512x512 slices are resized to it
+    in_chans: int = 1  # grayscale patch embedding (see docs/model.md)
+    patch_size: int = 4
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.1
+    num_classes: int = NUM_CLASSES
+    classifier_heads: int = 4
+    soqn: SOQNConfig | None = field(default_factory=SOQNConfig)
+    soqn_stages: tuple[int, ...] = (0, 1)  # SOQN after stage 1 and stage 2 (0-based)
+    mtmsa: MTMSAConfig | None = field(default_factory=MTMSAConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    window_width: float = 350.0  # HU intensity window (W350/L40, soft tissue)
+    window_level: float = 40.0
+
+    def __post_init__(self) -> None:
+        if len(self.depths) != len(self.num_heads):
+            raise ConfigError("depths and num_heads must have one entry per stage")
+        if any(s < 0 or s >= len(self.depths) - 1 for s in self.soqn_stages):
+            raise ConfigError(f"soqn_stages must name stages before the last, got {self.soqn_stages}")
+        if self.img_size % (self.patch_size * 2 ** (len(self.depths) - 1)):
+            raise ConfigError(
+                f"img_size {self.img_size} must be divisible by {self.patch_size * 2 ** (len(self.depths) - 1)}"
+            )
+        if self.num_classes % self.loss.coarse_group:
+            raise ConfigError("num_classes must be a multiple of the coarse group size")
+
+    # --- serialisation (stored as JSON inside weights files) ---
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ClinReadNetConfig":
+        return _build(cls, data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ClinReadNetConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"stored config is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+
+_NESTED = {"soqn": SOQNConfig, "mtmsa": MTMSAConfig, "loss": LossConfig}
+
+
+def _build(cls: type, data: Mapping[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _NESTED and isinstance(value, Mapping):
+            value = _build(_NESTED[key], value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"invalid {cls.__name__}: {exc}") from None
+
+
+# --- the registry -------------------------------------------------------------
+_FULL = ClinReadNetConfig(name="clinreadnet", description="Full ClinReadNet: SOQN + (S)W-MTMSA + HRPS loss")
+_CE_ONLY = LossConfig(hrps=False)
+
+
+def _variant(name: str, description: str, **changes: Any) -> ClinReadNetConfig:
+    return dataclasses.replace(_FULL, name=name, description=description, **changes)
+
+
+def _temperature_variant(kept: tuple[str, ...]) -> ClinReadNetConfig:
+    dropped = [t for t in TEMPERATURES if t not in kept]
+    return _variant(
+        "clinreadnet-t-" + "-".join(kept),
+        f"(S)W-MTMSA without {' and '.join(dropped)} temperature (Tab. 6)",
+        mtmsa=MTMSAConfig(temperatures=kept),
+    )
+
+
+_REGISTRY: dict[str, ClinReadNetConfig] = {
+    c.name: c
+    for c in [
+        # Tab. 3: cumulative framework ablation. The heads and multi-stage pooling are the same
+        # in every row; rows 1-3 train with the heads' cross-entropy only, row 4 adds HRPS.
+        _variant("swin_t", "Swin-T baseline (timm), four heads, CE", soqn=None, mtmsa=None, loss=_CE_ONLY),
+        _variant("swin_t+soqn", "Swin-T + SOQN, CE", mtmsa=None, loss=_CE_ONLY),
+        _variant("swin_t+soqn+mtmsa", "Swin-T + SOQN + (S)W-MTMSA, CE", loss=_CE_ONLY),
+        _FULL,
+        # Tab. 4-5: SOQN.
+        _variant("clinreadnet-no-sobel", "SOQN without the Sobel branch (Tab. 4, 1#)",
+                 soqn=SOQNConfig(sobel_branch=False)),
+        _variant("clinreadnet-no-ordinal", "SOQN without the ordinal quality branch (Tab. 4, 2#)",
+                 soqn=SOQNConfig(ordinal_branch=False)),
+        _variant("clinreadnet-plain-residual", "SOQN with a plain residual connection (Tab. 5, 1#)",
+                 soqn=SOQNConfig(weighted_residual=False)),
+        # Tab. 6: every proper subset of the three temperatures.
+        *(_temperature_variant(kept) for kept in [
+            ("high",), ("medium",), ("low",),
+            ("low", "medium"), ("low", "high"), ("medium", "high"),
+        ]),
+        # Tab. 8: HRPS terms.
+        _variant("clinreadnet-no-fine-rps", "HRPS without fine RPS (Tab. 8, 1#)",
+                 loss=LossConfig(fine_rps=False)),
+        _variant("clinreadnet-no-ce", "HRPS without cross-entropy (Tab. 8, 2#)",
+                 loss=LossConfig(cross_entropy=False)),
+        _variant("clinreadnet-no-entropy", "HRPS without the entropy regulariser (Tab. 8, 3#)",
+                 loss=LossConfig(entropy=False)),
+        _variant("clinreadnet-no-coarse-rps", "HRPS without coarse RPS (Tab. 8, 4#)",
+                 loss=LossConfig(coarse_rps=False)),
+    ]
+}
+
+
+def list_configs() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_config(name: str, **overrides: Any) -> ClinReadNetConfig:
+    """The named configuration, with top-level fields replaced by ``overrides``.
+
+    Example: ``get_config("clinreadnet", img_size=512)``.
+    """
+    try:
+        base = _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown model config {name!r}; choose one of: {', '.join(_REGISTRY)}") from None
+    return resolve_config(base, **overrides)
+
+
+def resolve_config(config: str | ClinReadNetConfig, **overrides: Any) -> ClinReadNetConfig:
+    """A config given by name or as an object, with top-level fields replaced by ``overrides``."""
+    if isinstance(config, str):
+        return get_config(config, **overrides)
+    if not overrides:
+        return config
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ClinReadNetConfig)})
+    if unknown:
+        raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+    return dataclasses.replace(config, **overrides)
