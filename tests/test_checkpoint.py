@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from clinreadnet_cli import checkpoint
+from clinreadnet_cli.archs import create_model
+from clinreadnet_cli.checkpoint import WeightsError, load_model, load_weights, read_config, save_weights
+
+from .conftest import tiny_config
+
+
+@pytest.fixture
+def trained(batch):
+    """A tiny model whose batch-norm statistics and parameters have moved away from their init."""
+    model = create_model(tiny_config("clinreadnet")).train()
+    optim = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(2):
+        optim.zero_grad()
+        model(batch).logsumexp(-1).sum().backward()
+        optim.step()
+    return model.eval()
+
+
+def test_round_trip_is_bit_exact(trained, batch, tmp_path):
+    path = save_weights(trained, tmp_path / "w.safetensors")
+    loaded = load_model(path)
+    assert loaded.config == trained.config
+    assert not loaded.training
+    assert torch.equal(loaded(batch), trained(batch))
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temp file left behind
+
+
+def test_config_is_self_describing(trained, tmp_path):
+    path = save_weights(trained, tmp_path / "w.safetensors")
+    cfg = read_config(path)
+    assert (cfg.name, cfg.img_size, cfg.window_size, cfg.num_classes) == ("clinreadnet", 128, 2, 21)
+    assert (cfg.window_width, cfg.window_level) == (350.0, 40.0)
+
+
+def test_fp16_storage_loads_as_fp32(trained, batch, tmp_path):
+    full = save_weights(trained, tmp_path / "w32.safetensors")
+    half = save_weights(trained, tmp_path / "w16.safetensors", dtype=torch.float16)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_model(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    assert torch.allclose(loaded.predict(batch).probs, trained.predict(batch).probs, atol=2e-2)
+
+
+def test_mismatched_config_is_refused(trained, tmp_path):
+    path = save_weights(trained, tmp_path / "w.safetensors")
+    other = create_model(tiny_config("clinreadnet", img_size=64))
+    with pytest.raises(WeightsError) as err:
+        load_weights(other, path)
+    message = str(err.value)
+    assert str(path) in message and "img_size" in message and "128" in message and "64" in message
+
+
+def test_tensors_that_do_not_fit_the_stored_config_are_refused(trained, tmp_path):
+    """A file claiming the full config but holding swin_t tensors: one clear error, not a crash."""
+    plain = create_model(tiny_config("swin_t"))
+    path = tmp_path / "forged.safetensors"
+    save_file(
+        {k: v.contiguous() for k, v in plain.state_dict().items()}, str(path),
+        metadata={"format": checkpoint.FORMAT, "config": trained.config.to_json()},
+    )
+    with pytest.raises(WeightsError, match=r"tensors do not fit its config \(missing tensors: backbone\.layers\.3\.blocks\.0\.attn\.modulator.* and \d+ more\)"):
+        load_model(path)
+    wide = create_model(tiny_config("clinreadnet", embed_dim=32))
+    save_file({k: v.contiguous() for k, v in wide.state_dict().items()}, str(path),
+              metadata={"format": checkpoint.FORMAT, "config": trained.config.to_json()})
+    with pytest.raises(WeightsError, match="wrong shape tensors"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "not a readable safetensors file"),
+    (b"\x80\x04\x95pickle", "not a readable safetensors file"),
+    (b"hello, I am text", "not a readable safetensors file"),
+])
+def test_unreadable_files_name_the_file_and_reason(tmp_path, content, reason):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(WeightsError, match=reason) as err:
+        load_model(path)
+    assert str(path) in str(err.value)
+
+
+def test_foreign_safetensors_and_missing_file(tmp_path):
+    path = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(WeightsError, match="not a clinreadnet weights file"):
+        load_model(path)
+    with pytest.raises(WeightsError, match="not found"):
+        load_model(tmp_path / "absent.safetensors")
+
+
+def test_failed_save_keeps_the_old_file(trained, tmp_path, monkeypatch):
+    path = save_weights(trained, tmp_path / "w.safetensors")
+    before = path.read_bytes()
+
+    def broken(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_weights(trained, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
