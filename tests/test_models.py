@@ -169,6 +169,10 @@ def test_local_backbone_checkpoint(tmp_path):
     assert torch.equal(model.backbone.state_dict()[qkv], donor.state_dict()[qkv])
     with pytest.raises(ValueError, match="safetensors"):
         create_model(tiny_config("clinreadnet"), backbone_checkpoint=tmp_path / "swin.pth")
+    wider = timm.create_model("swin_tiny_patch4_window7_224", in_chans=3, **{**TINY, "embed_dim": 32})
+    save_file({k: v.contiguous() for k, v in wider.state_dict().items()}, str(path))
+    with pytest.raises(ValueError, match=r"swin\.safetensors: not a Swin checkpoint that fits config 'clinreadnet'"):
+        create_model(tiny_config("clinreadnet"), backbone_checkpoint=path)
 
 
 def test_score_helpers():

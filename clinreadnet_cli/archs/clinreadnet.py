@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import timm
+from timm.models import load_pretrained
+from timm.models.swin_transformer import checkpoint_filter_fn
 import torch
 from torch import nn
 
@@ -38,25 +40,32 @@ class Prediction:
 
 
 def create_backbone(cfg: ClinReadNetConfig, checkpoint: str | Path | None = None) -> nn.Module:
-    """Headless timm Swin built from ``cfg``; optionally loaded from a local timm/official checkpoint.
+    """Headless timm Swin built from ``cfg``; optionally initialised from a local Swin checkpoint.
 
-    timm's own loader does the adaptation: 3-channel patch embeddings are summed to the
-    1-channel one, relative position tables are resized to the window, and the ImageNet
-    classifier is dropped.
+    Nothing is downloaded. timm's own loader adapts a local timm/official checkpoint: 3-channel
+    patch embeddings are summed to the 1-channel one, relative position tables are resized to
+    the window, and the ImageNet classifier is dropped.
     """
-    kwargs = dict(
-        img_size=cfg.img_size, in_chans=cfg.in_chans, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim,
-        depths=cfg.depths, num_heads=cfg.num_heads, window_size=cfg.window_size, num_classes=0,
-        drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate,
+    backbone = timm.create_model(
+        TIMM_SWIN, pretrained=False, img_size=cfg.img_size, in_chans=cfg.in_chans, patch_size=cfg.patch_size,
+        embed_dim=cfg.embed_dim, depths=cfg.depths, num_heads=cfg.num_heads, window_size=cfg.window_size,
+        num_classes=0, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate,
     )
-    if checkpoint is None:
-        return timm.create_model(TIMM_SWIN, pretrained=False, **kwargs)
-    path = Path(checkpoint)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: backbone checkpoints are read from .safetensors files only (no pickles)")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: backbone checkpoint not found")
-    return timm.create_model(TIMM_SWIN, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path}: backbone checkpoints are read from .safetensors files only (no pickles)")
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: backbone checkpoint not found")
+        try:
+            load_pretrained(
+                backbone, pretrained_cfg={**backbone.pretrained_cfg, "file": str(path)},
+                num_classes=0, in_chans=cfg.in_chans, filter_fn=checkpoint_filter_fn,
+            )
+        except (RuntimeError, KeyError) as exc:
+            reason = str(exc).strip().splitlines()[0]
+            raise ValueError(f"{path}: not a Swin checkpoint that fits config {cfg.name!r} ({reason})") from None
+    return backbone
 
 
 class ClinReadNet(nn.Module):
