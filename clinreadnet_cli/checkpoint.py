@@ -6,7 +6,6 @@ Only safetensors is read: no pickle, so a weights file cannot run code.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -15,9 +14,16 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .archs import ClinReadNet, create_model
+from .atomic import atomic_path
 from .config import ClinReadNetConfig, ConfigError
 
 FORMAT = "clinreadnet-weights/1"
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "clinreadnet-sim.safetensors"
+
+
+def default_weights() -> Path:
+    """``$CLINREADNET_WEIGHTS`` if set, else the weights shipped in the repository's ``weights/``."""
+    return Path(os.environ.get("CLINREADNET_WEIGHTS", SHIPPED_WEIGHTS))
 
 
 class WeightsError(ValueError):
@@ -37,15 +43,8 @@ def save_weights(model: ClinReadNet, path: str | Path, dtype: torch.dtype | None
             tensor = tensor.to(dtype)
         tensors[name] = tensor.contiguous()
     metadata = {"format": FORMAT, "config": model.config.to_json(), "clinreadnet_version": __version__}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

@@ -1,0 +1,84 @@
+"""Find the CT slices in files and folders: DICOM, NIfTI, MHA/MHD, NRRD and TIFF.
+
+``discover`` walks the inputs, reads only headers, and returns series of lazily decoded
+slices plus one error per input that cannot be scored. Nothing here knows about the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Literal
+
+from .dicom import NotDicom, check_ct_image, dicom_series, read_header, skip_reason
+from .tiff import TIFF_SUFFIXES, tiff_series
+from .types import Discovery, InputError, Series, SliceRef
+from .volume import VOLUME_SUFFIXES, volume_series
+
+__all__ = ["Discovery", "InputError", "InputRange", "Series", "SliceRef", "discover"]
+
+InputRange = Literal["auto", "hu", "unit"]
+SUPPORTED = "DICOM, NIfTI, MHA/MHD, NRRD or TIFF"
+OTHER_IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF"}
+DETACHED_DATA_SUFFIXES = (".raw", ".zraw", ".img")  # pixel files that belong to a header (.mhd, ...)
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _walk(paths: Iterable[Path]) -> tuple[list[Path], list[InputError]]:
+    files: list[Path] = []
+    errors: list[InputError] = []
+    for path in paths:
+        if path.is_dir():
+            for root, dirs, names in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                files += [Path(root) / n for n in sorted(names) if not n.startswith(".")]
+        elif path.is_file():
+            files.append(path)
+        else:
+            errors.append(InputError(path, "no such file or directory"))
+    # Detached pixel files (.raw next to .mhd) are read through their header, not on their own.
+    stems = {(f.parent, f.stem) for f in files if _suffix(f) in (".mhd", ".nhdr", ".hdr")}
+    files = [f for f in files if not (_suffix(f) in DETACHED_DATA_SUFFIXES and (f.parent, f.stem) in stems)]
+    return list(dict.fromkeys(files)), errors
+
+
+def discover(paths: Iterable[str | Path], input_range: InputRange = "auto") -> Discovery:
+    """Series to score, errors for inputs that cannot be scored, notes for inputs skipped on purpose.
+
+    ``input_range``: ``auto`` takes DICOM/NIfTI/MHA/NRRD as HU and float TIFF as [0, 1];
+    ``hu`` or ``unit`` declares every input's values.
+    """
+    files, errors = _walk(Path(p) for p in paths)
+    found = Discovery(errors=errors)
+    volume_range = "unit" if input_range == "unit" else "hu"
+    headers = []
+    for path in files:
+        suffix = _suffix(path)
+        try:
+            if suffix in VOLUME_SUFFIXES:
+                found.series.append(volume_series(path, volume_range))
+            elif suffix in TIFF_SUFFIXES:
+                found.series.append(tiff_series(path, input_range))
+            elif suffix in OTHER_IMAGE_SUFFIXES:
+                raise InputError(path, f"{OTHER_IMAGE_SUFFIXES[suffix]} is not a CT format; expected {SUPPORTED}")
+            elif path.stat().st_size == 0:
+                raise InputError(path, "empty file")
+            else:
+                ds = read_header(path)
+                reason = skip_reason(ds)
+                if reason:
+                    found.notes.append(f"{path}: skipped, {reason}")
+                    continue
+                check_ct_image(path, ds)
+                headers.append((path, ds))
+        except NotDicom:
+            found.errors.append(InputError(path, f"not a DICOM file nor a supported image ({SUPPORTED})"))
+        except InputError as exc:
+            found.errors.append(exc)
+    found.series += dicom_series(headers, volume_range)
+    found.series = sorted((s for s in found.series if s.slices), key=lambda s: (str(s.slices[0].path), s.label))
+    return found

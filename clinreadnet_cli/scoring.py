@@ -1,0 +1,148 @@
+"""The score workflow: decode slices in background threads while the model scores batches.
+
+At most ``2 x batch_size`` prepared slices exist at once, so memory is bounded by the batch,
+not by the study: a 1,000-slice series is never held as float32 in one piece.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+from .archs import ClinReadNet
+from .archs.heads import grade_name
+from .preprocess import prepare_slice
+from .readers import InputError, Series, SliceRef
+
+
+@dataclass
+class SliceScore:
+    path: Path
+    series: str
+    series_uid: str | None
+    slice: int
+    score: float
+    grade: str
+    label: int  # arg-max class 0..20
+    head_scores: list[float]
+
+
+@dataclass
+class SeriesSummary:
+    series: str
+    series_uid: str | None
+    slices: int
+    mean: float
+    min: float
+    below_threshold: int
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU. Raises ValueError for an unusable choice."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def score_series(
+    series: Iterable[Series],
+    model: ClinReadNet,
+    device: torch.device,
+    batch_size: int = 8,
+    workers: int = 2,
+    on_slice: Callable[[], None] | None = None,
+) -> Iterator[SliceScore | InputError]:
+    """Yield one SliceScore per slice, or one InputError per failing input, in series/slice order."""
+    model = model.to(device).eval()
+    cfg = model.config
+    jobs = ((s, ref) for s in series for ref in s.slices)
+
+    def prepare(ref: SliceRef) -> torch.Tensor:
+        try:
+            return prepare_slice(ref.load(), ref.value_range, cfg)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(ref.path, f"slice {ref.index}: {type(exc).__name__}: {exc}") from None
+
+    reported: set[tuple[Path, str]] = set()  # a volume that cannot be read fails once, not per slice
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
+        in_flight: deque[tuple[Series, SliceRef, Future]] = deque()
+
+        def submit_next() -> None:
+            job = next(jobs, None)
+            if job is not None:
+                in_flight.append((*job, pool.submit(prepare, job[1])))
+
+        for _ in range(2 * batch_size):
+            submit_next()
+        pending: list[tuple[Series, SliceRef, torch.Tensor | InputError]] = []
+        while in_flight or pending:
+            if in_flight:
+                s, ref, future = in_flight.popleft()
+                submit_next()
+                try:
+                    pending.append((s, ref, future.result()))
+                except InputError as exc:
+                    pending.append((s, ref, exc))
+                if on_slice:
+                    on_slice()
+            ready = sum(isinstance(item, torch.Tensor) for *_, item in pending)
+            if ready < batch_size and in_flight:
+                continue
+            for result in _run_batch(model, device, pending):
+                key = (result.path, str(result)) if isinstance(result, InputError) else None
+                if key is None or key not in reported:
+                    if key:
+                        reported.add(key)
+                    yield result
+            pending = []
+
+
+def _run_batch(model: ClinReadNet, device: torch.device, items) -> list[SliceScore | InputError]:
+    tensors = [item for *_, item in items if isinstance(item, torch.Tensor)]
+    if not tensors:
+        return [item for *_, item in items]
+    batch = torch.stack(tensors)
+    if device.type == "cuda":
+        batch = batch.pin_memory().to(device, non_blocking=True)
+    pred = model.predict(batch)
+    scores, labels, heads = pred.score.tolist(), pred.label.tolist(), pred.head_scores.tolist()
+    out: list[SliceScore | InputError] = []
+    k = 0
+    for s, ref, item in items:
+        if isinstance(item, InputError):
+            out.append(item)
+            continue
+        out.append(SliceScore(
+            path=ref.path, series=s.label, series_uid=s.series_uid, slice=ref.index, score=scores[k],
+            grade=grade_name(scores[k]), label=labels[k], head_scores=heads[k],
+        ))
+        k += 1
+    return out
+
+
+def group_by_series(scores: Iterable[SliceScore]) -> list[list[SliceScore]]:
+    """Scores split into their series, in first-seen order (series without a UID are per file)."""
+    groups: dict[tuple, list[SliceScore]] = {}
+    for s in scores:
+        key = (s.series, s.series_uid) if s.series_uid else (s.series, s.path)
+        groups.setdefault(key, []).append(s)
+    return list(groups.values())
+
+
+def summarise(series_scores: list[SliceScore], threshold: float) -> SeriesSummary:
+    """Slice count, mean and min score, and slices below ``threshold`` of one series."""
+    values = [s.score for s in series_scores]
+    first = series_scores[0]
+    return SeriesSummary(series=first.series, series_uid=first.series_uid, slices=len(values),
+                         mean=statistics.fmean(values), min=min(values),
+                         below_threshold=sum(v < threshold for v in values))
