@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import NoReturn, Optional
@@ -194,4 +195,6 @@ def _root(
 
 
 def main() -> None:
+    # Damaged inputs are reported once each by the readers; pydicom's own warnings would repeat them.
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     app()

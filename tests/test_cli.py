@@ -20,7 +20,7 @@ def test_help_lists_the_three_commands():
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["score", "train", "evaluate"])
+@pytest.mark.parametrize("command", ["train", "evaluate"])
 def test_unbuilt_commands_say_so_on_stderr(command):
     result = runner.invoke(app, [command])
     assert result.exit_code == 2
@@ -39,3 +39,8 @@ def test_models_json_lists_every_config():
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "clinreadnet_cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("clinreadnet ")
+
+
+def test_score_without_paths_is_a_usage_error():
+    result = runner.invoke(app, ["score"])
+    assert result.exit_code == 2 and result.stdout == ""

@@ -6,6 +6,7 @@ when the scoring workflow asks for that slice, one frame at a time.
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,13 +27,18 @@ class NotDicom(Exception):
 
 
 def read_header(path: Path) -> Dataset:
-    """The dataset without its pixel data. Raises NotDicom or InputError."""
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except InvalidDicomError:
-        raise NotDicom(path) from None
-    except Exception as exc:  # pydicom raises many types for damaged files
-        raise InputError(path, f"damaged DICOM header ({type(exc).__name__}: {exc})") from None
+    """The dataset without its pixel data. Raises NotDicom, or InputError for a damaged file."""
+    with warnings.catch_warnings():  # damage shows up below as a missing SOP class
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except InvalidDicomError:
+            raise NotDicom(path) from None
+        except Exception as exc:  # pydicom raises many types for damaged files
+            raise InputError(path, f"damaged DICOM header ({type(exc).__name__}: {exc})") from None
+    if not ds.file_meta.get("MediaStorageSOPClassUID", ds.get("SOPClassUID")):
+        raise InputError(path, "damaged DICOM file: no SOP class in its header")
+    return ds
 
 
 def skip_reason(ds: Dataset) -> str | None:

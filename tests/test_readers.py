@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+import tifffile
+import torch
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
+
+from clinreadnet_cli.dicom_export import write_multiframe, write_series
+from clinreadnet_cli.preprocess import pad_to_square, prepare_slice, window_hu
+from clinreadnet_cli.readers import discover
+
+from .conftest import tiny_config
+
+SOURCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_sources"
+
+
+@pytest.fixture(scope="module")
+def hu() -> np.ndarray:
+    """Six real CT slices (HU), cut to 96x96 around the centre to keep the files small."""
+    source = SOURCES / "tcia-c4kc-kits_KiTS-00072.npz"
+    if source.is_file():
+        return np.load(source)["hu"][:6, 208:304, 208:304].astype(np.float32)
+    rng = np.random.default_rng(0)  # a checkout without ../shared: phantom-like stand-in
+    return (rng.normal(40, 30, (6, 96, 96)) + np.linspace(-900, 300, 96)[None, None]).round().astype(np.float32)
+
+
+def loaded(series) -> np.ndarray:
+    return np.stack([ref.load() for ref in series.slices])
+
+
+def test_shuffled_series_comes_out_in_anatomical_order(tmp_path, hu):
+    names = [f"{random.Random(k).getrandbits(40):x}" for k in range(len(hu))]  # no extension, random order
+    write_series(hu, tmp_path, thickness=2.0, z0=-100.0, names=names)
+    # Shuffle InstanceNumber too, so only the geometry can give the order.
+    for path in tmp_path.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.InstanceNumber = random.Random(str(path)).randint(1, 999)
+        ds.save_as(path)
+    found = discover([tmp_path])
+    assert not found.errors and len(found.series) == 1
+    np.testing.assert_array_equal(loaded(found.series[0]), hu)
+    assert [ref.index for ref in found.series[0].slices] == list(range(len(hu)))
+
+
+def test_feet_first_orientation_sorts_along_the_normal(tmp_path, hu):
+    paths = write_series(hu, tmp_path)
+    for k, path in enumerate(paths):  # rows flipped: the normal points to -z, so larger z comes first
+        ds = pydicom.dcmread(path)
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, -1.0, 0.0]
+        ds.save_as(path)
+    np.testing.assert_array_equal(loaded(discover([tmp_path]).series[0]), hu[::-1])
+
+
+@pytest.mark.parametrize("syntax", [JPEG2000Lossless, RLELossless])
+def test_compressed_series_decode_to_the_uncompressed_hu(tmp_path, hu, syntax):
+    write_series(hu, tmp_path / "plain")
+    write_series(hu, tmp_path / "packed", transfer_syntax=syntax)
+    assert pydicom.dcmread(next((tmp_path / "packed").iterdir())).file_meta.TransferSyntaxUID == syntax
+    plain = loaded(discover([tmp_path / "plain"]).series[0])
+    packed = loaded(discover([tmp_path / "packed"]).series[0])
+    np.testing.assert_array_equal(packed, plain)
+    np.testing.assert_array_equal(plain, hu)
+
+
+def test_enhanced_multiframe_decodes_frames_in_plane_order(tmp_path, hu):
+    write_multiframe(hu, tmp_path / "mf.dcm", frame_order=[3, 0, 5, 1, 4, 2])
+    found = discover([tmp_path])
+    assert not found.errors and len(found.series) == 1
+    np.testing.assert_array_equal(loaded(found.series[0]), hu)
+
+
+def test_volumes_are_read_slice_by_slice(tmp_path, hu):
+    image = sitk.GetImageFromArray(hu.astype(np.int16))
+    image.SetSpacing((0.7, 0.7, 2.5))
+    for name in ("vol.nii.gz", "vol.mha", "vol.nrrd"):
+        sitk.WriteImage(image, str(tmp_path / name))
+    sitk.WriteImage(image, str(tmp_path / "vol.mhd"))  # writes vol.raw beside it
+    found = discover([tmp_path])
+    assert not found.errors
+    assert sorted(s.label for s in found.series) == ["vol.mha", "vol.mhd", "vol.nii.gz", "vol.nrrd"]
+    for series in found.series:
+        np.testing.assert_array_equal(loaded(series), hu)
+
+
+def test_ras_nifti_is_reoriented_to_radiological_layout(tmp_path, hu):
+    lps = sitk.GetImageFromArray(hu.astype(np.int16))
+    ras = sitk.DICOMOrient(lps, "RAS")  # same anatomy, x and y axes reversed in the file
+    sitk.WriteImage(ras, str(tmp_path / "ras.nii.gz"))
+    np.testing.assert_array_equal(loaded(discover([tmp_path]).series[0]), hu)
+
+
+def test_2d_image_is_one_slice(tmp_path, hu):
+    sitk.WriteImage(sitk.GetImageFromArray(hu[0].astype(np.int16)), str(tmp_path / "one.mha"))
+    series = discover([tmp_path]).series
+    assert len(series[0].slices) == 1
+    np.testing.assert_array_equal(series[0].slices[0].load(), hu[0])
+
+
+def test_float_tiff_in_unit_range_passes_through_unwindowed(tmp_path):
+    rng = np.random.default_rng(1)
+    unit = rng.random((2, 128, 128), dtype=np.float32)
+    tifffile.imwrite(tmp_path / "pages.tif", unit)
+    found = discover([tmp_path])
+    refs = found.series[0].slices
+    assert [r.value_range for r in refs] == ["unit", "unit"]
+    cfg = tiny_config()  # img_size 128: no resize, so the tensor is the file's values
+    for k, ref in enumerate(refs):
+        assert torch.equal(prepare_slice(ref.load(), ref.value_range, cfg)[0], torch.from_numpy(unit[k]))
+
+
+def test_tiff_value_rules(tmp_path):
+    tifffile.imwrite(tmp_path / "hu.tif", np.full((32, 32), 40.0, np.float32))
+    tifffile.imwrite(tmp_path / "int.tif", np.full((32, 32), 1064, np.uint16))
+    found = discover([tmp_path])
+    assert [str(e) for e in found.errors] == [
+        f"{tmp_path / 'int.tif'}: integer TIFF (uint16): say what its values are with --input-range hu or unit"]
+    with pytest.raises(Exception, match=r"float TIFF values span \[40, 40\], not \[0, 1\]"):
+        found.series[0].slices[0].load()
+    as_unit = discover([tmp_path / "int.tif"], input_range="unit").series[0].slices[0]
+    assert as_unit.load()[0, 0] == pytest.approx(1064 / 65535)
+    as_hu = discover([tmp_path / "hu.tif"], input_range="hu").series[0].slices[0]
+    assert as_hu.value_range == "hu" and as_hu.load()[0, 0] == 40.0
+
+
+def _dicomdir_and_report(tmp_path: Path) -> None:
+    for name, sop_class in [("DICOMDIR", "1.2.840.10008.1.3.10"), ("report.dcm", "1.2.840.10008.5.1.4.1.1.88.11")]:
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+        meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+        ds.Modality = "SR"
+        ds.save_as(tmp_path / name, enforce_file_format=True)
+
+
+def test_dicomdir_and_non_image_objects_are_skipped_with_a_note(tmp_path, hu):
+    write_series(hu[:2], tmp_path)
+    _dicomdir_and_report(tmp_path)
+    found = discover([tmp_path])
+    assert not found.errors and len(found.series) == 1
+    assert len(found.notes) == 2
+    assert any("DICOMDIR" in n and "skipped" in n for n in found.notes)
+    assert any("report.dcm" in n and "no image data" in n for n in found.notes)
+
+
+def test_non_ct_modality_is_an_error(tmp_path, hu):
+    (path,) = write_series(hu[:1], tmp_path)
+    ds = pydicom.dcmread(path)
+    ds.Modality = "MR"
+    ds.save_as(path)
+    (err,) = discover([tmp_path]).errors
+    assert err.path == path and "modality MR" in err.reason
+
+
+def test_missing_path_is_an_error():
+    (err,) = discover([Path("/nonexistent/study")]).errors
+    assert "no such file or directory" in err.reason
+
+
+def test_window_pad_and_resize():
+    cfg = tiny_config()  # W350/L40, 128 px
+    edges = window_hu(np.array([-135.0, 40.0, 215.0, -1000.0, 3000.0]), cfg.window_width, cfg.window_level)
+    assert edges.tolist() == pytest.approx([0.0, 0.5, 1.0, 0.0, 1.0])
+    wide = torch.ones(1, 40, 100)
+    square = pad_to_square(wide)
+    assert square.shape == (1, 100, 100) and square[0, 30:70].eq(1).all() and square[0, :30].eq(0).all()
+    out = prepare_slice(np.full((300, 200), 215.0), "hu", cfg)
+    assert out.shape == (1, 128, 128) and out.dtype == torch.float32
+    assert float(out.min()) == 0.0 and float(out.max()) == pytest.approx(1.0)

@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import tifffile
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from clinreadnet_cli import atomic, report
+from clinreadnet_cli.archs import create_model
+from clinreadnet_cli.checkpoint import save_weights
+from clinreadnet_cli.cli import app
+from clinreadnet_cli.dicom_export import write_series
+from clinreadnet_cli.readers import Series, SliceRef
+from clinreadnet_cli.scoring import score_series
+
+from .conftest import tiny_config
+
+runner = CliRunner()
+RECORD_KEYS = {"path", "series", "series_uid", "slice", "score", "grade", "class", "head_scores"}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return save_weights(create_model(tiny_config()), tmp_path_factory.mktemp("w") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    """Good files of every kind, with broken ones beside them."""
+    root = tmp_path_factory.mktemp("study")
+    rng = np.random.default_rng(0)
+    hu = rng.normal(40, 20, (3, 64, 64)).astype(np.float32)
+    paths = write_series(hu, root / "series")
+    sitk.WriteImage(sitk.GetImageFromArray(hu.astype(np.int16)), str(root / "vol.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(hu[:2].astype(np.int16)), str(root / "vol.mha"))
+    tifffile.imwrite(root / "slice.tif", rng.random((64, 64), dtype=np.float32))
+    bad = root / "bad"
+    bad.mkdir()
+    good = paths[0].read_bytes()
+    (bad / "corrupt.dcm").write_bytes(good[:132] + b"\xff" * 400)  # DICM preamble, garbage after it
+    (bad / "truncated.dcm").write_bytes(good[: len(good) // 2])  # header fine, pixel data cut
+    (bad / "empty.dcm").write_bytes(b"")
+    (bad / "notes.txt").write_text("scanned on the new protocol\n")
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(bad / "photo.png")
+    return root
+
+
+def run(*args):
+    return runner.invoke(app, ["score", *map(str, args)])
+
+
+def test_good_files_scored_and_each_bad_one_a_single_clear_error(study, weights):
+    result = run(study, "--weights", weights, "--format", "json")
+    assert result.exit_code == 1
+    records = json.loads(result.stdout)
+    scored = [r for r in records if "score" in r]
+    errors = {Path(r["path"]).name: r["error"] for r in records if "error" in r}
+    assert len(scored) == 3 + 3 + 2 + 1  # series, NIfTI, MHA, TIFF
+    assert set(errors) == {"corrupt.dcm", "truncated.dcm", "empty.dcm", "notes.txt", "photo.png"}
+    assert errors["empty.dcm"] == "empty file"
+    assert "PNG is not a CT format" in errors["photo.png"]
+    assert "not a DICOM file" in errors["notes.txt"]
+    assert "cannot decode pixel data" in errors["truncated.dcm"] or "damaged" in errors["truncated.dcm"]
+    assert errors["corrupt.dcm"]
+    for name in errors:  # each bad file is named once on stderr
+        assert result.stderr.count(name) == 1
+
+
+def test_json_schema(study, weights):
+    records = json.loads(run(study / "series", study / "vol.nii.gz", "--weights", weights, "--format", "json").stdout)
+    assert len(records) == 6
+    for r in records:
+        assert set(r) == RECORD_KEYS
+        assert isinstance(r["score"], float) and 0 <= r["score"] <= 4
+        assert r["grade"] in ("bad", "poor", "fair", "good", "excellent")
+        assert isinstance(r["class"], int) and 0 <= r["class"] <= 20
+        assert len(r["head_scores"]) == 4 and all(0 <= h <= 4 for h in r["head_scores"])
+        assert isinstance(r["slice"], int)
+    dicom = [r for r in records if r["path"].endswith(".dcm")]
+    assert [r["slice"] for r in dicom] == [0, 1, 2] and all(r["series_uid"] for r in dicom)
+    volume = [r for r in records if r["path"].endswith(".nii.gz")]
+    assert [r["slice"] for r in volume] == [0, 1, 2] and all(r["series_uid"] is None for r in volume)
+
+
+def test_csv_and_jsonl_carry_the_same_records(study, weights):
+    as_json = json.loads(run(study, "--weights", weights, "--format", "json").stdout)
+    rows = list(csv.DictReader(io.StringIO(run(study, "--weights", weights, "--format", "csv").stdout)))
+    lines = [json.loads(line) for line in run(study, "--weights", weights, "--format", "jsonl").stdout.splitlines()]
+    assert lines == as_json
+    assert list(rows[0]) == report.FIELDS
+    assert len(rows) == len(as_json)
+    for row, rec in zip(rows, as_json):
+        assert row["path"] == rec["path"]
+        if "error" in rec:
+            assert row["error"] == rec["error"] and row["score"] == ""
+        else:
+            assert float(row["score"]) == rec["score"] and int(row["class"]) == rec["class"]
+            assert [float(h) for h in row["head_scores"].split(";")] == rec["head_scores"]
+
+
+def test_table_shows_series_and_summary(study, weights):
+    result = run(study / "series", "--weights", weights, "--threshold", "4.1")
+    assert result.exit_code == 0
+    assert "IM0001.dcm" in result.stdout and "3 slices" in result.stdout and "3 below 4.1" in result.stdout
+
+
+def test_output_file_is_written_whole_or_not_at_all(study, weights, tmp_path, monkeypatch):
+    out = tmp_path / "scores.json"
+    result = run(study / "series", "--weights", weights, "--output", out)
+    assert result.exit_code == 0 and result.stdout == ""
+    assert len(json.loads(out.read_text())) == 3  # format taken from the suffix
+    before = out.read_text()
+
+    def failing_write(self, text, encoding=None):
+        Path.write_bytes(self, text.encode()[:10])  # half a file...
+        raise OSError("disk full")  # ...then the disk fills up
+
+    monkeypatch.setattr(atomic.Path, "write_text", failing_write)
+    result = run(study / "series", "--weights", weights, "--output", out)
+    assert result.exit_code != 0
+    assert out.read_text() == before  # the old file is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.json"]  # no temp file left
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--weights", "/nonexistent/w.safetensors"], "no weights at"),
+    (["--device", "cuda"], "no CUDA device"),
+    (["--output", "scores.xlsx"], "cannot tell the format"),
+])
+def test_usage_errors_exit_2(study, weights, args, message):
+    if "--weights" not in args:
+        args = [*args, "--weights", str(weights)]
+    if "--device" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = run(study / "series", *args)
+    assert result.exit_code == 2 and message in result.stderr and result.stdout == ""
+
+
+def test_nothing_to_score_exits_2(tmp_path, weights):
+    result = run(tmp_path, "--weights", weights)
+    assert result.exit_code == 2 and "nothing to score" in result.stderr
+
+
+def test_unusable_weights_file_exits_2(study, tmp_path):
+    bad = tmp_path / "w.safetensors"
+    bad.write_text("not weights")
+    result = run(study / "series", "--weights", bad)
+    assert result.exit_code == 2 and str(bad) in result.stderr
+
+
+def test_decoding_runs_ahead_of_the_model_by_at_most_two_batches(weights):
+    """Memory is bounded by the batch: slices are decoded as the model consumes them."""
+    from clinreadnet_cli.checkpoint import load_model
+
+    loads = []
+
+    def loader(k):
+        def load():
+            loads.append(k)
+            return np.zeros((32, 32), np.float32)
+        return load
+
+    series = Series(label="long", series_uid=None)
+    series.slices = [SliceRef(Path("x"), k, "unit", loader(k)) for k in range(200)]
+    stream = score_series([series], load_model(weights), torch.device("cpu"), batch_size=4, workers=2)
+    first = next(stream)
+    assert first.slice == 0
+    assert len(loads) <= 3 * 4  # the batch scored plus at most two batches in flight
+    assert sum(1 for _ in stream) == 199 and len(loads) == 200
