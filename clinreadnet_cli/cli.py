@@ -17,12 +17,8 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
-from . import __version__, report
-from .atomic import write_text_atomic
-from .checkpoint import WeightsError, default_weights, load_model
+from . import __version__
 from .config import get_config, list_configs
-from .readers import InputError, discover
-from .scoring import SliceScore, group_by_series, resolve_device, score_series, summarise
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
@@ -88,6 +84,13 @@ def score(
         InputRangeChoice.auto, help="auto: HU for DICOM/NIfTI/MHA/NRRD, [0,1] for float TIFF; or declare hu / unit."),
 ) -> None:
     """Score every CT slice of the given files and folders (0 bad ... 4 excellent)."""
+    # Imported here so that --help, --version and `models` start without torch.
+    from . import report
+    from .atomic import write_text_atomic
+    from .checkpoint import WeightsError, default_weights, load_model
+    from .readers import InputError, discover
+    from .scoring import SliceScore, resolve_device, score_series
+
     if output is not None and fmt is OutputFormat.table:
         suffix = output.suffix.lower().lstrip(".")
         if suffix not in report.FORMATS:
@@ -140,7 +143,9 @@ def score(
     raise typer.Exit(EXIT_PARTIAL if failures else EXIT_OK)
 
 
-def _print_tables(scores: list[SliceScore], threshold: float) -> None:
+def _print_tables(scores: list, threshold: float) -> None:
+    from .scoring import group_by_series, summarise
+
     for rows in group_by_series(scores):
         summary = summarise(rows, threshold)
         uid = f"  [dim]{summary.series_uid}[/]" if summary.series_uid else ""

@@ -49,7 +49,9 @@ def study(tmp_path_factory) -> Path:
     (bad / "corrupt.dcm").write_bytes(good[:132] + b"\xff" * 400)  # DICM preamble, garbage after it
     (bad / "truncated.dcm").write_bytes(good[: len(good) // 2])  # header fine, pixel data cut
     (bad / "empty.dcm").write_bytes(b"")
-    (bad / "notes.txt").write_text("scanned on the new protocol\n")
+    (bad / "protocol-notes").write_text("scanned on the new protocol\n")  # text, no extension
+    (root / "README.md").write_text("# study\n")  # paperwork beside the images: skipped
+    (root / "labels.json").write_text("{}")
     Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(bad / "photo.png")
     return root
 
@@ -65,10 +67,11 @@ def test_good_files_scored_and_each_bad_one_a_single_clear_error(study, weights)
     scored = [r for r in records if "score" in r]
     errors = {Path(r["path"]).name: r["error"] for r in records if "error" in r}
     assert len(scored) == 3 + 3 + 2 + 1  # series, NIfTI, MHA, TIFF
-    assert set(errors) == {"corrupt.dcm", "truncated.dcm", "empty.dcm", "notes.txt", "photo.png"}
+    assert set(errors) == {"corrupt.dcm", "truncated.dcm", "empty.dcm", "protocol-notes", "photo.png"}
     assert errors["empty.dcm"] == "empty file"
     assert "PNG is not a CT format" in errors["photo.png"]
-    assert "not a DICOM file" in errors["notes.txt"]
+    assert "not a DICOM file" in errors["protocol-notes"]
+    assert "README.md: skipped, not an image" in result.stderr and "labels.json: skipped" in result.stderr
     assert "cannot decode pixel data" in errors["truncated.dcm"] or "damaged" in errors["truncated.dcm"]
     assert errors["corrupt.dcm"]
     for name in errors:  # each bad file is named once on stderr
@@ -143,6 +146,13 @@ def test_usage_errors_exit_2(study, weights, args, message):
         pytest.skip("this machine has CUDA")
     result = run(study / "series", *args)
     assert result.exit_code == 2 and message in result.stderr and result.stdout == ""
+
+
+def test_paperwork_named_explicitly_is_an_error(study, weights):
+    result = run(study / "README.md", "--weights", weights, "--format", "json")
+    assert result.exit_code == 1
+    (record,) = json.loads(result.stdout)
+    assert record["path"].endswith("README.md") and "not a DICOM file" in record["error"]
 
 
 def test_nothing_to_score_exits_2(tmp_path, weights):

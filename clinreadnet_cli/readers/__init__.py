@@ -21,6 +21,10 @@ InputRange = Literal["auto", "hu", "unit"]
 SUPPORTED = "DICOM, NIfTI, MHA/MHD, NRRD or TIFF"
 OTHER_IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF"}
 DETACHED_DATA_SUFFIXES = (".raw", ".zraw", ".img")  # pixel files that belong to a header (.mhd, ...)
+# Found while walking a folder, these are the study's paperwork (READMEs, JSON sidecars such as
+# LDCTIQAG2023's train.json, label tables), not images: skipped with a note. Named explicitly
+# on the command line they are still errors.
+DOCUMENT_SUFFIXES = {".md", ".txt", ".json", ".csv", ".tsv", ".xml", ".html", ".pdf", ".yaml", ".yml", ".log"}
 
 
 def _suffix(path: Path) -> str:
@@ -28,22 +32,26 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
-def _walk(paths: Iterable[Path]) -> tuple[list[Path], list[InputError]]:
+def _walk(paths: Iterable[Path], found: Discovery) -> list[Path]:
     files: list[Path] = []
-    errors: list[InputError] = []
     for path in paths:
         if path.is_dir():
             for root, dirs, names in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                files += [Path(root) / n for n in sorted(names) if not n.startswith(".")]
+                for name in sorted(n for n in names if not n.startswith(".")):
+                    file = Path(root) / name
+                    if _suffix(file) in DOCUMENT_SUFFIXES:
+                        found.notes.append(f"{file}: skipped, not an image")
+                    else:
+                        files.append(file)
         elif path.is_file():
             files.append(path)
         else:
-            errors.append(InputError(path, "no such file or directory"))
+            found.errors.append(InputError(path, "no such file or directory"))
     # Detached pixel files (.raw next to .mhd) are read through their header, not on their own.
     stems = {(f.parent, f.stem) for f in files if _suffix(f) in (".mhd", ".nhdr", ".hdr")}
     files = [f for f in files if not (_suffix(f) in DETACHED_DATA_SUFFIXES and (f.parent, f.stem) in stems)]
-    return list(dict.fromkeys(files)), errors
+    return list(dict.fromkeys(files))
 
 
 def discover(paths: Iterable[str | Path], input_range: InputRange = "auto") -> Discovery:
@@ -52,8 +60,8 @@ def discover(paths: Iterable[str | Path], input_range: InputRange = "auto") -> D
     ``input_range``: ``auto`` takes DICOM/NIfTI/MHA/NRRD as HU and float TIFF as [0, 1];
     ``hu`` or ``unit`` declares every input's values.
     """
-    files, errors = _walk(Path(p) for p in paths)
-    found = Discovery(errors=errors)
+    found = Discovery()
+    files = _walk((Path(p) for p in paths), found)
     volume_range = "unit" if input_range == "unit" else "hu"
     headers = []
     for path in files:
