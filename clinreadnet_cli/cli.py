@@ -6,6 +6,7 @@ Exit codes: 0 all good, 1 some inputs failed, 2 usage error or nothing to do.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from enum import Enum
@@ -14,7 +15,7 @@ from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import MofNCompleteColumn, Progress
+from rich.progress import MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from . import __version__
@@ -36,11 +37,6 @@ stderr = Console(stderr=True)
 class ListFormat(str, Enum):
     table = "table"
     json = "json"
-
-
-def _not_available(command: str, missing: str) -> None:
-    stderr.print(f"[bold red]clinreadnet {command}[/] is not available in this version yet: {missing}")
-    raise typer.Exit(EXIT_USAGE)
 
 
 class OutputFormat(str, Enum):
@@ -162,15 +158,132 @@ def _print_tables(scores: list, threshold: float) -> None:
 
 
 @app.command()
-def train() -> None:
-    """Train a model on the LDCTIQAG2023 layout (image/*.tif + train.json)."""
-    _not_available("train", "the dataset loader and training loop are still to come.")
+def train(
+    data: Optional[Path] = typer.Option(None, help="Training data: LDCTIQAG2023 folder (image/ + train.json) or a CSV."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/clinreadnet)."),
+    config: Optional[Path] = typer.Option(None, help="TOML or YAML file of training options; flags override it."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished epoch."),
+    model: Optional[str] = typer.Option(None, help="Named model config (see `clinreadnet models`)."),
+    epochs: Optional[int] = typer.Option(None, min=1),
+    batch_size: Optional[int] = typer.Option(None, min=1),
+    lr: Optional[float] = typer.Option(None),
+    img_size: Optional[int] = typer.Option(None, help="Network input size (default 224)."),
+    val_fraction: Optional[float] = typer.Option(None, help="Share of the data held out for validation (0.2)."),
+    seed: Optional[int] = typer.Option(None),
+    device: Optional[Device] = typer.Option(None),
+    workers: Optional[int] = typer.Option(None, min=0, help="DataLoader worker processes."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast on CUDA."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Tab. 1 augmentation."),
+    loss_off: Optional[list[str]] = typer.Option(None, help="Switch off an HRPS term (repeatable)."),
+    backbone_checkpoint: Optional[Path] = typer.Option(None, help="Local Swin-T .safetensors to start from."),
+) -> None:
+    """Train a model on the LDCTIQAG2023 layout (image/*.tif + train.json) or a CSV of path,score."""
+    from .config import ConfigError
+    from .data import DatasetError
+    from .training import TrainConfig, read_config_file, train as run_training
+
+    flags = {
+        "data": data, "out": out, "model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "img_size": img_size, "val_fraction": val_fraction, "seed": seed, "device": device and device.value,
+        "workers": workers, "amp": amp, "augment": augment, "loss_off": loss_off,
+        "backbone_checkpoint": backbone_checkpoint,
+    }
+    options: dict = {}
+    try:
+        run_dir = Path(out or (read_config_file(config).get("out") if config else None) or "runs/clinreadnet")
+        if resume:
+            saved = run_dir / "config.json"
+            if not saved.is_file():
+                _usage_error(f"--resume: no run to continue in {run_dir} (no config.json)")
+            options.update(json.loads(saved.read_text()))
+        if config:
+            options.update(read_config_file(config))
+        options.update({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None})
+        if "data" not in options:
+            _usage_error("--data is required (an LDCTIQAG2023 folder or a CSV)")
+        cfg = TrainConfig.from_dict(options)
+    except ConfigError as exc:
+        _usage_error(str(exc))
+
+    show = os.environ.get("RANK", "0") == "0"
+    progress = Progress(*Progress.get_default_columns(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                        console=stderr, transient=True, disable=not (show and stderr.is_terminal))
+    task = None
+
+    def on_event(kind: str, info: dict) -> None:
+        nonlocal task
+        if not show:
+            return
+        if kind == "start":
+            stderr.print(f"training {cfg.model} on {info['train']} images, validating on {info['val']}, "
+                         f"{info['steps']} steps/epoch, device {info['device']} x{info['world']}"
+                         + (", bf16 autocast" if info["amp"] else ""))
+        elif kind == "batch":
+            if task is None or info["step"] == 0:
+                if task is not None:
+                    progress.remove_task(task)
+                task = progress.add_task(f"epoch {info['epoch'] + 1}/{cfg.epochs}", total=info["steps"], info="")
+            progress.update(task, advance=1, info=f"loss {info['loss']:.3f} lr {info['lr']:.2e}")
+        elif kind == "epoch":
+            names = {"val_plcc": "PLCC", "val_srocc": "SROCC", "val_krocc": "KROCC", "val_score": "Score"}
+            val = " ".join(f"{name} {info[k]:.4f}" for k, name in names.items() if k in info)
+            stderr.print(f"epoch {info['epoch']}/{cfg.epochs}  loss {info['train_loss']:.4f}  lr {info['lr']:.2e}  "
+                         f"{val}{'  (best)' if info.get('best') else ''}  {info['train_seconds']:.0f} s")
+
+    try:
+        with progress:
+            result = run_training(cfg, resume=resume, on_event=on_event)
+    except (ConfigError, DatasetError) as exc:
+        _usage_error(str(exc))
+    if show:
+        stderr.print(f"done: {result.out / 'best.safetensors'} (best validation Score {result.best_score:.4f})")
 
 
 @app.command()
-def evaluate() -> None:
+def evaluate(
+    data: Path = typer.Option(..., help="Labelled data: LDCTIQAG2023 folder or a CSV of path,score."),
+    split: str = typer.Option("test", help="test | val | train | all (val/train use the run's split.json)."),
+    weights: Optional[Path] = typer.Option(None, help="Weights file. Default: the shipped weights."),
+    split_file: Optional[Path] = typer.Option(None, help="split.json of the run (default: beside --weights)."),
+    device: Device = typer.Option(Device.auto),
+    batch_size: int = typer.Option(8, min=1),
+    workers: int = typer.Option(2, min=0),
+    fmt: ListFormat = typer.Option(ListFormat.table, "--format", help="table or json"),
+    predictions: Optional[Path] = typer.Option(None, help="Write per-image path,label,prediction,class CSV here."),
+) -> None:
     """Report PLCC, SROCC, KROCC and Score of a model on a labelled split."""
-    _not_available("evaluate", "the evaluation workflow is still to come.")
+    import csv
+    import io
+
+    from .atomic import write_text_atomic
+    from .checkpoint import WeightsError, default_weights
+    from .data import DatasetError
+    from .evaluation import evaluate as run_evaluation, select_split
+    from .scoring import resolve_device
+
+    weights_path = weights or default_weights()
+    if not weights_path.is_file():
+        _usage_error(f"no weights at {weights_path}; pass --weights FILE")
+    try:
+        torch_device = resolve_device(device.value)
+        items = select_split(data, split, split_file or weights_path.parent / "split.json")
+        metrics, preds = run_evaluation(weights_path, items, torch_device, batch_size=batch_size, workers=workers)
+    except (ValueError, DatasetError, WeightsError) as exc:
+        _usage_error(str(exc))
+    if predictions is not None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path", "label", "prediction", "class"])
+        for p in preds:
+            writer.writerow([str(p.item.path), p.item.score, f"{p.score:.6f}", p.label])
+        write_text_atomic(predictions, buffer.getvalue())
+    if fmt is ListFormat.json:
+        typer.echo(json.dumps({"split": split, "images": len(preds), **metrics}, indent=2))
+        return
+    table = Table("metric", "value", title=f"{split} split, {len(preds)} images")
+    for name in ("plcc", "srocc", "krocc", "score"):
+        table.add_row(name.upper() if name != "score" else "Score", f"{metrics[name]:.4f}")
+    stdout.print(table)
 
 
 @app.command()

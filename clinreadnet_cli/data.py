@@ -1,0 +1,209 @@
+"""Labelled slices for training and evaluation: the LDCTIQAG2023 layouts, or a CSV.
+
+Layouts:
+  training  DIR/image/0000.tif ... + DIR/train.json   {"0000.tif": 2.8, ...}
+  test      DIR/images/*.tif(f)  + DIR/test.json      (same shape)
+  CSV       path,score[,group][,slice]  (paths relative to the CSV; any format ``score`` reads)
+
+Scores are the mean radiologist score in [0, 4]; the class is round(score x 5), 0..20.
+Images are read by the same readers and preprocessing as ``clinreadnet score``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .archs.heads import CLASSES_PER_POINT
+from .config import ClinReadNetConfig
+from .preprocess import prepare_slice
+from .readers import InputError, SliceRef, discover
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used, with every problem found named in the message."""
+
+
+@dataclass(frozen=True)
+class LabelledSlice:
+    key: str  # the name the labels file uses (e.g. "0000.tif") or the CSV path
+    path: Path
+    score: float
+    group: str | None = None  # patient, when known: keeps a patient on one side of the split
+    slice: int = 0  # index within the file's series / volume
+
+    @property
+    def label(self) -> int:
+        return score_to_class(self.score)
+
+
+def score_to_class(score: float) -> int:
+    return int(math.floor(score * CLASSES_PER_POINT + 0.5))
+
+
+def _fail(source: Path, problems: list[str]) -> None:
+    if problems:
+        shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
+        raise DatasetError(f"{source}: " + "; ".join(shown))
+
+
+def _read_labels_json(path: Path) -> dict[str, float]:
+    problems: list[str] = []
+
+    def no_duplicates(pairs):
+        counts = Counter(k for k, _ in pairs)
+        problems.extend(f"duplicate key {k!r}" for k, n in counts.items() if n > 1)
+        return dict(pairs)
+
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=no_duplicates)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read labels ({exc})") from None
+    if not isinstance(labels, dict):
+        raise DatasetError(f"{path}: expected an object {{\"0000.tif\": 2.8, ...}}")
+    _fail(path, problems)
+    return labels
+
+
+def _check_scores(source: Path, entries: dict[str, object]) -> list[str]:
+    problems = []
+    for key, score in entries.items():
+        if not isinstance(score, (int, float)) or isinstance(score, bool) or not 0 <= float(score) <= 4:
+            problems.append(f"score of {key!r} is {score!r}, not a number in [0, 4]")
+    return problems
+
+
+def _from_layout(root: Path, image_dirs: tuple[str, ...], labels_name: str) -> list[LabelledSlice]:
+    labels_path = root / labels_name
+    image_dir = next((root / d for d in image_dirs if (root / d).is_dir()), root / image_dirs[0])
+    labels = _read_labels_json(labels_path)
+    problems = _check_scores(labels_path, labels)
+    problems += [f"{key!r} has no image {image_dir / key}" for key in labels if not (image_dir / key).is_file()]
+    _fail(labels_path, problems)
+    return [LabelledSlice(key=k, path=image_dir / k, score=float(v)) for k, v in sorted(labels.items())]
+
+
+def _from_csv(path: Path) -> list[LabelledSlice]:
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc})") from None
+    if not rows or not {"path", "score"} <= set(rows[0]):
+        raise DatasetError(f"{path}: expected a CSV with columns path,score (and optionally group, slice)")
+    problems: list[str] = []
+    items, seen = [], Counter()
+    for n, row in enumerate(rows, start=2):
+        key = f"{row['path']}#{row.get('slice') or 0}"
+        seen[key] += 1
+        try:
+            score = float(row["score"])
+        except ValueError:
+            problems.append(f"line {n}: score {row['score']!r} is not a number")
+            continue
+        file = (path.parent / row["path"]).resolve() if not Path(row["path"]).is_absolute() else Path(row["path"])
+        if not file.exists():
+            problems.append(f"line {n}: no file {file}")
+        items.append(LabelledSlice(key=key, path=file, score=score, group=row.get("group") or None,
+                                   slice=int(row.get("slice") or 0)))
+    problems += _check_scores(path, {i.key: i.score for i in items})
+    problems += [f"duplicate row for {k}" for k, c in seen.items() if c > 1]
+    _fail(path, problems)
+    return items
+
+
+def load_labelled(source: str | Path, split: str = "train") -> list[LabelledSlice]:
+    """Every labelled slice of a dataset. ``split`` picks the layout in a folder holding both:
+    ``test`` reads images/ + test.json, anything else image/ + train.json."""
+    source = Path(source)
+    if source.is_file() and source.suffix.lower() == ".csv":
+        return _from_csv(source)
+    if not source.is_dir():
+        raise DatasetError(f"{source}: no such dataset (a folder in the LDCTIQAG2023 layout or a .csv)")
+    has_train, has_test = (source / "train.json").is_file(), (source / "test.json").is_file()
+    if split == "test" and has_test or (has_test and not has_train):
+        return _from_layout(source, ("images",), "test.json")
+    if has_train:
+        return _from_layout(source, ("image", "images"), "train.json")
+    raise DatasetError(f"{source}: neither train.json + image/ nor test.json + images/ found")
+
+
+# --- split --------------------------------------------------------------------------------
+def class_quotas(labels: list[int], fraction: float, rng: np.random.Generator) -> Counter:
+    """How many of each class go to the validation side: round(N x fraction) in all, each class
+    its share by largest remainder (ties broken at random)."""
+    counts = Counter(labels)
+    classes = sorted(counts)
+    exact = np.array([counts[c] * fraction for c in classes])
+    quota = np.floor(exact).astype(int)
+    left = int(round(len(labels) * fraction)) - int(quota.sum())
+    remainders = exact - quota + rng.random(len(classes)) * 1e-9
+    for i in np.argsort(-remainders)[:max(left, 0)]:
+        quota[i] += 1
+    return Counter(dict(zip(classes, quota.tolist())))
+
+
+def split_train_val(items: list[LabelledSlice], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Keys for (train, validation), stratified by class and fixed by ``seed``.
+
+    Without groups every class sends exactly its quota to validation (1,000 images at 0.2 give
+    the paper's 800/200). Slices sharing a group (patient) are placed together: a group goes to
+    validation while the classes it holds still have quota left there.
+    """
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[LabelledSlice]] = defaultdict(list)
+    for item in items:
+        groups[item.group if item.group is not None else f"\0{item.key}"].append(item)
+    quota = class_quotas([i.label for i in items], val_fraction, rng)
+    n_val = sum(quota.values())
+    order = list(groups)
+    rng.shuffle(order)
+    order.sort(key=lambda g: -len(groups[g]))  # big groups first; single slices even out the counts
+    val_keys: list[str] = []
+    train_keys: list[str] = []
+    for g in order:
+        members = groups[g]
+        fits = sum(min(quota[m.label], 1) for m in members) >= len(members) / 2
+        if fits and len(val_keys) + len(members) <= n_val:
+            val_keys += [m.key for m in members]
+            quota.subtract(m.label for m in members)
+        else:
+            train_keys += [m.key for m in members]
+    return sorted(train_keys), sorted(val_keys)
+
+
+# --- torch dataset ------------------------------------------------------------------------
+def _slice_ref(item: LabelledSlice, input_range: str) -> SliceRef:
+    found = discover([item.path], input_range)
+    if found.errors:
+        raise found.errors[0]
+    slices = [ref for s in found.series for ref in s.slices]
+    if not 0 <= item.slice < len(slices):
+        raise InputError(item.path, f"has {len(slices)} slice(s); slice {item.slice} was asked for")
+    return slices[item.slice]
+
+
+class SliceDataset(Dataset):
+    """(image (1, S, S) in [0, 1], class) pairs, through the score command's readers and preprocessing."""
+
+    def __init__(self, items: list[LabelledSlice], cfg: ClinReadNetConfig, transform=None, input_range: str = "auto"):
+        self.items, self.cfg, self.transform, self.input_range = items, cfg, transform, input_range
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        item = self.items[index]
+        ref = _slice_ref(item, self.input_range)
+        image = prepare_slice(ref.load(), ref.value_range, self.cfg)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, item.label

@@ -1,0 +1,303 @@
+"""Training with the paper's protocol (§4.3, Tab. 1), resumable, single process or torchrun/DDP.
+
+NAdam (lr 1e-4), cosine annealing with warm restarts to 0 (stepped every batch), batch 8,
+80 epochs, rotation ±15°, affine scale 0.95-1.20, horizontal and vertical flips; the checkpoint
+kept as ``best`` is the one with the highest validation Score.
+
+A run directory holds: config.json (the resolved training config), split.json (train and
+validation keys), metrics.jsonl (one line per epoch), best.safetensors and last.safetensors
+(weights the score command loads) and last_state.safetensors (model, optimizer, scheduler and
+RNG state for --resume). Checkpoints and configs are written atomically; the metrics log is
+appended one line per finished epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from torchvision.transforms import v2
+
+from .archs import ClinReadNet, create_model
+from .archs.heads import expected_score
+from .atomic import atomic_path, write_text_atomic
+from .checkpoint import save_weights
+from .config import ClinReadNetConfig, ConfigError, resolve_config
+from .data import DatasetError, LabelledSlice, SliceDataset, load_labelled, split_train_val
+from .losses import create_loss
+from .metrics import correlation_metrics
+
+STATE_FORMAT = "clinreadnet-train-state/1"
+HRPS_TERMS = ("cross_entropy", "fine_rps", "coarse_rps", "entropy")
+Event = Callable[[str, dict], None]
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str = "runs/clinreadnet"
+    model: str = "clinreadnet"
+    img_size: int | None = None  # None: the model config's (224)
+    epochs: int = 80
+    batch_size: int = 8
+    lr: float = 1e-4
+    restart_epochs: float = 20.0  # period of the cosine warm restarts, in epochs
+    val_fraction: float = 0.2  # 1,000 training images -> the paper's 800 / 200
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 2
+    amp: bool = False  # bf16 autocast on CUDA; ignored on the CPU
+    augment: bool = True
+    loss_off: tuple[str, ...] = ()  # HRPS terms to switch off (Tab. 8): cross_entropy, fine_rps, ...
+    backbone_checkpoint: str | None = None
+    input_range: str = "auto"
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # config fields, e.g. {"drop_path_rate": 0.2}
+
+    def __post_init__(self) -> None:
+        self.loss_off = tuple(self.loss_off)
+        unknown = [t for t in self.loss_off if t not in HRPS_TERMS]
+        if unknown:
+            raise ConfigError(f"unknown loss term(s) {unknown}; choose from {', '.join(HRPS_TERMS)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.val_fraction < 1:
+            raise ConfigError("epochs and batch_size must be >= 1, lr > 0, val_fraction in [0, 1)")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def model_config(self) -> ClinReadNetConfig:
+        sizes = {"img_size": self.img_size} if self.img_size else {}
+        cfg = resolve_config(self.model, **{**self.model_overrides, **sizes})
+        if self.loss_off:
+            cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, **{t: False for t in self.loss_off}))
+        return cfg
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Training options from a TOML or YAML file (keys as in TrainConfig)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"{path}: config files are .toml, .yaml or .yml")
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{path}: cannot parse ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a table of options")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def augmentation() -> v2.Compose:
+    """Tab. 1: RandomRotation ±15°, RandomAffine scale (0.95, 1.20), horizontal and vertical flips."""
+    return v2.Compose([
+        v2.RandomRotation(15),
+        v2.RandomAffine(degrees=0, scale=(0.95, 1.20)),
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+    ])
+
+
+# --- state files (safetensors; no pickles) -----------------------------------------------------
+def save_state(path: Path, model: ClinReadNet, optimizer, scheduler, epoch: int, best: float) -> None:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    scalars = {}
+    opt = optimizer.state_dict()
+    for index, state in opt["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    metadata = {
+        "format": STATE_FORMAT, "epoch": str(epoch), "best": json.dumps(best),
+        "param_groups": json.dumps(opt["param_groups"]), "optim_scalars": json.dumps(scalars),
+        "scheduler": json.dumps(scheduler.state_dict()), "config": model.config.to_json(),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_state(path: Path, model: ClinReadNet, optimizer, scheduler) -> tuple[int, float]:
+    """Restore everything ``save_state`` wrote; returns (epochs done, best validation Score)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != STATE_FORMAT:
+            raise DatasetError(f"{path}: not a clinreadnet training state")
+        if ClinReadNetConfig.from_json(meta["config"]) != model.config:
+            raise ConfigError(f"{path}: the run was trained with another model config; resume with the same options")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for key, value in json.loads(meta["optim_scalars"]).items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    scheduler.load_state_dict(json.loads(meta["scheduler"]))
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return int(meta["epoch"]), json.loads(meta["best"])
+
+
+# --- the loop ------------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    out: Path
+    epochs_done: int
+    best_score: float
+    history: list[dict] = field(default_factory=list)
+
+
+def _device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda asked for, but no CUDA device is available")
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def predict_scores(model: ClinReadNet, loader: DataLoader, device: torch.device) -> list[float]:
+    """Expected 0-4 scores of every image the loader yields, in order."""
+    model.eval()
+    scores: list[float] = []
+    with torch.inference_mode():
+        for images, _ in loader:
+            scores += expected_score(model(images.to(device)).softmax(-1).mean(1)).tolist()
+    return scores
+
+
+def train(cfg: TrainConfig, resume: bool = False, on_event: Event | None = None) -> RunResult:
+    """Train as ``cfg`` says; with ``resume`` continue the run in ``cfg.out`` from its last epoch."""
+    emit = on_event or (lambda kind, data: None)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = _device(cfg.device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    out = Path(cfg.out)
+    try:
+        return _train(cfg, resume, emit, out, device, world, rank)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, resume: bool, emit: Event, out: Path, device, world: int, rank: int) -> RunResult:
+    torch.manual_seed(cfg.seed + rank)
+    items = {i.key: i for i in load_labelled(cfg.data)}
+    split_path = out / "split.json"
+    if resume:
+        if not (out / "last_state.safetensors").is_file():
+            raise DatasetError(f"{out}: nothing to resume (no last_state.safetensors)")
+        split = json.loads(split_path.read_text())
+    else:
+        train_keys, val_keys = split_train_val(list(items.values()), cfg.val_fraction, cfg.seed)
+        split = {"data": str(cfg.data), "seed": cfg.seed, "train": train_keys, "val": val_keys}
+    missing = [k for k in split["train"] + split["val"] if k not in items]
+    if missing:
+        raise DatasetError(f"{split_path}: {len(missing)} split image(s) not in {cfg.data}, e.g. {missing[0]!r}")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        write_text_atomic(split_path, json.dumps(split, indent=2) + "\n")
+
+    model_cfg = cfg.model_config()
+    model = create_model(model_cfg, backbone_checkpoint=cfg.backbone_checkpoint).to(device)
+    loss_fn = create_loss(model_cfg).to(device)
+    train_items: list[LabelledSlice] = [items[k] for k in split["train"]]
+    val_items: list[LabelledSlice] = [items[k] for k in split["val"]]
+    train_set = SliceDataset(train_items, model_cfg, augmentation() if cfg.augment else None, cfg.input_range)
+    # One sampler for one or many processes: its shuffle is seeded by (seed, epoch), so a resumed
+    # run sees the same order as an uninterrupted one.
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=True)
+    per_process = max(1, cfg.batch_size // world)
+    loader = DataLoader(train_set, batch_size=per_process, sampler=sampler, num_workers=cfg.workers,
+                        drop_last=len(train_set) // world > per_process, pin_memory=device.type == "cuda",
+                        persistent_workers=False)
+    val_loader = DataLoader(SliceDataset(val_items, model_cfg, None, cfg.input_range), batch_size=cfg.batch_size,
+                            num_workers=cfg.workers)
+    optimizer = torch.optim.NAdam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=1, eta_min=0.0)
+    start, best = 0, float("-inf")
+    if resume:
+        start, best = load_state(out / "last_state.safetensors", model, optimizer, scheduler)
+    net = DistributedDataParallel(model) if world > 1 else model
+    use_amp = cfg.amp and device.type == "cuda"
+    steps = len(loader)
+    history: list[dict] = []
+    emit("start", {"train": len(train_items), "val": len(val_items), "steps": steps, "start_epoch": start,
+                   "epochs": cfg.epochs, "device": str(device), "world": world, "amp": use_amp})
+    for epoch in range(start, cfg.epochs):
+        sampler.set_epoch(epoch)
+        net.train()
+        began, total, count = time.perf_counter(), 0.0, 0
+        for step, (images, labels) in enumerate(loader):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                logits = net(images)
+            terms = loss_fn(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+            optimizer.step()
+            # Warm restarts every `restart_epochs`, stepped fractionally every batch.
+            scheduler.step((epoch + step / steps) / cfg.restart_epochs)
+            total, count = total + terms.total.item() * len(labels), count + len(labels)
+            emit("batch", {"epoch": epoch, "step": step, "steps": steps, "loss": terms.total.item(),
+                           "lr": optimizer.param_groups[0]["lr"]})
+        record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"],
+                  "train_seconds": time.perf_counter() - began}
+        if rank == 0:
+            if val_items:
+                predicted = predict_scores(model, val_loader, device)
+                record.update({f"val_{k}": v for k, v in
+                               correlation_metrics(predicted, [i.score for i in val_items]).items()})
+            score = record.get("val_score", float("nan"))
+            improved = not val_items or (score == score and score > best)
+            if improved:
+                best = score if val_items else best
+                save_weights(model, out / "best.safetensors")
+            save_weights(model, out / "last.safetensors")
+            save_state(out / "last_state.safetensors", model, optimizer, scheduler, epoch + 1, best)
+            record["best"] = improved
+            with (out / "metrics.jsonl").open("a", encoding="utf-8") as log:
+                log.write(json.dumps(record) + "\n")
+        if world > 1:
+            dist.barrier()
+        history.append(record)
+        emit("epoch", record)
+    return RunResult(out=out, epochs_done=cfg.epochs, best_score=best, history=history)
