@@ -31,7 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 stdout = Console()
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, soft_wrap=True)  # never break a message across lines
 
 
 class ListFormat(str, Enum):
@@ -275,7 +275,7 @@ def evaluate(
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["path", "label", "prediction", "class"])
         for p in preds:
-            writer.writerow([str(p.item.path), p.item.score, f"{p.score:.6f}", p.label])
+            writer.writerow([str(p.item.path), p.item.score, repr(p.score), p.label])
         write_text_atomic(predictions, buffer.getvalue())
     if fmt is ListFormat.json:
         typer.echo(json.dumps({"split": split, "images": len(preds), **metrics}, indent=2))

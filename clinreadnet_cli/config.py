@@ -226,12 +226,17 @@ def get_config(name: str, **overrides: Any) -> ClinReadNetConfig:
 
 
 def resolve_config(config: str | ClinReadNetConfig, **overrides: Any) -> ClinReadNetConfig:
-    """A config given by name or as an object, with top-level fields replaced by ``overrides``."""
+    """A config given by name or as an object, with top-level fields replaced by ``overrides``.
+
+    Overrides may come from JSON/TOML/YAML: lists become tuples and tables (``soqn``, ``mtmsa``,
+    ``loss``) become their sub-configs, exactly as when a stored config is read back.
+    """
     if isinstance(config, str):
         return get_config(config, **overrides)
     if not overrides:
         return config
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ClinReadNetConfig)})
-    if unknown:
-        raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
-    return dataclasses.replace(config, **overrides)
+    merged = config.to_dict()
+    for key, value in overrides.items():
+        merged[key] = value.to_dict() if hasattr(value, "to_dict") else (
+            dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
+    return _build(ClinReadNetConfig, merged)

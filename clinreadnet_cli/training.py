@@ -30,7 +30,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.transforms import v2
 
 from .archs import ClinReadNet, create_model
-from .archs.heads import expected_score
 from .atomic import atomic_path, write_text_atomic
 from .checkpoint import save_weights
 from .config import ClinReadNetConfig, ConfigError, resolve_config
@@ -193,11 +192,7 @@ def _device(name: str, local_rank: int) -> torch.device:
 def predict_scores(model: ClinReadNet, loader: DataLoader, device: torch.device) -> list[float]:
     """Expected 0-4 scores of every image the loader yields, in order."""
     model.eval()
-    scores: list[float] = []
-    with torch.inference_mode():
-        for images, _ in loader:
-            scores += expected_score(model(images.to(device)).softmax(-1).mean(1)).tolist()
-    return scores
+    return [score for images, _ in loader for score in model.predict(images.to(device)).score.tolist()]
 
 
 def train(cfg: TrainConfig, resume: bool = False, on_event: Event | None = None) -> RunResult:

@@ -20,12 +20,14 @@ def test_help_lists_the_three_commands():
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate"])
-def test_unbuilt_commands_say_so_on_stderr(command):
-    result = runner.invoke(app, [command])
-    assert result.exit_code == 2
-    assert result.stdout == ""
-    assert "not available in this version yet" in result.stderr
+def test_train_without_data_is_a_usage_error(tmp_path):
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--data is required" in result.stderr and result.stdout == ""
+
+
+def test_evaluate_without_weights_is_a_usage_error(tmp_path):
+    result = runner.invoke(app, ["evaluate", "--data", str(tmp_path), "--weights", str(tmp_path / "none.safetensors")])
+    assert result.exit_code == 2 and "no weights at" in result.stderr
 
 
 def test_models_json_lists_every_config():

@@ -1,0 +1,250 @@
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from safetensors import safe_open
+from scipy import stats
+from typer.testing import CliRunner
+
+from clinreadnet_cli.cli import app
+from clinreadnet_cli.data import DatasetError, LabelledSlice, load_labelled, score_to_class, split_train_val
+from clinreadnet_cli.dicom_export import write_series
+from clinreadnet_cli.metrics import correlation_metrics
+
+from .conftest import TINY
+
+runner = CliRunner()
+TINY_TOML = f"""
+model = "clinreadnet"
+img_size = 64
+batch_size = 4
+workers = 0
+restart_epochs = 2
+[model_overrides]
+embed_dim = {TINY['embed_dim']}
+depths = {list(TINY['depths'])}
+num_heads = {list(TINY['num_heads'])}
+window_size = {TINY['window_size']}
+"""
+
+
+def _write_layout(root: Path, image_dir: str, labels_name: str, n: int, seed: int, ext: str = ".tif") -> dict:
+    """float32 [0, 1] slices whose noise grows as the score falls, plus the labels JSON."""
+    rng = np.random.default_rng(seed)
+    (root / image_dir).mkdir(parents=True)
+    y, x = np.mgrid[:64, :64]
+    body = ((x - 32) ** 2 + (y - 32) ** 2 < 26 ** 2) * 0.5
+    labels = {}
+    for i in range(n):
+        score = round(float(rng.integers(0, 21)) / 5, 1)
+        image = np.clip(body + rng.normal(0, 0.02 + 0.1 * (4 - score), body.shape), 0, 1).astype(np.float32)
+        tifffile.imwrite(root / image_dir / f"{i:04d}{ext}", image)
+        labels[f"{i:04d}{ext}"] = score
+    (root / labels_name).write_text(json.dumps(labels))
+    return labels
+
+
+@pytest.fixture(scope="module")
+def ldct(tmp_path_factory) -> Path:
+    """A small dataset in the exact LDCTIQAG2023 layouts: train/ and test/."""
+    root = tmp_path_factory.mktemp("ldct")
+    _write_layout(root / "train", "image", "train.json", 24, seed=0)
+    _write_layout(root / "test", "images", "test.json", 8, seed=1, ext=".tiff")
+    (root / "tiny.toml").write_text(TINY_TOML)
+    return root
+
+
+def train(*args):
+    return runner.invoke(app, ["train", *map(str, args)])
+
+
+def _tensors(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+# --- data --------------------------------------------------------------------------------------
+def test_layouts_load(ldct):
+    train_items = load_labelled(ldct / "train")
+    test_items = load_labelled(ldct / "test", split="test")
+    assert len(train_items) == 24 and len(test_items) == 8
+    assert all(i.path.parent.name == "image" for i in train_items)
+    assert all(i.path.suffix == ".tiff" and i.path.parent.name == "images" for i in test_items)
+    assert score_to_class(2.8) == 14 and score_to_class(0.2) == 1 and score_to_class(4.0) == 20
+
+
+def test_bad_labels_are_one_error_naming_them(tmp_path):
+    root = tmp_path / "d"
+    _write_layout(root, "image", "train.json", 3, seed=0)
+    (root / "train.json").write_text('{"0000.tif": 2.8, "0001.tif": 4.6, "0009.tif": 1.0, "0002.tif": 1, "0002.tif": 2}')
+    with pytest.raises(DatasetError) as err:
+        load_labelled(root)
+    assert "duplicate key '0002.tif'" in str(err.value)
+    (root / "train.json").write_text('{"0000.tif": 2.8, "0001.tif": 4.6, "0009.tif": 1.0, "0002.tif": "x"}')
+    with pytest.raises(DatasetError) as err:
+        load_labelled(root)
+    message = str(err.value)
+    assert str(root / "train.json") in message
+    assert "'0001.tif' is 4.6" in message and "'0002.tif' is 'x'" in message and "'0009.tif' has no image" in message
+
+
+def test_csv_dataset_reads_dicom_through_the_score_readers(tmp_path):
+    hu = np.random.default_rng(0).normal(40, 20, (2, 64, 64)).astype(np.float32)
+    paths = write_series(hu, tmp_path / "dcm")
+    (tmp_path / "labels.csv").write_text(
+        "path,score,group\n" + "".join(f"dcm/{p.name},{s},patient-{k}\n" for k, (p, s) in enumerate(zip(paths, (3.2, 1.4))))
+    )
+    items = load_labelled(tmp_path / "labels.csv")
+    assert [(i.path, i.score, i.group) for i in items] == [(paths[0], 3.2, "patient-0"), (paths[1], 1.4, "patient-1")]
+
+
+def test_split_is_800_200_stratified_and_seeded():
+    rng = np.random.default_rng(3)
+    items = [LabelledSlice(f"{i:04d}.tif", Path(f"{i:04d}.tif"), float(rng.integers(0, 21)) / 5) for i in range(1000)]
+    train_keys, val_keys = split_train_val(items, 0.2, seed=7)
+    assert (len(train_keys), len(val_keys)) == (800, 200) and not set(train_keys) & set(val_keys)
+    labels = {i.key: i.label for i in items}
+    total, val = Counter(labels.values()), Counter(labels[k] for k in val_keys)
+    assert all(abs(val[c] - 0.2 * total[c]) < 1 for c in total)  # each class its share, within rounding
+    assert split_train_val(items, 0.2, seed=7) == (train_keys, val_keys)
+    assert split_train_val(items, 0.2, seed=8) != (train_keys, val_keys)
+
+
+def test_split_keeps_each_patient_on_one_side():
+    rng = np.random.default_rng(0)
+    items = [LabelledSlice(f"s{i}", Path(f"s{i}"), float(rng.integers(0, 21)) / 5, group=f"p{i // 5}")
+             for i in range(200)]
+    train_keys, val_keys = split_train_val(items, 0.2, seed=0)
+    side = {}
+    for item in items:
+        side.setdefault(item.group, set()).add(item.key in val_keys)
+    assert all(len(s) == 1 for s in side.values())
+    assert 30 <= len(val_keys) <= 40
+
+
+# --- metrics -----------------------------------------------------------------------------------
+def test_metrics_match_hand_computed_values_with_ties():
+    pred, target = [1.0, 1.0, 2.0, 3.0], [1.0, 2.0, 2.0, 3.0]
+    m = correlation_metrics(pred, target)
+    # Pearson: deviations (-0.75, -0.75, 0.25, 1.25) and (-1, 0, 0, 1): 2 / sqrt(2.75 * 2)
+    assert m["plcc"] == pytest.approx(2 / math.sqrt(2.75 * 2))
+    # Spearman = Pearson of the average ranks (1.5, 1.5, 3, 4) and (1, 2.5, 2.5, 4):
+    # deviations (-1, -1, 0.5, 1.5) and (-1.5, 0, 0, 1.5): 3.75 / sqrt(4.5 * 4.5)
+    assert m["srocc"] == pytest.approx(3.75 / 4.5)
+    # Kendall tau-b: 6 pairs, 4 concordant, 0 discordant, 1 tie in pred only, 1 tie in target only
+    assert m["krocc"] == pytest.approx(4 / math.sqrt((4 + 0 + 1) * (4 + 0 + 1)))
+    assert m["score"] == pytest.approx(abs(m["plcc"]) + abs(m["srocc"]) + abs(m["krocc"]))
+    assert math.isnan(correlation_metrics([2.0, 2.0], [1.0, 3.0])["score"])  # constant prediction
+
+
+# --- train / evaluate --------------------------------------------------------------------------
+def test_two_epoch_run_writes_checkpoints_logs_and_config(ldct, tmp_path):
+    out = tmp_path / "run"
+    result = train("--data", ldct / "train", "--config", ldct / "tiny.toml", "--epochs", 2, "--out", out, "--seed", 3)
+    assert result.exit_code == 0, result.stderr
+    assert {p.name for p in out.iterdir()} == {
+        "config.json", "split.json", "metrics.jsonl", "best.safetensors", "last.safetensors", "last_state.safetensors"}
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert all(set(r) >= {"train_loss", "lr", "val_plcc", "val_srocc", "val_krocc", "val_score"} for r in log)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["epochs"] == 2 and saved["seed"] == 3 and saved["img_size"] == 64 and saved["lr"] == 1e-4
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["train"]) + len(split["val"]) == 24 and len(split["val"]) == 5
+    # The exported model is what `score` loads.
+    scored = runner.invoke(app, ["score", str(ldct / "test"), "--weights", str(out / "best.safetensors"),
+                                 "--format", "json"])
+    assert scored.exit_code == 0 and len(json.loads(scored.stdout)) == 8
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(ldct, tmp_path):
+    common = ["--data", ldct / "train", "--config", ldct / "tiny.toml", "--seed", 1]
+    assert train(*common, "--epochs", 2, "--out", tmp_path / "straight").exit_code == 0
+    assert train(*common, "--epochs", 1, "--out", tmp_path / "paused").exit_code == 0
+    resumed = train("--resume", "--out", tmp_path / "paused", "--epochs", 2)
+    assert resumed.exit_code == 0, resumed.stderr
+    a, b = _tensors(tmp_path / "straight" / "last.safetensors"), _tensors(tmp_path / "paused" / "last.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    log = [json.loads(line) for line in (tmp_path / "paused" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+
+
+def test_config_file_yaml_and_flags_override_it(ldct, tmp_path):
+    (tmp_path / "c.yaml").write_text(TINY_TOML_AS_YAML)
+    out = tmp_path / "run"
+    result = train("--data", ldct / "train", "--config", tmp_path / "c.yaml", "--epochs", 1, "--out", out,
+                   "--loss-off", "entropy", "--model", "clinreadnet-no-sobel")
+    assert result.exit_code == 0, result.stderr
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["epochs"] == 1 and saved["batch_size"] == 4 and saved["loss_off"] == ["entropy"]
+    with safe_open(str(out / "last.safetensors"), framework="pt") as f:
+        stored = json.loads(f.metadata()["config"])
+    assert stored["name"] == "clinreadnet-no-sobel" and stored["loss"]["entropy"] is False
+    assert stored["soqn"]["sobel_branch"] is False
+
+
+TINY_TOML_AS_YAML = "\n".join([
+    "model: clinreadnet", "img_size: 64", "batch_size: 4", "workers: 0", "restart_epochs: 2", "model_overrides:",
+    f"  embed_dim: {TINY['embed_dim']}", f"  depths: {list(TINY['depths'])}",
+    f"  num_heads: {list(TINY['num_heads'])}", f"  window_size: {TINY['window_size']}",
+])
+
+
+def test_bad_training_options_are_usage_errors(ldct, tmp_path):
+    result = train("--data", ldct / "train", "--loss-off", "warmth", "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "unknown loss term" in result.stderr
+    result = train("--data", tmp_path / "nothing", "--config", ldct / "tiny.toml", "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "no such dataset" in result.stderr
+    result = train("--resume", "--out", tmp_path / "never")
+    assert result.exit_code == 2 and "no run to continue" in result.stderr
+
+
+def test_evaluate_reproduces_scipy_on_its_predictions(ldct, tmp_path):
+    out = tmp_path / "run"
+    assert train("--data", ldct / "train", "--config", ldct / "tiny.toml", "--epochs", 1, "--out", out).exit_code == 0
+    for split, data, count in [("test", ldct / "test", 8), ("val", ldct / "train", 5), ("all", ldct / "train", 24)]:
+        preds = tmp_path / f"{split}.csv"
+        result = runner.invoke(app, ["evaluate", "--data", str(data), "--split", split, "--weights",
+                                     str(out / "best.safetensors"), "--format", "json", "--predictions", str(preds)])
+        assert result.exit_code == 0, result.stderr
+        reported = json.loads(result.stdout)
+        rows = list(csv.DictReader(preds.open()))
+        assert reported["images"] == len(rows) == count
+        assert set(rows[0]) == {"path", "label", "prediction", "class"}
+        p, y = [float(r["prediction"]) for r in rows], [float(r["label"]) for r in rows]
+        assert reported["plcc"] == pytest.approx(stats.pearsonr(p, y).statistic, abs=1e-12)
+        assert reported["srocc"] == pytest.approx(stats.spearmanr(p, y).statistic, abs=1e-12)
+        assert reported["krocc"] == pytest.approx(stats.kendalltau(p, y).statistic, abs=1e-12)
+    split = json.loads((out / "split.json").read_text())
+    val_rows = list(csv.DictReader((tmp_path / "val.csv").open()))
+    assert [Path(r["path"]).name for r in val_rows] == split["val"]  # the run's own validation images
+    best = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][0]
+    assert json.loads(runner.invoke(app, ["evaluate", "--data", str(ldct / "train"), "--split", "val", "--weights",
+                                          str(out / "best.safetensors"), "--format", "json"]).stdout)["score"] \
+        == pytest.approx(best["val_score"], abs=1e-5)  # other batch size, other float summation order
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="needs torchrun")
+def test_two_process_gloo_run(ldct, tmp_path):
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "clinreadnet_cli", "train", "--data",
+         str(ldct / "train"), "--config", str(ldct / "tiny.toml"), "--epochs", "1", "--out", str(out),
+         "--device", "cpu"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "best.safetensors").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert "x2" in proc.stderr  # both processes took part
