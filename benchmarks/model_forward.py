@@ -10,12 +10,12 @@ table to stdout; ``--json`` also writes the numbers with the machine they were t
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 
 import torch
+
+from common import write_json
 
 from clinreadnet_cli.archs import create_model
 
@@ -64,13 +64,7 @@ def main() -> None:
         r["ratio_vs_swin_t"] = ratio
         print(f"{r['model']:<22}{r['img_size']:>6}{r['params_m']:>12.2f}{r['median_ms_per_slice']:>10.1f}"
               f"{r['min_ms_per_slice']:>8.1f}{ratio:>10.2f}x")
-    if args.json_path:
-        machine = {
-            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu",
-        }
-        with open(args.json_path, "w") as f:
-            json.dump({"machine": machine, "results": rows}, f, indent=2)
+    write_json(args.json_path, rows)
 
 
 if __name__ == "__main__":

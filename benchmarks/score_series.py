@@ -12,8 +12,6 @@ configuration with random values: the compute is the same as for trained weights
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -23,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import SOURCES, print_rows, write_json
+
 from clinreadnet_cli.archs import create_model
 from clinreadnet_cli.checkpoint import save_weights
 from clinreadnet_cli.dicom_export import write_series
@@ -30,7 +30,6 @@ from clinreadnet_cli.preprocess import prepare_slice
 from clinreadnet_cli.readers import discover
 from clinreadnet_cli.scoring import score_series
 
-SOURCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_sources"
 
 
 def build_series(out: Path, n: int) -> None:
@@ -92,13 +91,8 @@ def main() -> None:
     }
     print(f"{args.slices}-slice DICOM series, {args.model} at {args.img_size}, batch {args.batch}, "
           f"{args.workers} decode workers, CPU ({torch.get_num_threads()} threads)")
-    for key, value in rows.items():
-        print(f"  {key:<30}{value:10.2f}")
-    if args.json_path:
-        machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                   "torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu"}
-        with open(args.json_path, "w") as f:
-            json.dump({"machine": machine, "args": vars(args), "results": rows}, f, indent=2)
+    print_rows(rows, width=30)
+    write_json(args.json_path, rows, args)
 
 
 if __name__ == "__main__":

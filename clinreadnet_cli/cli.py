@@ -190,14 +190,14 @@ def train(
     }
     options: dict = {}
     try:
-        run_dir = Path(out or (read_config_file(config).get("out") if config else None) or "runs/clinreadnet")
-        if resume:
+        from_file = read_config_file(config) if config else {}
+        run_dir = Path(out or from_file.get("out") or "runs/clinreadnet")
+        if resume:  # the run's own options first; the file and the flags may change some (e.g. epochs)
             saved = run_dir / "config.json"
             if not saved.is_file():
                 _usage_error(f"--resume: no run to continue in {run_dir} (no config.json)")
             options.update(json.loads(saved.read_text()))
-        if config:
-            options.update(read_config_file(config))
+        options.update(from_file)
         options.update({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None})
         if "data" not in options:
             _usage_error("--data is required (an LDCTIQAG2023 folder or a CSV)")

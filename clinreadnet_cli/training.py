@@ -93,7 +93,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
 
             data = tomllib.loads(text)
         elif path.suffix.lower() in (".yaml", ".yml"):
@@ -149,7 +152,7 @@ def load_state(path: Path, model: ClinReadNet, optimizer, scheduler) -> tuple[in
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         if meta.get("format") != STATE_FORMAT:
-            raise DatasetError(f"{path}: not a clinreadnet training state")
+            raise ConfigError(f"{path}: not a clinreadnet training state")
         if ClinReadNetConfig.from_json(meta["config"]) != model.config:
             raise ConfigError(f"{path}: the run was trained with another model config; resume with the same options")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
