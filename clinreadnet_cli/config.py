@@ -237,6 +237,5 @@ def resolve_config(config: str | ClinReadNetConfig, **overrides: Any) -> ClinRea
         return config
     merged = config.to_dict()
     for key, value in overrides.items():
-        merged[key] = value.to_dict() if hasattr(value, "to_dict") else (
-            dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
+        merged[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
     return _build(ClinReadNetConfig, merged)

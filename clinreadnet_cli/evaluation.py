@@ -47,10 +47,9 @@ def evaluate(weights: Path, items: list[LabelledSlice], device: torch.device, ba
     loader = DataLoader(SliceDataset(items, model.config, None, input_range), batch_size=batch_size,
                         num_workers=workers)
     predictions: list[ImagePrediction] = []
-    with torch.inference_mode():
-        for images, _ in loader:
-            pred = model.predict(images.to(device))
-            for score, label in zip(pred.score.tolist(), pred.label.tolist()):
-                predictions.append(ImagePrediction(item=items[len(predictions)], score=score, label=label))
+    for images, _ in loader:
+        pred = model.predict(images.to(device))  # eval mode, inference_mode
+        for score, label in zip(pred.score.tolist(), pred.label.tolist()):
+            predictions.append(ImagePrediction(item=items[len(predictions)], score=score, label=label))
     metrics = correlation_metrics([p.score for p in predictions], [p.item.score for p in predictions])
     return metrics, predictions

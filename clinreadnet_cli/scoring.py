@@ -17,6 +17,7 @@ import torch
 
 from .archs import ClinReadNet
 from .archs.heads import grade_name
+from .config import ConfigError
 from .preprocess import prepare_slice
 from .readers import InputError, Series, SliceRef
 
@@ -44,11 +45,11 @@ class SeriesSummary:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU. Raises ValueError for an unusable choice."""
+    """``auto`` -> CUDA when present, else CPU. Raises ConfigError for an unusable choice."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but no CUDA device is available")
+        raise ConfigError("--device cuda asked for, but no CUDA device is available")
     return torch.device(name)
 
 

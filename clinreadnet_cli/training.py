@@ -36,6 +36,7 @@ from .config import ClinReadNetConfig, ConfigError, resolve_config
 from .data import DatasetError, LabelledSlice, SliceDataset, load_labelled, split_train_val
 from .losses import create_loss
 from .metrics import correlation_metrics
+from .scoring import resolve_device
 
 STATE_FORMAT = "clinreadnet-train-state/1"
 HRPS_TERMS = ("cross_entropy", "fine_rps", "coarse_rps", "entropy")
@@ -183,13 +184,9 @@ class RunResult:
 
 
 def _device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda asked for, but no CUDA device is available")
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
+    """The score command's device choice; under torchrun each process takes its own GPU."""
+    device = resolve_device(name)
+    return torch.device("cuda", local_rank) if device.type == "cuda" else device
 
 
 def predict_scores(model: ClinReadNet, loader: DataLoader, device: torch.device) -> list[float]:
