@@ -286,6 +286,79 @@ def evaluate(
     stdout.print(table)
 
 
+def _float_list(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        _usage_error(f"--{name}: expected comma-separated numbers, got {text!r}")
+
+
+@app.command()
+def simulate(
+    source: list[Path] = typer.Option(..., help="Normal-dose CT: DICOM / NIfTI / MHA / NRRD / TIFF in HU, or .npz "
+                                                "archives (hu, pixel_spacing_mm, patient_id). Repeatable."),
+    out: Path = typer.Option(..., help="Dataset folder to write (image/ + train.json + manifest.csv)."),
+    doses: str = typer.Option("1,0.5,0.25,0.1", help="Dose fractions of the source's flux."),
+    views: str = typer.Option("full,720,360,180", help="Projection counts per 180 degrees; full = --full-views."),
+    full_views: int = typer.Option(1000, min=2, help="Views of the full (routine) acquisition."),
+    fbp_filter: str = typer.Option("ram-lak", "--filter", help="FBP filter: ram-lak, shepp-logan, cosine, hamming, hann."),
+    electronic_noise: float = typer.Option(10.0, min=0.0, help="Detector electronic noise SD, in photons."),
+    source_images: bool = typer.Option(True, "--source-images/--no-source-images",
+                                       help="Also write each untouched source slice (score 4)."),
+    seed: int = typer.Option(0, help="Seeds the noise; same seed, same data."),
+    workers: int = typer.Option(os.cpu_count() or 1, min=1, help="Slices simulated in parallel (processes)."),
+    pixel_spacing: Optional[float] = typer.Option(None, min=0.0, help="Pixel spacing (mm) for sources that give none."),
+    input_range: InputRangeChoice = typer.Option(InputRangeChoice.auto, help="As for score; sources must be HU."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in --out."),
+) -> None:
+    """Simulate low-dose and sparse-view CT from normal-dose slices, with proxy quality labels."""
+    from .simulate import Acquisition, existing_dataset, find_sources, simulate_dataset
+    from .simulate.physics import FBP_FILTERS
+
+    view_counts = []
+    for item in (v.strip() for v in views.split(",") if v.strip()):
+        if item == "full":
+            view_counts.append(full_views)
+        elif item.isdigit():
+            view_counts.append(int(item))
+        else:
+            _usage_error(f"--views: {item!r} is neither 'full' nor a number")
+    if fbp_filter not in FBP_FILTERS:
+        _usage_error(f"--filter must be one of {', '.join(FBP_FILTERS)}")
+    try:
+        acquisition = Acquisition(doses=_float_list(doses, "doses"), views=tuple(view_counts), full_views=full_views,
+                                  fbp_filter=fbp_filter, electronic_sd=electronic_noise)
+    except ValueError as exc:
+        _usage_error(str(exc))
+    if existing_dataset(out) and not overwrite:
+        _usage_error(f"{out} already holds a dataset (train.json or image/); pass --overwrite to replace it")
+
+    slices, errors, notes = find_sources(source, input_range.value, pixel_spacing)
+    for note in notes:
+        stderr.print(f"[dim]note:[/] {note}")
+    for err in errors:
+        stderr.print(f"[bold red]error:[/] {err}")
+    if not slices:
+        if errors:
+            raise typer.Exit(EXIT_PARTIAL)
+        _usage_error("no source slices found in " + ", ".join(map(str, source)))
+    grid = len(acquisition.doses) * len(acquisition.views)
+    stderr.print(f"simulating {len(slices)} slices x {grid} acquisitions on {workers} worker(s)")
+    with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=stderr, transient=True,
+                  disable=not stderr.is_terminal) as progress:
+        task = progress.add_task("simulating", total=len(slices))
+        run = simulate_dataset(slices, out, acquisition, seed=seed, workers=workers, include_source=source_images,
+                               on_slice=lambda: progress.advance(task))
+    for err in run.errors:
+        stderr.print(f"[bold red]error:[/] {err}")
+    stderr.print(f"wrote {len(run.records)} images from {run.slices} slices to {out} in {run.seconds:.1f} s "
+                 f"({run.slices_per_second:.2f} slices/s)")
+    failures = errors + run.errors
+    if failures:
+        stderr.print(f"[bold red]{len(failures)} input(s) failed[/]")
+    raise typer.Exit(EXIT_PARTIAL if failures else EXIT_OK)
+
+
 @app.command()
 def models(fmt: ListFormat = typer.Option(ListFormat.table, "--format", help="table or json")) -> None:
     """List the named model configurations (ClinReadNet and the paper's ablations)."""

@@ -2,6 +2,7 @@
 
 Layouts:
   training  DIR/image/0000.tif ... + DIR/train.json   {"0000.tif": 2.8, ...}
+            (+ optional DIR/manifest.csv with path,group: the patients, as ``simulate`` writes it)
   test      DIR/images/*.tif(f)  + DIR/test.json      (same shape)
   CSV       path,score[,group][,slice]  (paths relative to the CSV; any format ``score`` reads)
 
@@ -88,7 +89,20 @@ def _from_layout(root: Path, image_dirs: tuple[str, ...], labels_name: str) -> l
     problems = _check_scores(labels_path, labels)
     problems += [f"{key!r} has no image {image_dir / key}" for key in labels if not (image_dir / key).is_file()]
     _fail(labels_path, problems)
-    return [LabelledSlice(key=k, path=image_dir / k, score=float(v)) for k, v in sorted(labels.items())]
+    groups = _manifest_groups(root / "manifest.csv")
+    return [LabelledSlice(key=k, path=image_dir / k, score=float(v), group=groups.get(k))
+            for k, v in sorted(labels.items())]
+
+
+def _manifest_groups(path: Path) -> dict[str, str]:
+    """Image name -> patient from a manifest beside the labels (absent: no groups)."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"path", "group"} <= set(rows[0]):
+        raise DatasetError(f"{path}: a manifest needs the columns path and group")
+    return {Path(r["path"]).name: r["group"] for r in rows if r["group"]}
 
 
 def _from_csv(path: Path) -> list[LabelledSlice]:

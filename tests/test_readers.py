@@ -46,6 +46,21 @@ def test_shuffled_series_comes_out_in_anatomical_order(tmp_path, hu):
     found = discover([tmp_path])
     assert not found.errors and len(found.series) == 1
     np.testing.assert_array_equal(loaded(found.series[0]), hu)
+
+
+def test_pixel_spacing_and_patient_come_from_the_headers(tmp_path, hu):
+    write_series(hu, tmp_path / "series", spacing=(0.6, 0.6), patient_id="P-7")
+    write_multiframe(hu, tmp_path / "mf.dcm", spacing=(0.8, 0.8))
+    image = sitk.GetImageFromArray(hu.astype(np.int16))
+    image.SetSpacing((0.9, 0.7, 2.5))  # x (columns), y (rows), z
+    sitk.WriteImage(image, str(tmp_path / "vol.nii.gz"))
+    found = {s.label: s for s in discover([tmp_path]).series}
+    spacings = {label: {ref.pixel_spacing_mm for ref in s.slices} for label, s in found.items()}
+    series = next(s for s in found.values() if s.patient_id == "P-7")
+    assert {ref.pixel_spacing_mm for ref in series.slices} == {(0.6, 0.6)}
+    (nifti_spacing,) = spacings["vol.nii.gz"]  # NIfTI stores float32
+    assert nifti_spacing == pytest.approx((0.7, 0.9)) and found["vol.nii.gz"].patient_id == "vol"
+    assert {(0.8, 0.8)} in spacings.values()
     assert [ref.index for ref in found.series[0].slices] == list(range(len(hu)))
 
 
@@ -74,6 +89,21 @@ def test_enhanced_multiframe_decodes_frames_in_plane_order(tmp_path, hu):
     found = discover([tmp_path])
     assert not found.errors and len(found.series) == 1
     np.testing.assert_array_equal(loaded(found.series[0]), hu)
+
+
+def test_pixel_spacing_and_patient_come_from_the_headers(tmp_path, hu):
+    write_series(hu, tmp_path / "series", spacing=(0.6, 0.6), patient_id="P-7")
+    write_multiframe(hu, tmp_path / "mf.dcm", spacing=(0.8, 0.8))
+    image = sitk.GetImageFromArray(hu.astype(np.int16))
+    image.SetSpacing((0.9, 0.7, 2.5))  # x (columns), y (rows), z
+    sitk.WriteImage(image, str(tmp_path / "vol.nii.gz"))
+    found = {s.label: s for s in discover([tmp_path]).series}
+    spacings = {label: {ref.pixel_spacing_mm for ref in s.slices} for label, s in found.items()}
+    series = next(s for s in found.values() if s.patient_id == "P-7")
+    assert {ref.pixel_spacing_mm for ref in series.slices} == {(0.6, 0.6)}
+    (nifti_spacing,) = spacings["vol.nii.gz"]  # NIfTI stores float32
+    assert nifti_spacing == pytest.approx((0.7, 0.9)) and found["vol.nii.gz"].patient_id == "vol"
+    assert {(0.8, 0.8)} in spacings.values()
 
 
 def test_volumes_are_read_slice_by_slice(tmp_path, hu):

@@ -61,14 +61,19 @@ def check_ct_image(path: Path, ds: Dataset) -> None:
         raise InputError(path, f"{samples} samples per pixel (colour image), not a grayscale CT slice")
 
 
-def rescale(ds: Dataset, frame: int | None = None) -> tuple[float, float]:
-    """(slope, intercept): per-frame, then shared functional groups (enhanced CT), then the classic tags."""
+def functional_groups(ds: Dataset, frame: int | None) -> list[Dataset]:
+    """Where enhanced CT keeps per-frame attributes: the frame's own group, then the shared one."""
     groups = []
     if frame is not None and "PerFrameFunctionalGroupsSequence" in ds:
         groups.append(ds.PerFrameFunctionalGroupsSequence[frame])
     if "SharedFunctionalGroupsSequence" in ds:
         groups.append(ds.SharedFunctionalGroupsSequence[0])
-    for group in groups:
+    return groups
+
+
+def rescale(ds: Dataset, frame: int | None = None) -> tuple[float, float]:
+    """(slope, intercept): per-frame, then shared functional groups (enhanced CT), then the classic tags."""
+    for group in functional_groups(ds, frame):
         transform = group.get("PixelValueTransformationSequence")
         if transform:
             return float(transform[0].RescaleSlope), float(transform[0].RescaleIntercept)
@@ -111,6 +116,16 @@ def load_hu(path: Path, ds: Dataset, frame: int | None) -> np.ndarray:
     return stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
+def pixel_spacing(ds: Dataset, frame: int | None) -> tuple[float, float] | None:
+    """(row, column) spacing in mm: per-frame, then shared functional groups, then PixelSpacing."""
+    for group in functional_groups(ds, frame):
+        measures = group.get("PixelMeasuresSequence")
+        if measures and "PixelSpacing" in measures[0]:
+            return float(measures[0].PixelSpacing[0]), float(measures[0].PixelSpacing[1])
+    spacing = ds.get("PixelSpacing")
+    return (float(spacing[0]), float(spacing[1])) if spacing and len(spacing) == 2 else None
+
+
 def _label(ds: Dataset, fallback: str) -> str:
     description = str(ds.get("SeriesDescription", "") or "").strip()
     number = ds.get("SeriesNumber")
@@ -119,7 +134,12 @@ def _label(ds: Dataset, fallback: str) -> str:
 
 
 def _slice(path: Path, ds: Dataset, index: int, value_range: ValueRange, frame: int | None) -> SliceRef:
-    return SliceRef(path=path, index=index, value_range=value_range, load=lambda: load_hu(path, ds, frame))
+    return SliceRef(path=path, index=index, value_range=value_range, load=lambda: load_hu(path, ds, frame),
+                    pixel_spacing_mm=pixel_spacing(ds, frame))
+
+
+def _patient(ds: Dataset) -> str | None:
+    return str(ds.get("PatientID", "") or "").strip() or None
 
 
 def dicom_series(headers: list[tuple[Path, Dataset]], value_range: ValueRange) -> list[Series]:
@@ -138,7 +158,7 @@ def dicom_series(headers: list[tuple[Path, Dataset]], value_range: ValueRange) -
         positions = [position_along_normal(*frame_geometry(ds, f)) for f in order]
         if all(p is not None for p in positions):
             order.sort(key=lambda f: positions[f])
-        series = Series(label=_label(ds, path.name), series_uid=uid)
+        series = Series(label=_label(ds, path.name), series_uid=uid, patient_id=_patient(ds))
         series.slices = [_slice(path, ds, i, value_range, frame) for i, frame in enumerate(order)]
         out.append(series)
     for key, members in singles.items():
@@ -150,7 +170,8 @@ def dicom_series(headers: list[tuple[Path, Dataset]], value_range: ValueRange) -
         members.sort(key=sort_key)
         first_path, first = members[0]
         uid = None if key.startswith("file:") else key
-        series = Series(label=_label(first, first_path.parent.name or first_path.name), series_uid=uid)
+        series = Series(label=_label(first, first_path.parent.name or first_path.name), series_uid=uid,
+                        patient_id=_patient(first))
         series.slices = [_slice(path, ds, i, value_range, None) for i, (path, ds) in enumerate(members)]
         out.append(series)
     return out

@@ -31,6 +31,7 @@ class SliceRef:
     index: int  # 0-based position in its series / volume
     value_range: ValueRange
     load: Callable[[], np.ndarray]  # -> 2-D float32 array (HU or [0, 1]); raises on bad data
+    pixel_spacing_mm: tuple[float, float] | None = None  # (between rows, between columns), when known
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Series:
 
     label: str  # how a person recognises it: series description + UID, or the file
     series_uid: str | None
+    patient_id: str | None = None
     slices: list[SliceRef] = field(default_factory=list)
 
 

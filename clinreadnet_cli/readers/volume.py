@@ -48,6 +48,11 @@ class _Volume:
             return out
 
 
+def _stem(path: Path) -> str:
+    name = path.name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+
+
 def volume_series(path: Path, value_range: ValueRange) -> Series:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -57,19 +62,23 @@ def volume_series(path: Path, value_range: ValueRange) -> Series:
         raise InputError(path, f"not a readable image ({str(exc).strip().splitlines()[-1]})") from None
     if reader.GetNumberOfComponents() != 1:
         raise InputError(path, f"{reader.GetNumberOfComponents()} components per pixel, not a grayscale CT image")
-    size, dim = reader.GetSize(), reader.GetDimension()
+    size, dim, spacing = reader.GetSize(), reader.GetDimension(), reader.GetSpacing()
     if dim == 2:
         n_slices = 1
+        row_col_spacing = (spacing[1], spacing[0])
     elif dim == 3:
-        # The index axis closest to patient S-I holds the axial slices (DICOMOrient puts it last).
-        direction = np.asarray(reader.GetDirection()).reshape(3, 3)
-        n_slices = size[int(np.argmax(np.abs(direction[2])))]
+        # The index axis closest to patient S-I holds the axial slices (DICOMOrient puts it last);
+        # those closest to P and L become the rows and columns.
+        direction = np.abs(np.asarray(reader.GetDirection()).reshape(3, 3))
+        n_slices = size[int(np.argmax(direction[2]))]
+        row_col_spacing = (spacing[int(np.argmax(direction[1]))], spacing[int(np.argmax(direction[0]))])
     else:
         raise InputError(path, f"{dim}-D image; expected a 2-D slice or a 3-D volume")
     volume = _Volume(path, n_slices)
-    series = Series(label=path.name, series_uid=None)
+    series = Series(label=path.name, series_uid=None, patient_id=_stem(path))
     series.slices = [
-        SliceRef(path=path, index=k, value_range=value_range, load=lambda k=k: volume.slice(k))
+        SliceRef(path=path, index=k, value_range=value_range, load=lambda k=k: volume.slice(k),
+                 pixel_spacing_mm=(float(row_col_spacing[0]), float(row_col_spacing[1])))
         for k in range(n_slices)
     ]
     return series

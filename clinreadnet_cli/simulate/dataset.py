@@ -1,0 +1,169 @@
+"""Build a training set in the LDCTIQAG2023 layout from normal-dose sources.
+
+out/image/0000.tif ...   float32 in [0, 1], the canonical window
+out/train.json           {"0000.tif": score, ...}
+out/manifest.csv         one row per image: path, score, group (patient), source, acquisition,
+                         measurements; itself a CSV dataset for ``train --data``
+
+Slices are simulated in worker processes; each slice's random numbers come from (seed, slice
+number), so results do not depend on the number of workers. Images go to a hidden folder that
+replaces image/ only when every slice is done; train.json and the manifest are written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import tifffile
+
+from ..atomic import atomic_path, write_text_atomic
+from ..preprocess import window_hu
+from ..readers import InputError
+from . import labels, measures
+from .lowdose import Acquisition, simulate_slice
+from .sources import SourceSlice
+
+MANIFEST_FIELDS = ("path", "score", "group", "source", "kind", "dose", "views", "i0", "noise_hu", "rmse_hu", "ssim")
+PARTIAL_DIR = ".image.partial"
+
+
+@dataclass(frozen=True)
+class Window:
+    width: float = 350.0
+    level: float = 40.0
+
+
+@dataclass
+class SimulationRun:
+    records: list[dict] = field(default_factory=list)
+    errors: list[InputError] = field(default_factory=list)
+    slices: int = 0
+    seconds: float = 0.0
+
+    @property
+    def slices_per_second(self) -> float:
+        return self.slices / self.seconds if self.seconds > 0 else 0.0
+
+
+def existing_dataset(out: Path) -> bool:
+    return (out / "train.json").exists() or (out / "image").exists()
+
+
+def _write_tiff(path: Path, image: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, image.astype(np.float32), photometric="minisblack")
+
+
+def _simulate_job(number: int, source: SourceSlice, hu: np.ndarray, acquisition: Acquisition, window: Window,
+                  include_source: bool, seed: int, image_dir: Path, name_width: int) -> list[dict]:
+    """Simulate one slice, write its images, return their manifest rows (no path prefix yet)."""
+    rng = np.random.default_rng([seed, number])
+    sim = simulate_slice(hu, source.pixel_mm, acquisition, rng)
+    body, tissue = measures.body_mask(hu), measures.tissue_mask(hu)
+    reference = window_hu(hu, window.width, window.level)
+    per_slice = len(acquisition.doses) * len(acquisition.views) + include_source
+    names = (f"{number * per_slice + k:0{name_width}d}.tif" for k in range(per_slice))
+    rows: list[dict] = []
+    common = {"group": source.patient, "source": source.source, "i0": f"{sim.i0:.4g}"}
+    if include_source:
+        name = next(names)
+        _write_tiff(image_dir / name, reference)
+        rows.append({"name": name, "score": 4.0, **common, "kind": "source", "dose": 1.0, "views": "",
+                     "noise_hu": measures.noise_sd_hu(hu, tissue), "rmse_hu": 0.0, "ssim": 1.0})
+    raw: dict[tuple[float, int], float] = {}
+    grid_rows: dict[tuple[float, int], dict] = {}
+    for point, image_hu in sim.images.items():
+        unit = window_hu(image_hu, window.width, window.level)
+        ssim = measures.ssim_in_body(unit, reference, body)
+        raw[point] = labels.ssim_to_score(ssim)
+        name = next(names)
+        _write_tiff(image_dir / name, unit)
+        grid_rows[point] = {"name": name, **common, "kind": "simulated", "dose": point[0], "views": point[1],
+                            "noise_hu": measures.noise_sd_hu(image_hu, tissue),
+                            "rmse_hu": measures.rms_difference_hu(image_hu, hu, body), "ssim": ssim}
+    for point, score in labels.monotone_scores(raw).items():
+        rows.append({**grid_rows[point], "score": score})
+    return rows
+
+
+def simulate_dataset(sources: list[SourceSlice], out: Path, acquisition: Acquisition, *, seed: int = 0,
+                     workers: int | None = None, include_source: bool = True, window: Window = Window(),
+                     on_slice: Callable[[], None] | None = None) -> SimulationRun:
+    """Simulate every source slice over the acquisition grid into ``out`` (see the module doc)."""
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / PARTIAL_DIR
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    workers = workers or os.cpu_count() or 1
+    per_slice = len(acquisition.doses) * len(acquisition.views) + include_source
+    name_width = max(4, len(str(len(sources) * per_slice - 1)))
+    run = SimulationRun()
+    started = time.perf_counter()
+    rows: dict[int, list[dict]] = {}
+
+    def jobs() -> Iterator[tuple[int, SourceSlice, np.ndarray]]:
+        for number, source in enumerate(sources):
+            try:
+                hu = source.load()
+            except InputError as exc:
+                run.errors.append(exc)
+                continue
+            if hu.ndim != 2 or min(hu.shape) < 16:
+                run.errors.append(InputError(source.source, f"slice of shape {hu.shape} is not a 2-D image"))
+                continue
+            yield number, source, hu
+
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        pending: dict[Future, tuple[int, SourceSlice]] = {}
+        queue = jobs()
+        exhausted = False
+        while pending or not exhausted:
+            while not exhausted and len(pending) < 2 * workers:  # bounded: a few slices in memory
+                job = next(queue, None)
+                if job is None:
+                    exhausted = True
+                    break
+                number, source, hu = job
+                future = pool.submit(_simulate_job, number, replace(source, load=None), hu, acquisition, window, include_source,
+                                     seed, partial, name_width)
+                pending[future] = (number, source)
+            if not pending:
+                break
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                number, source = pending.pop(future)
+                try:
+                    rows[number] = future.result()
+                    run.slices += 1
+                except Exception as exc:  # one bad slice does not stop the others
+                    run.errors.append(InputError(source.source, f"simulation failed ({type(exc).__name__}: {exc})"))
+                if on_slice:
+                    on_slice()
+
+    run.records = [dict(row, path=f"image/{row.pop('name')}") for number in sorted(rows) for row in rows[number]]
+    shutil.rmtree(out / "image", ignore_errors=True)
+    os.replace(partial, out / "image")
+    labels_json = {Path(r["path"]).name: round(float(r["score"]), 4) for r in run.records}
+    write_text_atomic(out / "train.json", json.dumps(labels_json, indent=1) + "\n")
+    write_text_atomic(out / "manifest.csv", _manifest_csv(run.records))
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+def _manifest_csv(records: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in MANIFEST_FIELDS})
+    return buffer.getvalue()

@@ -1,0 +1,251 @@
+"""Low-dose simulation on a real CT slice: physics, labels, the dataset it writes, the command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from hypothesis import given, strategies as st
+from typer.testing import CliRunner
+
+from clinreadnet_cli.cli import app
+from clinreadnet_cli.data import SliceDataset, load_labelled, split_train_val
+from clinreadnet_cli.readers import discover
+from clinreadnet_cli.simulate import Acquisition, find_sources, simulate_dataset, simulate_slice
+from clinreadnet_cli.simulate import labels, measures
+from clinreadnet_cli.simulate.physics import ParallelScanner, hu_to_mu, mu_to_hu, reduce_dose, view_subset
+from tests.conftest import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+CT_SOURCES = REPO.parent / "shared" / "data" / "ct_sources"
+PANCREAS = CT_SOURCES / "tcia-pancreatic-ct-cbct-seg_Pancreas-CT-CB_001.npz"
+SAMPLE_SERIES = REPO / "sample_data" / "dicom"  # its first slice is slice 32 of PANCREAS, untouched
+
+
+@pytest.fixture(scope="module")
+def real_slice() -> tuple[np.ndarray, float]:
+    """An abdominal slice (512 x 512, HU) and its pixel spacing, from the CT sources or, where
+    they are not checked out, the same slice as shipped in sample_data."""
+    if PANCREAS.is_file():
+        archive = np.load(PANCREAS)
+        return archive["hu"][32].astype(np.float32), float(archive["pixel_spacing_mm"][32][0])
+    ref = discover([SAMPLE_SERIES]).series[0].slices[0]
+    return ref.load(), ref.pixel_spacing_mm[0]
+
+
+@pytest.fixture(scope="module")
+def half_slice(real_slice) -> tuple[np.ndarray, float]:
+    """The same slice at 256 x 256 (2 x 2 means, double spacing): 4x faster to simulate."""
+    hu, spacing = real_slice
+    return hu.reshape(256, 2, 256, 2).mean(axis=(1, 3)), spacing * 2
+
+
+def test_full_dose_full_view_fbp_reproduces_the_source(real_slice):
+    hu, spacing = real_slice
+    scanner = ParallelScanner(hu.shape, spacing, full_views=1000)
+    recon = mu_to_hu(scanner.reconstruct(scanner.project(hu_to_mu(hu))))
+    body = measures.body_mask(hu)
+    error = recon[body] - hu[body]
+    # Stated tolerance (docs/simulation.md): no bias beyond 2 HU, mean absolute error under 10 HU
+    # (the linear-interpolation projector smooths edges a little).
+    assert abs(error.mean()) < 2.0
+    assert np.abs(error).mean() < 10.0
+    assert np.median(np.abs(error)) < 6.0
+
+
+def test_pixel_spacing_scales_the_line_integrals():
+    disk = np.zeros((128, 128), np.float32)
+    yy, xx = np.mgrid[:128, :128]
+    disk[(yy - 63.5) ** 2 + (xx - 63.5) ** 2 < 40 ** 2] = 0.02  # mu in 1/mm
+    for spacing in (0.5, 1.0):
+        sino = ParallelScanner(disk.shape, spacing, full_views=90).project(disk)
+        assert sino.max() == pytest.approx(2 * 40 * spacing * 0.02, rel=0.02)  # diameter x mu
+
+
+def test_noise_in_soft_tissue_rises_as_dose_falls(half_slice):
+    hu, spacing = half_slice
+    acq = Acquisition(doses=(1.0, 0.5, 0.25, 0.1), views=(500,), full_views=500)
+    sim = simulate_slice(hu, spacing, acq, np.random.default_rng(0))
+    tissue = measures.tissue_mask(hu)
+    noise = [measures.noise_sd_hu(sim.images[(d, 500)], tissue) for d in acq.doses]
+    assert all(a < b for a, b in zip(noise, noise[1:])), noise
+    # Quantum noise variance goes as 1/dose: 10 % dose has roughly sqrt(10) x the full-dose noise.
+    assert 2.0 < noise[-1] / noise[0] < 4.5
+
+
+def test_streak_energy_rises_as_views_fall(half_slice):
+    hu, spacing = half_slice
+    scanner = ParallelScanner(hu.shape, spacing, full_views=1000)
+    sino = scanner.project(hu_to_mu(hu))
+    full = mu_to_hu(scanner.reconstruct(sino))
+    body = measures.body_mask(hu)
+    energy = [measures.rms_difference_hu(mu_to_hu(scanner.reconstruct(sino, view_subset(1000, v))), full, body)
+              for v in (720, 360, 180, 90)]
+    assert all(a < b for a, b in zip(energy, energy[1:])), energy
+
+
+def test_sparse_view_sets_are_nested():
+    assert set(view_subset(1000, 180)) <= set(view_subset(1000, 360)) <= set(view_subset(1000, 720))
+    assert len(view_subset(1000, 180)) == 180
+
+
+def test_dose_reduction_is_poisson_with_an_electronic_floor():
+    # A source scan whose readings are Poisson: 1e5 x e^-4 = 1832 photons on average.
+    i0, sigma_e, full_counts = 1e5, 10.0, 1e5 * np.exp(-4.0)
+    rng = np.random.default_rng(1)
+    p = (-np.log(rng.poisson(full_counts, (200, 500)) / i0)).astype(np.float32)
+    out = reduce_dose(p, (1.0, 0.5, 0.1), i0, sigma_e, rng)
+    assert out[1.0] is p
+    for dose in (0.5, 0.1):
+        counts = dose * full_counts
+        # Poisson at the lower flux, plus the electronic top-up (this source had none of its own).
+        expected_var = 1 / counts + sigma_e ** 2 * (1 - dose ** 2) / counts ** 2
+        assert out[dose].mean() == pytest.approx(4.0, abs=0.01)
+        assert out[dose].var() == pytest.approx(expected_var, rel=0.05)
+    # Nested thinning: the 10 % scan is the 50 % scan with photons removed.
+    assert np.corrcoef(out[0.5].ravel(), out[0.1].ravel())[0, 1] > 0.1
+
+
+def test_label_model_endpoints_and_monotonicity():
+    assert labels.ssim_to_score(1.0) == 4.0
+    assert labels.ssim_to_score(labels.SSIM_FLOOR) == 0.0
+    grid = np.linspace(0, 1, 101)
+    scores = [labels.ssim_to_score(s) for s in grid]
+    assert all(a <= b for a, b in zip(scores, scores[1:]))
+
+
+@given(st.lists(st.floats(0, 4), min_size=6, max_size=6))
+def test_monotone_scores_never_reward_less_dose_or_fewer_views(values):
+    points = [(d, v) for d in (1.0, 0.5) for v in (1000, 360, 180)]
+    fixed = labels.monotone_scores(dict(zip(points, values)))
+    for p in points:
+        assert fixed[p] <= dict(zip(points, values))[p]
+        for q in points:
+            if q[0] <= p[0] and q[1] <= p[1]:
+                assert fixed[q] <= fixed[p]
+
+
+def _write_npz(path: Path, hu: np.ndarray, spacing: float, patients: list[str]) -> Path:
+    stack = np.stack([hu + 3 * k for k in range(len(patients))]).astype(np.int16)
+    np.savez_compressed(path, hu=stack, pixel_spacing_mm=np.full((len(patients), 2), spacing, np.float32),
+                        patient_id=np.array(patients))
+    return path
+
+
+def test_grid_labels_are_monotone_and_spread(tmp_path, half_slice):
+    hu, spacing = half_slice
+    source = _write_npz(tmp_path / "one.npz", hu, spacing, ["P1"])
+    slices, errors, _ = find_sources([source])
+    acq = Acquisition(doses=(1.0, 0.5, 0.25, 0.1), views=(1000, 720, 360, 180), full_views=1000)
+    run = simulate_dataset(slices, tmp_path / "out", acq, workers=1)
+    assert not errors and not run.errors
+    by_point = {(r["dose"], r["views"]): r["score"] for r in run.records if r["kind"] == "simulated"}
+    assert len(by_point) == 16
+    for p, score in by_point.items():
+        for q, other in by_point.items():
+            if q[0] <= p[0] and q[1] <= p[1]:
+                assert other <= score
+    source_score = next(r["score"] for r in run.records if r["kind"] == "source")
+    assert source_score == 4.0
+    assert by_point[(1.0, 1000)] > 3.0
+    assert by_point[(0.1, 180)] < 1.0
+    assert len({round(s) for s in by_point.values()}) >= 4  # spread over the scale, not clumped
+
+
+def test_dataset_loads_with_the_train_loader_and_keeps_patients_apart(tmp_path, half_slice):
+    hu, spacing = half_slice
+    source = _write_npz(tmp_path / "src.npz", hu, spacing, ["P1", "P1", "P2", "P3"])
+    slices, _, _ = find_sources([source])
+    acq = Acquisition(doses=(1.0, 0.25), views=(200, 100), full_views=200)
+    out = tmp_path / "sim"
+    run = simulate_dataset(slices, out, acq, seed=3, workers=2)
+    assert run.slices == 4 and len(run.records) == 4 * 5 and run.slices_per_second > 0
+    labels_json = json.loads((out / "train.json").read_text())
+    assert sorted(labels_json) == sorted(p.name for p in (out / "image").iterdir())
+    image = tifffile.imread(out / "image" / "0001.tif")
+    assert image.dtype == np.float32 and image.shape == hu.shape and 0 <= image.min() and image.max() <= 1
+    assert not (out / ".image.partial").exists()
+
+    items = load_labelled(out)
+    assert len(items) == 20 and {i.group for i in items} == {"P1", "P2", "P3"}
+    train_keys, val_keys = split_train_val(items, 0.25, seed=0)
+    group_of = {i.key: i.group for i in items}
+    assert not {group_of[k] for k in train_keys} & {group_of[k] for k in val_keys}
+    x, y = SliceDataset(items, tiny_config())[0]
+    assert x.shape == (1, 128, 128) and y == 20  # the untouched source: score 4 -> class 20
+    assert load_labelled(out / "manifest.csv")[0].group == "P1"  # the manifest is a CSV dataset too
+
+
+def test_same_seed_same_data_whatever_the_workers(tmp_path, half_slice):
+    hu, spacing = half_slice
+    source = _write_npz(tmp_path / "src.npz", hu, spacing, ["A", "B"])
+    acq = Acquisition(doses=(0.25,), views=(100,), full_views=200)
+    images = {}
+    for workers, seed in ((1, 5), (2, 5), (2, 6)):
+        out = tmp_path / f"w{workers}s{seed}"
+        simulate_dataset(find_sources([source])[0], out, acq, seed=seed, workers=workers)
+        images[workers, seed] = tifffile.imread(out / "image" / "0003.tif")
+    assert np.array_equal(images[1, 5], images[2, 5])
+    assert not np.array_equal(images[2, 5], images[2, 6])
+
+
+def test_sources_need_hu_and_square_pixels(tmp_path, half_slice):
+    hu, _ = half_slice
+    np.savez(tmp_path / "nospacing.npz", hu=hu[None])
+    np.savez(tmp_path / "oblong.npz", hu=hu[None], pixel_spacing_mm=np.array([[0.7, 0.9]]))
+    tifffile.imwrite(tmp_path / "unit.tif", np.zeros((64, 64), np.float32))
+    slices, errors, _ = find_sources([tmp_path])
+    reasons = {e.path.name: e.reason for e in errors}
+    assert not slices
+    assert "pixel_spacing_mm" in reasons["nospacing.npz"]
+    assert "not square" in reasons["oblong.npz"]
+    assert "not HU" in reasons["unit.tif"]
+    slices, errors, _ = find_sources([tmp_path / "nospacing.npz"], pixel_spacing=0.8)
+    assert len(slices) == 1 and slices[0].pixel_mm == 0.8 and slices[0].patient == "nospacing"
+
+
+def test_dicom_and_nifti_sources_carry_spacing_and_patient():
+    slices, errors, _ = find_sources([REPO / "sample_data" / "dicom", REPO / "sample_data" / "nifti"])
+    assert not errors
+    dicom = [s for s in slices if "pancreas" in s.source]
+    nifti = [s for s in slices if "kits" in s.source]
+    assert len(dicom) == 8 and len(nifti) == 4
+    assert dicom[0].patient == "Pancreas-CT-CB_001" and dicom[0].pixel_mm == pytest.approx(1.0742, abs=1e-3)
+    assert nifti[0].patient == "kits-00072" and nifti[0].pixel_mm == pytest.approx(0.664, abs=1e-3)
+
+
+runner = CliRunner()
+
+
+def test_simulate_command(tmp_path):
+    out = tmp_path / "sim"
+    args = ["simulate", "--source", str(REPO / "sample_data" / "nifti"), "--out", str(out),
+            "--full-views", "200", "--views", "full,100", "--doses", "1,0.25", "--workers", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "4 slices" in result.output and "slices/s" in result.output
+    assert len(json.loads((out / "train.json").read_text())) == 4 * 5
+    # An existing dataset is not replaced without --overwrite.
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_simulate_command_reports_bad_sources_and_goes_on(tmp_path):
+    tifffile.imwrite(tmp_path / "windowed.tif", np.zeros((64, 64), np.float32))
+    result = runner.invoke(app, ["simulate", "--source", str(tmp_path / "windowed.tif"),
+                                 "--source", str(REPO / "sample_data" / "nifti"), "--out", str(tmp_path / "o"),
+                                 "--full-views", "100", "--views", "full", "--doses", "0.5"])
+    assert result.exit_code == 1
+    assert "windowed.tif" in result.output and "not HU" in result.output
+    assert len(json.loads((tmp_path / "o" / "train.json").read_text())) == 4 * 2
+
+
+@pytest.mark.parametrize("flag, value, message", [("--views", "full,lots", "neither"),
+                                                  ("--doses", "1,2", "(0, 1]"),
+                                                  ("--filter", "box", "--filter")])
+def test_simulate_usage_errors(tmp_path, flag, value, message):
+    result = runner.invoke(app, ["simulate", "--source", str(tmp_path), "--out", str(tmp_path / "o"), flag, value])
+    assert result.exit_code == 2 and message in result.output
