@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,3 +56,52 @@ def evaluate(weights: Path, items: list[LabelledSlice], device: torch.device, ba
             predictions.append(ImagePrediction(item=items[len(predictions)], score=score, label=label))
     metrics = correlation_metrics([p.score for p in predictions], [p.item.score for p in predictions])
     return metrics, predictions
+
+
+def read_manifest(path: Path) -> dict[str, dict]:
+    """Image name -> its manifest row (source slice, kind, dose, views), as ``simulate`` writes it."""
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    needed = {"path", "source", "kind", "dose", "views"}
+    if not rows or not needed <= set(rows[0]):
+        raise DatasetError(f"{path}: a simulation manifest needs the columns {', '.join(sorted(needed))}")
+    return {Path(r["path"]).name: r for r in rows}
+
+
+def degradation_ordering(predictions: list[ImagePrediction], manifest: dict[str, dict]) -> dict[str, float]:
+    """How well scores order acquisitions of the same source slice.
+
+    A pair counts when one image has lower-or-equal dose and fewer-or-equal views than the other,
+    one of them strictly; it is ordered correctly when the more degraded image scores strictly
+    lower. The untouched source counts as full dose with the most views of its slice. Also the
+    mean score of the untouched sources and of the worst acquisition (least dose, fewest views).
+    """
+    by_source: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    for p in predictions:
+        row = manifest.get(p.item.path.name)
+        if row is None:
+            continue
+        views = math.inf if row["kind"] == "source" else float(row["views"])
+        by_source[row["source"]].append((float(row["dose"]), views, p.score))
+    pairs = correct = 0
+    untouched, worst = [], []
+    for images in by_source.values():
+        simulated = [(d, v) for d, v, _ in images if v != math.inf]
+        most_views, least = max((v for _, v in simulated), default=0.0), min(simulated, default=None)
+        ranked = []
+        for d, v, s in images:
+            if v == math.inf:
+                untouched.append(s)
+                v = most_views
+            elif (d, v) == least:
+                worst.append(s)
+            ranked.append((d, v, s))
+        for d1, v1, s1 in ranked:
+            for d2, v2, s2 in ranked:
+                if d1 <= d2 and v1 <= v2 and (d1, v1) != (d2, v2):
+                    pairs += 1
+                    correct += s1 < s2
+    nan = float("nan")
+    return {"pairs": pairs, "ordering_accuracy": correct / pairs if pairs else nan,
+            "untouched_mean": sum(untouched) / len(untouched) if untouched else nan,
+            "worst_mean": sum(worst) / len(worst) if worst else nan}
