@@ -258,7 +258,7 @@ def evaluate(
     from .atomic import write_text_atomic
     from .checkpoint import WeightsError, default_weights
     from .data import DatasetError
-    from .evaluation import evaluate as run_evaluation, select_split
+    from .evaluation import evaluate as run_evaluation, select_split, simulation_checks
     from .scoring import resolve_device
 
     weights_path = weights or default_weights()
@@ -268,6 +268,7 @@ def evaluate(
         torch_device = resolve_device(device.value)
         items = select_split(data, split, split_file or weights_path.parent / "split.json")
         metrics, preds = run_evaluation(weights_path, items, torch_device, batch_size=batch_size, workers=workers)
+        ordering = simulation_checks(data, preds)
     except (ValueError, DatasetError, WeightsError) as exc:
         _usage_error(str(exc))
     if predictions is not None:
@@ -278,11 +279,16 @@ def evaluate(
             writer.writerow([str(p.item.path), p.item.score, repr(p.score), p.label])
         write_text_atomic(predictions, buffer.getvalue())
     if fmt is ListFormat.json:
-        typer.echo(json.dumps({"split": split, "images": len(preds), **metrics}, indent=2))
+        extra = {"ordering": ordering} if ordering else {}
+        typer.echo(json.dumps({"split": split, "images": len(preds), **metrics, **extra}, indent=2))
         return
     table = Table("metric", "value", title=f"{split} split, {len(preds)} images")
     for name in ("plcc", "srocc", "krocc", "score"):
         table.add_row(name.upper() if name != "score" else "Score", f"{metrics[name]:.4f}")
+    if ordering:  # a simulated dataset: does the score fall with dose and views?
+        table.add_row(f"degradation ordering ({ordering['pairs']} pairs)", f"{ordering['ordering_accuracy']:.2%}")
+        table.add_row("mean score, untouched sources", f"{ordering['untouched_mean']:.2f}")
+        table.add_row("mean score, least dose + fewest views", f"{ordering['worst_mean']:.2f}")
     stdout.print(table)
 
 

@@ -58,6 +58,14 @@ def evaluate(weights: Path, items: list[LabelledSlice], device: torch.device, ba
     return metrics, predictions
 
 
+def simulation_checks(data: str | Path, predictions: list[ImagePrediction]) -> dict[str, float] | None:
+    """Degradation ordering when ``data`` is a folder written by ``simulate`` (it has a manifest)."""
+    manifest = Path(data) / "manifest.csv"
+    if not manifest.is_file():
+        return None
+    return degradation_ordering(predictions, read_manifest(manifest))
+
+
 def read_manifest(path: Path) -> dict[str, dict]:
     """Image name -> its manifest row (source slice, kind, dose, views), as ``simulate`` writes it."""
     with path.open(newline="", encoding="utf-8") as f:

@@ -48,22 +48,6 @@ def test_shuffled_series_comes_out_in_anatomical_order(tmp_path, hu):
     np.testing.assert_array_equal(loaded(found.series[0]), hu)
 
 
-def test_pixel_spacing_and_patient_come_from_the_headers(tmp_path, hu):
-    write_series(hu, tmp_path / "series", spacing=(0.6, 0.6), patient_id="P-7")
-    write_multiframe(hu, tmp_path / "mf.dcm", spacing=(0.8, 0.8))
-    image = sitk.GetImageFromArray(hu.astype(np.int16))
-    image.SetSpacing((0.9, 0.7, 2.5))  # x (columns), y (rows), z
-    sitk.WriteImage(image, str(tmp_path / "vol.nii.gz"))
-    found = {s.label: s for s in discover([tmp_path]).series}
-    spacings = {label: {ref.pixel_spacing_mm for ref in s.slices} for label, s in found.items()}
-    series = next(s for s in found.values() if s.patient_id == "P-7")
-    assert {ref.pixel_spacing_mm for ref in series.slices} == {(0.6, 0.6)}
-    (nifti_spacing,) = spacings["vol.nii.gz"]  # NIfTI stores float32
-    assert nifti_spacing == pytest.approx((0.7, 0.9)) and found["vol.nii.gz"].patient_id == "vol"
-    assert {(0.8, 0.8)} in spacings.values()
-    assert [ref.index for ref in found.series[0].slices] == list(range(len(hu)))
-
-
 def test_feet_first_orientation_sorts_along_the_normal(tmp_path, hu):
     paths = write_series(hu, tmp_path)
     for k, path in enumerate(paths):  # rows flipped: the normal points to -z, so larger z comes first

@@ -249,3 +249,26 @@ def test_simulate_command_reports_bad_sources_and_goes_on(tmp_path):
 def test_simulate_usage_errors(tmp_path, flag, value, message):
     result = runner.invoke(app, ["simulate", "--source", str(tmp_path), "--out", str(tmp_path / "o"), flag, value])
     assert result.exit_code == 2 and message in result.output
+
+
+def test_degradation_ordering_counts_dominated_pairs():
+    from clinreadnet_cli.data import LabelledSlice
+    from clinreadnet_cli.evaluation import ImagePrediction, degradation_ordering
+
+    grid = {"a.tif": ("source", 1.0, ""), "b.tif": ("simulated", 1.0, 1000), "c.tif": ("simulated", 1.0, 180),
+            "d.tif": ("simulated", 0.1, 1000), "e.tif": ("simulated", 0.1, 180)}
+    manifest = {name: {"source": "s.npz#0", "kind": k, "dose": str(d), "views": str(v)}
+                for name, (k, d, v) in grid.items()}
+
+    def report(scores):
+        preds = [ImagePrediction(LabelledSlice(n, Path(n), 0.0), s, 0) for n, s in scores.items()]
+        return degradation_ordering(preds, manifest)
+
+    # The untouched source counts as (1.0, 1000), so it and b are not a pair; c and d are not
+    # comparable. Pairs: c<a, c<b, d<a, d<b, e<a, e<b, e<c, e<d.
+    good = report({"a.tif": 4.0, "b.tif": 3.5, "c.tif": 2.5, "d.tif": 1.5, "e.tif": 0.5})
+    assert good == {"pairs": 8, "ordering_accuracy": 1.0, "untouched_mean": 4.0, "worst_mean": 0.5}
+    swapped = report({"a.tif": 4.0, "b.tif": 3.5, "c.tif": 0.5, "d.tif": 1.5, "e.tif": 2.5})
+    assert swapped["ordering_accuracy"] == 6 / 8 and swapped["worst_mean"] == 2.5
+    tie = report({"a.tif": 4.0, "b.tif": 3.5, "c.tif": 2.5, "d.tif": 1.5, "e.tif": 1.5})
+    assert tie["ordering_accuracy"] == 7 / 8  # the more degraded image must score strictly lower
