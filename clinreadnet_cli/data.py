@@ -89,20 +89,20 @@ def _from_layout(root: Path, image_dirs: tuple[str, ...], labels_name: str) -> l
     problems = _check_scores(labels_path, labels)
     problems += [f"{key!r} has no image {image_dir / key}" for key in labels if not (image_dir / key).is_file()]
     _fail(labels_path, problems)
-    groups = _manifest_groups(root / "manifest.csv")
+    manifest = root / "manifest.csv"  # patients, where ``simulate`` wrote the folder
+    rows = read_manifest(manifest, {"path", "group"}) if manifest.is_file() else {}
+    groups = {name: row["group"] for name, row in rows.items() if row["group"]}
     return [LabelledSlice(key=k, path=image_dir / k, score=float(v), group=groups.get(k))
             for k, v in sorted(labels.items())]
 
 
-def _manifest_groups(path: Path) -> dict[str, str]:
-    """Image name -> patient from a manifest beside the labels (absent: no groups)."""
-    if not path.is_file():
-        return {}
+def read_manifest(path: Path, columns: set[str]) -> dict[str, dict]:
+    """Image name -> row of a manifest as ``simulate`` writes it; it must have ``columns``."""
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    if not rows or not {"path", "group"} <= set(rows[0]):
-        raise DatasetError(f"{path}: a manifest needs the columns path and group")
-    return {Path(r["path"]).name: r["group"] for r in rows if r["group"]}
+    if not rows or not columns <= set(rows[0]):
+        raise DatasetError(f"{path}: a manifest needs the columns {', '.join(sorted(columns))}")
+    return {Path(r["path"]).name: r for r in rows}
 
 
 def _from_csv(path: Path) -> list[LabelledSlice]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections import defaultdict
@@ -13,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .checkpoint import load_model
-from .data import DatasetError, LabelledSlice, SliceDataset, load_labelled
+from .data import DatasetError, LabelledSlice, SliceDataset, load_labelled, read_manifest
 from .metrics import correlation_metrics
 
 SPLITS = ("test", "val", "train", "all")
@@ -63,17 +62,7 @@ def simulation_checks(data: str | Path, predictions: list[ImagePrediction]) -> d
     manifest = Path(data) / "manifest.csv"
     if not manifest.is_file():
         return None
-    return degradation_ordering(predictions, read_manifest(manifest))
-
-
-def read_manifest(path: Path) -> dict[str, dict]:
-    """Image name -> its manifest row (source slice, kind, dose, views), as ``simulate`` writes it."""
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    needed = {"path", "source", "kind", "dose", "views"}
-    if not rows or not needed <= set(rows[0]):
-        raise DatasetError(f"{path}: a simulation manifest needs the columns {', '.join(sorted(needed))}")
-    return {Path(r["path"]).name: r for r in rows}
+    return degradation_ordering(predictions, read_manifest(manifest, {"path", "source", "kind", "dose", "views"}))
 
 
 def degradation_ordering(predictions: list[ImagePrediction], manifest: dict[str, dict]) -> dict[str, float]:

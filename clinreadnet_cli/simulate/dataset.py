@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ import numpy as np
 import tifffile
 
 from ..atomic import atomic_path, write_text_atomic
+from ..config import ClinReadNetConfig
 from ..preprocess import window_hu
 from ..readers import InputError
 from . import labels, measures
@@ -39,8 +41,10 @@ PARTIAL_DIR = ".image.partial"
 
 @dataclass(frozen=True)
 class Window:
-    width: float = 350.0
-    level: float = 40.0
+    """The intensity window the images are written in: the model config's canonical one."""
+
+    width: float = ClinReadNetConfig.window_width
+    level: float = ClinReadNetConfig.window_level
 
 
 @dataclass
@@ -64,32 +68,34 @@ def _write_tiff(path: Path, image: np.ndarray) -> None:
         tifffile.imwrite(tmp, image.astype(np.float32), photometric="minisblack")
 
 
-def _simulate_job(number: int, source: SourceSlice, hu: np.ndarray, acquisition: Acquisition, window: Window,
-                  include_source: bool, seed: int, image_dir: Path, name_width: int) -> list[dict]:
-    """Simulate one slice, write its images, return their manifest rows (no path prefix yet)."""
+def _simulate_job(first: int, source: SourceSlice, hu: np.ndarray, acquisition: Acquisition, window: Window,
+                  include_source: bool, seed: int, number: int, image_dir: Path, name_width: int) -> list[dict]:
+    """Simulate slice ``number``, write its images as ``first``, ``first + 1``, ... into
+    ``image_dir`` and return their manifest rows."""
     rng = np.random.default_rng([seed, number])
     sim = simulate_slice(hu, source.pixel_mm, acquisition, rng)
     body, tissue = measures.body_mask(hu), measures.tissue_mask(hu)
     reference = window_hu(hu, window.width, window.level)
-    per_slice = len(acquisition.doses) * len(acquisition.views) + include_source
-    names = (f"{number * per_slice + k:0{name_width}d}.tif" for k in range(per_slice))
-    rows: list[dict] = []
+    names = (f"{k:0{name_width}d}.tif" for k in itertools.count(first))
     common = {"group": source.patient, "source": source.source, "i0": f"{sim.i0:.4g}"}
-    if include_source:
+
+    def write(image: np.ndarray) -> str:
         name = next(names)
-        _write_tiff(image_dir / name, reference)
-        rows.append({"name": name, "score": 4.0, **common, "kind": "source", "dose": 1.0, "views": "",
-                     "noise_hu": measures.noise_sd_hu(hu, tissue), "rmse_hu": 0.0, "ssim": 1.0})
+        _write_tiff(image_dir / name, image)
+        return f"image/{name}"
+
+    rows: list[dict] = []
+    if include_source:
+        rows.append({"path": write(reference), "score": 4.0, **common, "kind": "source", "dose": 1.0, "views": "",
+                     "noise_hu": sim.source_noise_hu, "rmse_hu": 0.0, "ssim": 1.0})
     raw: dict[tuple[float, int], float] = {}
     grid_rows: dict[tuple[float, int], dict] = {}
     for point, image_hu in sim.images.items():
         unit = window_hu(image_hu, window.width, window.level)
         ssim = measures.ssim_in_body(unit, reference, body)
         raw[point] = labels.ssim_to_score(ssim)
-        name = next(names)
-        _write_tiff(image_dir / name, unit)
-        grid_rows[point] = {"name": name, **common, "kind": "simulated", "dose": point[0], "views": point[1],
-                            "noise_hu": measures.noise_sd_hu(image_hu, tissue),
+        grid_rows[point] = {"path": write(unit), **common, "kind": "simulated", "dose": point[0],
+                            "views": point[1], "noise_hu": measures.noise_sd_hu(image_hu, tissue),
                             "rmse_hu": measures.rms_difference_hu(image_hu, hu, body), "ssim": ssim}
     for point, score in labels.monotone_scores(raw).items():
         rows.append({**grid_rows[point], "score": score})
@@ -123,34 +129,31 @@ def simulate_dataset(sources: list[SourceSlice], out: Path, acquisition: Acquisi
                 continue
             yield number, source, hu
 
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        pending: dict[Future, tuple[int, SourceSlice]] = {}
-        queue = jobs()
-        exhausted = False
-        while pending or not exhausted:
-            while not exhausted and len(pending) < 2 * workers:  # bounded: a few slices in memory
-                job = next(queue, None)
-                if job is None:
-                    exhausted = True
-                    break
-                number, source, hu = job
-                future = pool.submit(_simulate_job, number, replace(source, load=None), hu, acquisition, window, include_source,
-                                     seed, partial, name_width)
-                pending[future] = (number, source)
-            if not pending:
-                break
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                number, source = pending.pop(future)
-                try:
-                    rows[number] = future.result()
-                    run.slices += 1
-                except Exception as exc:  # one bad slice does not stop the others
-                    run.errors.append(InputError(source.source, f"simulation failed ({type(exc).__name__}: {exc})"))
-                if on_slice:
-                    on_slice()
+    pending: dict[Future, tuple[int, SourceSlice]] = {}
 
-    run.records = [dict(row, path=f"image/{row.pop('name')}") for number in sorted(rows) for row in rows[number]]
+    def collect_one() -> None:
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            number, source = pending.pop(future)
+            try:
+                rows[number] = future.result()
+                run.slices += 1
+            except Exception as exc:  # one bad slice does not stop the others
+                run.errors.append(InputError(source.source, f"simulation failed ({type(exc).__name__}: {exc})"))
+            if on_slice:
+                on_slice()
+
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for number, source, hu in jobs():
+            if len(pending) >= 2 * workers:  # bounded: only a few slices in memory at a time
+                collect_one()
+            future = pool.submit(_simulate_job, number * per_slice, replace(source, load=None), hu, acquisition,
+                                 window, include_source, seed, number, partial, name_width)
+            pending[future] = (number, source)
+        while pending:
+            collect_one()
+
+    run.records = [row for number in sorted(rows) for row in rows[number]]
     shutil.rmtree(out / "image", ignore_errors=True)
     os.replace(partial, out / "image")
     labels_json = {Path(r["path"]).name: round(float(r["score"]), 4) for r in run.records}

@@ -33,7 +33,6 @@ class Acquisition:
 
 @dataclass
 class SimulatedSlice:
-    source_hu: np.ndarray
     i0: float  # photons per bin and view at the source's dose, as calibrated
     source_noise_hu: float
     images: dict[tuple[float, int], np.ndarray] = field(default_factory=dict)  # (dose, views) -> HU
@@ -63,7 +62,7 @@ def simulate_slice(hu: np.ndarray, pixel_mm: float, acquisition: Acquisition,
     tissue = measures.tissue_mask(hu)
     source_noise = measures.noise_sd_hu(hu, tissue)
     i0 = calibrate_i0(scanner, line_integrals, source_noise, tissue, acquisition, rng)
-    result = SimulatedSlice(source_hu=hu, i0=i0, source_noise_hu=source_noise)
+    result = SimulatedSlice(i0=i0, source_noise_hu=source_noise)
     by_dose = reduce_dose(line_integrals, acquisition.doses, i0, acquisition.electronic_sd, rng)
     for dose in acquisition.doses:
         for views in acquisition.views:

@@ -1,5 +1,5 @@
 """CT acquisition physics for low-dose simulation: HU <-> attenuation, ASTRA projection and FBP,
-projection-domain dose reduction, and the image measures used by tests and the manifest.
+and projection-domain dose reduction.
 
 Geometry: 2-D parallel beam over 180 degrees, detector bin = pixel spacing, ASTRA's CPU
 ``linear`` projector (ASTRA's CPU FBP supports parallel beam only; fan beam would need CUDA).
