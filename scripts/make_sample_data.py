@@ -16,22 +16,32 @@ import numpy as np
 import SimpleITK as sitk
 import tifffile
 from pydicom.uid import JPEG2000Lossless
-from scipy.ndimage import gaussian_filter
 
 from clinreadnet_cli.dicom_export import write_series
 from clinreadnet_cli.preprocess import window_hu
+from clinreadnet_cli.simulate.lowdose import Acquisition, simulate_slice
 
 DEFAULT_SOURCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_sources"
-SERIES_SOURCE = ("tcia-pancreatic-ct-cbct-seg_Pancreas-CT-CB_001.npz", range(32, 40))  # abdomen, 6 mm apart
-NOISE_SD_HU = [0, 0, 0, 0, 20, 40, 80, 160]  # added noise per slice of the DICOM series
+# Two DICOM series of 8 slices: slices 1-4 untouched, slices 5-8 re-acquired by the physics
+# simulation (clinreadnet simulate) at falling dose and view count. Pancreas-CT-CB_001 was among
+# the default weights' training patients, LIDC-IDRI-0001 among their validation patients.
+SERIES_SOURCES = [
+    ("tcia-pancreatic-ct-cbct-seg_Pancreas-CT-CB_001.npz", range(32, 40), "pancreas-ct-cb-001", 6.0,
+     "Abdomen"),  # 6 mm apart
+    ("tcia-lidc-idri_LIDC-IDRI-0001.npz", range(15, 23), "lidc-idri-0001", 15.0,
+     "Lower chest and upper abdomen"),  # every 6th of a 2.5 mm series
+]
+DEGRADED = [(0.5, 1000), (0.25, 720), (0.1, 360), (0.1, 180)]  # (dose fraction, views) of slices 5-8
 VOLUME_SOURCE = ("tcia-c4kc-kits_KiTS-00072.npz", range(0, 4))  # upper abdomen, arterial phase
 TIFF_SOURCE = ("tcia-tcga-luad-lusc_singles.npz", 11)  # TCGA-17-Z031, abdomen/pelvis
+SEED = 20261122
 
 
-def correlated_noise(shape, sd: float, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian noise with a CT-like fine grain (smoothed white noise), scaled to ``sd`` HU."""
-    grain = gaussian_filter(rng.standard_normal(shape), sigma=0.8)
-    return (grain / grain.std() * sd).astype(np.float32)
+def degrade(hu: np.ndarray, pixel_mm: float, dose: float, views: int, seed: int) -> np.ndarray:
+    """The slice re-acquired at ``dose`` of its own (calibrated) flux with ``views`` of 1,000 views."""
+    acquisition = Acquisition(doses=(dose,), views=(views,))
+    simulated = simulate_slice(hu, pixel_mm, acquisition, np.random.default_rng(seed))
+    return simulated.images[(dose, views)]
 
 
 def main() -> None:
@@ -39,19 +49,20 @@ def main() -> None:
     parser.add_argument("--sources", type=Path, default=DEFAULT_SOURCES)
     parser.add_argument("--out", type=Path, default=Path("sample_data"))
     args = parser.parse_args()
-    rng = np.random.default_rng(20261122)
     for sub in ("dicom", "nifti", "tiff"):
         shutil.rmtree(args.out / sub, ignore_errors=True)
 
-    name, index = SERIES_SOURCE
-    src = np.load(args.sources / name)
-    hu = src["hu"][list(index)].astype(np.float32)
-    degraded = np.stack([s + correlated_noise(s.shape, sd, rng) if sd else s for s, sd in zip(hu, NOISE_SD_HU)])
-    write_series(
-        degraded, args.out / "dicom" / "pancreas-ct-cb-001", spacing=src["pixel_spacing_mm"][index[0]],
-        thickness=6.0, z0=float(src["z_mm"][index[0]]), description="Abdomen, last 4 slices with added noise",
-        patient_id="Pancreas-CT-CB_001", transfer_syntax=JPEG2000Lossless,
-    )
+    for number, (name, index, folder, spacing_z, region) in enumerate(SERIES_SOURCES):
+        src = np.load(args.sources / name)
+        hu = src["hu"][list(index)].astype(np.float32)
+        pixel_mm = float(src["pixel_spacing_mm"][index[0]][0])
+        for offset, (dose, views) in enumerate(DEGRADED, start=4):
+            hu[offset] = degrade(hu[offset], pixel_mm, dose, views, seed=SEED + 10 * number + offset)
+        write_series(
+            hu, args.out / "dicom" / folder, spacing=src["pixel_spacing_mm"][index[0]], thickness=spacing_z,
+            z0=float(src["z_mm"][index[0]]), description=f"{region}, slices 5-8 simulated low dose",
+            patient_id=str(src["patient_id"][index[0]]), transfer_syntax=JPEG2000Lossless,
+        )
 
     name, index = VOLUME_SOURCE
     src = np.load(args.sources / name)

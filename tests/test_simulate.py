@@ -22,7 +22,7 @@ from tests.conftest import tiny_config
 REPO = Path(__file__).resolve().parents[1]
 CT_SOURCES = REPO.parent / "shared" / "data" / "ct_sources"
 PANCREAS = CT_SOURCES / "tcia-pancreatic-ct-cbct-seg_Pancreas-CT-CB_001.npz"
-SAMPLE_SERIES = REPO / "sample_data" / "dicom"  # its first slice is slice 32 of PANCREAS, untouched
+SAMPLE_SERIES = REPO / "sample_data" / "dicom" / "pancreas-ct-cb-001"  # slice 1 = PANCREAS #32, untouched
 
 
 @pytest.fixture(scope="module")
