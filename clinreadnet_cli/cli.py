@@ -52,6 +52,13 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 class InputRangeChoice(str, Enum):
     auto = "auto"
     hu = "hu"
@@ -73,6 +80,11 @@ def score(
     device: Device = typer.Option(Device.auto, help="auto picks CUDA when present."),
     batch_size: int = typer.Option(8, min=1, help="Slices per model call; bounds memory."),
     workers: int = typer.Option(2, min=1, help="Background threads decoding slices."),
+    precision: Precision = typer.Option(
+        Precision.auto, help="auto: fp32 on CPU, bf16 autocast on CUDA. bf16 on a CPU with AVX512-BF16 is faster."),
+    int8: bool = typer.Option(False, "--int8", help="CPU: dynamic int8 quantisation of the linear layers (faster)."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (pays off on long runs)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch compute threads (default: torch's choice)."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table for people; json, jsonl, csv for pipelines."),
     output: Optional[Path] = typer.Option(None, help="Write the records to FILE (atomically) instead of stdout."),
     threshold: float = typer.Option(2.0, help="Summary counts slices scoring below this (2 = fair)."),
@@ -84,6 +96,7 @@ def score(
     from . import report
     from .atomic import write_text_atomic
     from .checkpoint import WeightsError, default_weights, load_model
+    from .inference import resolve_options
     from .readers import InputError, discover
     from .scoring import SliceScore, resolve_device, score_series
 
@@ -94,8 +107,13 @@ def score(
         fmt = OutputFormat(suffix)
     try:
         torch_device = resolve_device(device.value)
+        options = resolve_options(torch_device, precision.value, int8, compile_model)
     except ValueError as exc:
         _usage_error(str(exc))
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     weights_path = weights or default_weights()
     if not weights_path.is_file():
         _usage_error(f"no weights at {weights_path}; pass --weights FILE (a clinreadnet .safetensors file)")
@@ -118,7 +136,7 @@ def score(
                   disable=not stderr.is_terminal) as progress:
         task = progress.add_task("scoring", total=total)
         for item in score_series(found.series, model, torch_device, batch_size=batch_size, workers=workers,
-                                 on_slice=lambda: progress.advance(task)):
+                                 on_slice=lambda: progress.advance(task), options=options):
             if isinstance(item, InputError):
                 stderr.print(f"[bold red]error:[/] {item}")
             results.append(item)

@@ -16,8 +16,10 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from .archs import ClinReadNet
+from .archs.clinreadnet import Prediction
 from .archs.heads import grade_name
 from .config import ConfigError
+from .inference import InferenceOptions, prepare_for_inference
 from .preprocess import prepare_slice
 from .readers import InputError, Series, SliceRef
 
@@ -60,9 +62,13 @@ def score_series(
     batch_size: int = 8,
     workers: int = 2,
     on_slice: Callable[[], None] | None = None,
+    options: InferenceOptions | None = None,
 ) -> Iterator[SliceScore | InputError]:
-    """Yield one SliceScore per slice, or one InputError per failing input, in series/slice order."""
-    model = model.to(device).eval()
+    """Yield one SliceScore per slice, or one InputError per failing input, in series/slice order.
+
+    ``options`` default to the device's (fp32 on CPU; bf16 autocast and channels-last on CUDA).
+    """
+    predict = prepare_for_inference(model, device, options or InferenceOptions.default_for(device))
     cfg = model.config
     jobs = ((s, ref) for s in series for ref in s.slices)
 
@@ -99,7 +105,7 @@ def score_series(
             ready = sum(isinstance(item, torch.Tensor) for *_, item in pending)
             if ready < batch_size and in_flight:
                 continue
-            for result in _run_batch(model, device, pending):
+            for result in _run_batch(predict, device, pending):
                 key = (result.path, str(result)) if isinstance(result, InputError) else None
                 if key is None or key not in reported:
                     if key:
@@ -108,14 +114,15 @@ def score_series(
             pending = []
 
 
-def _run_batch(model: ClinReadNet, device: torch.device, items) -> list[SliceScore | InputError]:
+def _run_batch(predict: Callable[[torch.Tensor], Prediction], device: torch.device,
+               items) -> list[SliceScore | InputError]:
     tensors = [item for *_, item in items if isinstance(item, torch.Tensor)]
     if not tensors:
         return [item for *_, item in items]
     batch = torch.stack(tensors)
     if device.type == "cuda":
-        batch = batch.pin_memory().to(device, non_blocking=True)
-    pred = model.predict(batch)
+        batch = batch.pin_memory()  # lets predict() copy it to the GPU without blocking
+    pred = predict(batch)
     scores, labels, heads = pred.score.tolist(), pred.label.tolist(), pred.head_scores.tolist()
     out: list[SliceScore | InputError] = []
     k = 0

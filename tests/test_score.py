@@ -138,6 +138,7 @@ def test_output_file_is_written_whole_or_not_at_all(study, weights, tmp_path, mo
     (["--weights", "/nonexistent/w.safetensors"], "no weights at"),
     (["--device", "cuda"], "no CUDA device"),
     (["--output", "scores.xlsx"], "cannot tell the format"),
+    (["--device", "cpu", "--precision", "fp16"], "fp16 needs CUDA"),
 ])
 def test_usage_errors_exit_2(study, weights, args, message):
     if "--weights" not in args:
@@ -146,6 +147,17 @@ def test_usage_errors_exit_2(study, weights, args, message):
         pytest.skip("this machine has CUDA")
     result = run(study / "series", *args)
     assert result.exit_code == 2 and message in result.stderr and result.stdout == ""
+
+
+def test_fast_options_score_the_same_slices_closely(study, weights):
+    def scores(*options):
+        result = run(study / "series", "--weights", weights, "--format", "json", "--device", "cpu", *options)
+        assert result.exit_code == 0
+        return [r["score"] for r in json.loads(result.stdout)]
+
+    reference = scores()
+    for options in (["--threads", "1"], ["--int8"], ["--precision", "bf16"]):
+        assert scores(*options) == pytest.approx(reference, abs=0.1)
 
 
 def test_paperwork_named_explicitly_is_an_error(study, weights):

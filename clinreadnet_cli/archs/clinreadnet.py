@@ -26,6 +26,12 @@ class Prediction:
     probs: torch.Tensor  # (B, K) head-averaged class probabilities
     head_probs: torch.Tensor  # (B, H, K)
 
+    @classmethod
+    def from_logits(cls, head_logits: torch.Tensor) -> "Prediction":
+        """From per-head logits (B, H, K), computed in fp32 whatever precision produced them."""
+        head_logits = head_logits.float()
+        return cls(probs=average_probabilities(head_logits), head_probs=head_probabilities(head_logits))
+
     @property
     def score(self) -> torch.Tensor:  # (B,) 0-4
         return expected_score(self.probs)
@@ -103,5 +109,4 @@ class ClinReadNet(nn.Module):
         """Eval-mode prediction: head-averaged probabilities plus each head's own."""
         if self.training:
             raise RuntimeError("predict() needs eval mode: call model.eval() first")
-        logits = self(x)
-        return Prediction(probs=average_probabilities(logits), head_probs=head_probabilities(logits))
+        return Prediction.from_logits(self(x))

@@ -1,0 +1,77 @@
+"""The fast inference path: one prepared predictor per run, with the options that speed it up.
+
+CPU keeps fp32 by default (no fast bf16 on common CPUs); CUDA defaults to bf16 autocast and
+channels-last input. int8 (dynamic quantisation of the linear layers, CPU only) and
+``torch.compile`` are opt-in: see the README's speed section for what each measured.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .archs import ClinReadNet
+from .archs.clinreadnet import Prediction
+from .config import ConfigError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast dtype of the forward pass
+    channels_last: bool = False  # memory format of the input batch and the conv weights
+    int8: bool = False  # dynamic int8 quantisation of nn.Linear (CPU only)
+    compile: bool = False  # torch.compile the model (first batches pay the compilation)
+
+    @classmethod
+    def default_for(cls, device: torch.device) -> "InferenceOptions":
+        return cls(precision="bf16", channels_last=True) if device.type == "cuda" else cls()
+
+
+def resolve_options(device: torch.device, precision: str = "auto", int8: bool = False,
+                    compile: bool = False) -> InferenceOptions:
+    """The device's defaults with the user's choices on top; ConfigError if the device cannot run them."""
+    default = InferenceOptions.default_for(device)
+    options = InferenceOptions(precision=default.precision if precision == "auto" else precision,
+                               channels_last=default.channels_last, int8=int8, compile=compile)
+    check_options(options, device)
+    return options
+
+
+def check_options(options: InferenceOptions, device: torch.device) -> None:
+    """ConfigError for a combination the device cannot run."""
+    if options.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}")
+    if options.int8 and device.type != "cpu":
+        raise ConfigError("int8 quantisation runs on the CPU only")
+    if options.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("fp16 needs CUDA; on the CPU use fp32 (or bf16 where the CPU has it)")
+
+
+def prepare_for_inference(model: ClinReadNet, device: torch.device,
+                          options: InferenceOptions) -> Callable[[torch.Tensor], Prediction]:
+    """``predict(batch)`` for (B, 1, H, W) batches in [0, 1] on any device; the model is not changed."""
+    check_options(options, device)
+    model = model.to(device).eval()
+    if options.int8:  # a quantised copy; the caller's model stays fp32
+        with warnings.catch_warnings():  # torch's notices that this API will move to torchao
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
+            model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    forward = torch.compile(model) if options.compile else model
+    dtype = PRECISIONS[options.precision]
+
+    @torch.inference_mode()
+    def predict(batch: torch.Tensor) -> Prediction:
+        batch = batch.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            return Prediction.from_logits(forward(batch))
+
+    return predict

@@ -1,0 +1,65 @@
+"""The fast inference path: every option gives the model's own scores (exactly, or within the
+precision it trades away), and impossible combinations are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clinreadnet_cli.archs import create_model
+from clinreadnet_cli.config import ConfigError
+from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference, resolve_options
+from tests.conftest import tiny_config
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create_model(tiny_config()).eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.rand(6, 1, 128, 128, generator=torch.Generator().manual_seed(1))
+
+
+def test_defaults_are_fp32_on_cpu_and_bf16_channels_last_on_cuda():
+    assert resolve_options(CPU) == InferenceOptions()
+    cuda = resolve_options(torch.device("cuda"))
+    assert cuda.precision == "bf16" and cuda.channels_last and not cuda.int8
+
+
+@pytest.mark.parametrize("device, kwargs, message", [
+    ("cpu", {"precision": "fp16"}, "fp16 needs CUDA"),
+    ("cuda", {"int8": True}, "CPU only"),
+    ("cpu", {"precision": "fp8"}, "precision must be one of"),
+])
+def test_impossible_combinations_are_refused(device, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_options(torch.device(device), **kwargs)
+
+
+def test_fp32_path_equals_predict(model, images):
+    expected = model.predict(images)
+    got = prepare_for_inference(model, CPU, InferenceOptions())(images)
+    assert torch.equal(got.probs, expected.probs) and torch.equal(got.head_probs, expected.head_probs)
+
+
+@pytest.mark.parametrize("options, tolerance", [
+    (InferenceOptions(channels_last=True), 1e-4),  # same arithmetic, other memory order
+    (InferenceOptions(precision="bf16"), 0.1),  # 8-bit mantissa
+    (InferenceOptions(int8=True), 0.1),  # int8 weights and activations in the linear layers
+])
+def test_fast_options_keep_scores(model, images, options, tolerance):
+    expected = model.predict(images).score
+    got = prepare_for_inference(model, CPU, options)(images)
+    assert got.probs.dtype == torch.float32 and torch.allclose(got.probs.sum(1), torch.ones(6))
+    assert (got.score - expected).abs().max() < tolerance
+
+
+def test_int8_leaves_the_callers_model_untouched(model, images):
+    before = model.predict(images).score
+    prepare_for_inference(model, CPU, InferenceOptions(int8=True))
+    assert isinstance(model.head.heads[0], torch.nn.Linear) and torch.equal(model.predict(images).score, before)
