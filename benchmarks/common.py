@@ -16,11 +16,6 @@ def machine(device: str = "cpu") -> dict:
             "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device}
 
 
-def print_rows(rows: dict[str, float], width: int = 46) -> None:
-    for key, value in rows.items():
-        print(f"  {key:<{width}}{value:10.2f}")
-
-
 def write_json(path: str | None, results, args=None, device: str = "cpu") -> None:
     if path:
         record = {"machine": machine(device), **({"args": vars(args)} if args else {}), "results": results}

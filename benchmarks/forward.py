@@ -1,0 +1,73 @@
+"""Model-only forward throughput: clinreadnet vs plain timm swin_t on identical batches, and the
+inference options of the fast path (threads, channels-last, int8 linear layers, autocast, compile).
+
+Random weights: the compute does not depend on their values.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from clinreadnet_cli.archs import create_model
+from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def slices_per_second(model, x: torch.Tensor, repeats: int, options: InferenceOptions | None = None) -> float:
+    """Median over ``repeats`` timed batches, after two warm-up batches (compile, autotuning)."""
+    run = prepare_for_inference(model, x.device, options or InferenceOptions())
+    times = []
+    for i in range(repeats + 2):
+        _sync(x.device)
+        start = time.perf_counter()
+        run(x)
+        _sync(x.device)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return x.shape[0] / statistics.median(times)
+
+
+def compare_models(device: torch.device, sizes: list[int], batch: int, repeats: int) -> list[dict]:
+    """clinreadnet and swin_t at each size on the same random batch; ratio = time / swin_t's time."""
+    rows = []
+    for size in sizes:
+        x = torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+        rates = {}
+        for name in ("swin_t", "clinreadnet"):
+            torch.manual_seed(0)
+            model = create_model(name, img_size=size).to(device).eval()
+            rates[name] = slices_per_second(model, x, repeats)
+            del model
+        for name, rate in rates.items():
+            rows.append({"benchmark": "forward", "measure": f"{name} {size}² {device.type} batch {batch}",
+                         "value": rate, "unit": "slices/s",
+                         "ratio": rates["swin_t"] / rate})  # > 1: slower than swin_t
+    return rows
+
+
+def compare_options(device: torch.device, size: int, batch: int, repeats: int,
+                    variants: dict[str, tuple[int | None, InferenceOptions]]) -> list[dict]:
+    """clinreadnet at ``size`` under each (torch threads, options) variant; ratio = speed-up over the first."""
+    x = torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    rows, base = [], None
+    threads = torch.get_num_threads()
+    for label, (variant_threads, options) in variants.items():
+        torch.manual_seed(0)
+        model = create_model("clinreadnet", img_size=size).to(device).eval()
+        if variant_threads:
+            torch.set_num_threads(variant_threads)
+        try:
+            rate = slices_per_second(model, x, repeats, options)
+        finally:
+            torch.set_num_threads(threads)
+        base = base or rate
+        rows.append({"benchmark": "options", "measure": f"clinreadnet {size}² {device.type}: {label}",
+                     "value": rate, "unit": "slices/s", "ratio": rate / base})
+    return rows

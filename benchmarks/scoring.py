@@ -1,0 +1,74 @@
+"""Scoring a DICOM series: decode only (the I/O limit), model only, the score workflow end to
+end, and the peak memory of the ``clinreadnet score`` command as the study grows."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import SOURCES
+
+from clinreadnet_cli.dicom_export import write_series
+from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference
+from clinreadnet_cli.preprocess import prepare_slice
+from clinreadnet_cli.readers import discover
+from clinreadnet_cli.scoring import score_series
+
+
+def build_series(out: Path, n: int) -> Path:
+    """``n`` uncompressed 512² slices cycled from one real CT series of the sources, 1 mm apart."""
+    hu = np.load(SOURCES / "tcia-pancreatic-ct-cbct-seg_Pancreas-CT-CB_001.npz")["hu"]
+    write_series(hu[np.arange(n) % len(hu)], out, thickness=1.0, names=[f"IM{k:05d}.dcm" for k in range(n)])
+    return out
+
+
+def throughput(series_dir: Path, model, device: torch.device, batch: int, workers: int,
+               options: InferenceOptions) -> list[dict]:
+    series = discover([series_dir]).series
+    n = sum(len(s.slices) for s in series)
+
+    start = time.perf_counter()
+    tensors = [prepare_slice(ref.load(), ref.value_range, model.config) for s in series for ref in s.slices]
+    decode = time.perf_counter() - start
+
+    predict = prepare_for_inference(model, device, options)
+    batches = torch.stack(tensors).split(batch)
+    predict(batches[0])  # warm-up
+    start = time.perf_counter()
+    for b in batches:
+        predict(b).score.tolist()  # .tolist() waits for the device, as the workflow does
+    model_only = time.perf_counter() - start
+    del tensors, batches
+
+    start = time.perf_counter()
+    scored = sum(1 for _ in score_series(discover([series_dir]).series, model, device, batch_size=batch,
+                                          workers=workers, options=options))
+    end_to_end = time.perf_counter() - start
+    assert scored == n
+    label = f"{n}-slice DICOM series"
+    return [
+        {"benchmark": "scoring", "measure": f"{label}: decode only", "value": n / decode, "unit": "slices/s"},
+        {"benchmark": "scoring", "measure": f"{label}: model only", "value": n / model_only, "unit": "slices/s"},
+        {"benchmark": "scoring", "measure": f"{label}: end to end (score workflow)", "value": n / end_to_end,
+         "unit": "slices/s", "ratio": model_only / end_to_end},  # end-to-end rate / model-only rate
+    ]
+
+
+def command_peak_rss(series_dir: Path, weights: Path, device: str, batch: int, extra: list[str]) -> tuple[float, float]:
+    """(peak resident memory in MiB, wall seconds) of one ``clinreadnet score`` process."""
+    command = [sys.executable, "-m", "clinreadnet_cli", "score", str(series_dir), "--weights", str(weights),
+               "--format", "jsonl", "--device", device, "--batch-size", str(batch), *extra]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage, not all children's
+    wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}")
+    return usage.ru_maxrss / 1024, wall  # Linux reports KiB
