@@ -190,7 +190,7 @@ def train(
     seed: Optional[int] = typer.Option(None),
     device: Optional[Device] = typer.Option(None),
     workers: Optional[int] = typer.Option(None, min=0, help="DataLoader worker processes."),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast on CUDA."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (CUDA, or CPUs with AVX512-BF16/AMX)."),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Tab. 1 augmentation."),
     loss_off: Optional[list[str]] = typer.Option(None, help="Switch off an HRPS term (repeatable)."),
     backbone_checkpoint: Optional[Path] = typer.Option(None, help="Local Swin-T .safetensors to start from."),
@@ -327,6 +327,10 @@ def simulate(
     full_views: int = typer.Option(1000, min=2, help="Views of the full (routine) acquisition."),
     fbp_filter: str = typer.Option("ram-lak", "--filter", help="FBP filter: ram-lak, shepp-logan, cosine, hamming, hann."),
     electronic_noise: float = typer.Option(10.0, min=0.0, help="Detector electronic noise SD, in photons."),
+    add_to_source: bool = typer.Option(
+        True, "--add-to-source/--full-reconstruction",
+        help="Add the dose/view degradation to the source (keeps its resolution and texture), or keep the "
+             "full FBP reconstruction (adds the projector's blur)."),
     source_images: bool = typer.Option(True, "--source-images/--no-source-images",
                                        help="Also write each untouched source slice (score 4)."),
     seed: int = typer.Option(0, help="Seeds the noise; same seed, same data."),
@@ -351,7 +355,7 @@ def simulate(
         _usage_error(f"--filter must be one of {', '.join(FBP_FILTERS)}")
     try:
         acquisition = Acquisition(doses=_float_list(doses, "doses"), views=tuple(view_counts), full_views=full_views,
-                                  fbp_filter=fbp_filter, electronic_sd=electronic_noise)
+                                  fbp_filter=fbp_filter, electronic_sd=electronic_noise, add_to_source=add_to_source)
     except ValueError as exc:
         _usage_error(str(exc))
     if existing_dataset(out) and not overwrite:

@@ -169,8 +169,9 @@ def split_train_val(items: list[LabelledSlice], val_fraction: float, seed: int) 
     """Keys for (train, validation), stratified by class and fixed by ``seed``.
 
     Without groups every class sends exactly its quota to validation (1,000 images at 0.2 give
-    the paper's 800/200). Slices sharing a group (patient) are placed together: a group goes to
-    validation while the classes it holds still have quota left there.
+    the paper's 800/200). Slices sharing a group (patient) are placed together: groups are taken
+    in a seeded random order (so validation holds a sample of patients, not just the largest) and
+    a group goes to validation while the classes it holds still have quota left there and it fits.
     """
     rng = np.random.default_rng(seed)
     groups: dict[str, list[LabelledSlice]] = defaultdict(list)
@@ -180,7 +181,6 @@ def split_train_val(items: list[LabelledSlice], val_fraction: float, seed: int) 
     n_val = sum(quota.values())
     order = list(groups)
     rng.shuffle(order)
-    order.sort(key=lambda g: -len(groups[g]))  # big groups first; single slices even out the counts
     val_keys: list[str] = []
     train_keys: list[str] = []
     for g in order:

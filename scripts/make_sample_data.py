@@ -24,12 +24,12 @@ from clinreadnet_cli.simulate.lowdose import Acquisition, simulate_slice
 DEFAULT_SOURCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_sources"
 # Two DICOM series of 8 slices: slices 1-4 untouched, slices 5-8 re-acquired by the physics
 # simulation (clinreadnet simulate) at falling dose and view count. Pancreas-CT-CB_001 was among
-# the default weights' training patients, LIDC-IDRI-0001 among their validation patients.
+# the default weights' training patients, LungFCP-01-0001 among their validation patients.
 SERIES_SOURCES = [
     ("tcia-pancreatic-ct-cbct-seg_Pancreas-CT-CB_001.npz", range(32, 40), "pancreas-ct-cb-001", 6.0,
      "Abdomen"),  # 6 mm apart
-    ("tcia-lidc-idri_LIDC-IDRI-0001.npz", range(15, 23), "lidc-idri-0001", 15.0,
-     "Lower chest and upper abdomen"),  # every 6th of a 2.5 mm series
+    ("tcia-lung-fused-ct-pathology_LungFCP-01-0001.npz", range(0, 8), "lungfcp-01-0001", 6.0,
+     "Lower chest"),  # lung bases upwards, 6 mm apart
 ]
 DEGRADED = [(0.5, 1000), (0.25, 720), (0.1, 360), (0.1, 180)]  # (dose fraction, views) of slices 5-8
 VOLUME_SOURCE = ("tcia-c4kc-kits_KiTS-00072.npz", range(0, 4))  # upper abdomen, arterial phase

@@ -56,6 +56,17 @@ def test_full_dose_full_view_fbp_reproduces_the_source(real_slice):
     assert np.median(np.abs(error)) < 6.0
 
 
+def test_added_degradation_keeps_the_source_and_adds_only_what_dose_and_views_change(half_slice):
+    hu, spacing = half_slice
+    points = dict(doses=(1.0, 0.25), views=(500, 90), full_views=500)
+    added = simulate_slice(hu, spacing, Acquisition(**points), np.random.default_rng(0)).images
+    rebuilt = simulate_slice(hu, spacing, Acquisition(**points, add_to_source=False), np.random.default_rng(0)).images
+    assert np.abs(added[(1.0, 500)] - hu).max() < 1e-2  # the untouched acquisition is the source itself
+    assert np.abs(rebuilt[(1.0, 500)] - hu).mean() > 1.0  # a full reconstruction is not
+    for point in [(1.0, 90), (0.25, 500), (0.25, 90)]:  # same noise and streaks, on the source
+        np.testing.assert_allclose(added[point] - hu, rebuilt[point] - rebuilt[(1.0, 500)], atol=1e-2)
+
+
 def test_pixel_spacing_scales_the_line_integrals():
     disk = np.zeros((128, 128), np.float32)
     yy, xx = np.mgrid[:128, :128]

@@ -23,6 +23,11 @@ class Acquisition:
     fbp_filter: str = "ram-lak"
     electronic_sd: float = 10.0  # detector electronic noise, photon-count units
     default_i0: float = 1e6  # used when a slice has too little soft tissue to calibrate on
+    # True: add what dose and views change (the FBP difference from the full-dose, full-view
+    # reconstruction) to the source, so its own resolution and noise texture are kept and
+    # (1.0, full_views) is the source itself. False: the FBP reconstruction as it comes, which
+    # also carries the projector's slight blur.
+    add_to_source: bool = True
 
     def __post_init__(self):
         if any(not 0.0 < d <= 1.0 for d in self.doses):
@@ -56,7 +61,8 @@ def calibrate_i0(scanner: ParallelScanner, line_integrals: np.ndarray, source_no
 def simulate_slice(hu: np.ndarray, pixel_mm: float, acquisition: Acquisition,
                    rng: np.random.Generator) -> SimulatedSlice:
     """Forward-project the source once at full views, reduce the dose in the projections,
-    subsample the views, and reconstruct every grid point with FBP, in HU."""
+    subsample the views, and reconstruct every grid point with FBP, in HU (added to the source as
+    a difference image when ``acquisition.add_to_source``)."""
     scanner = ParallelScanner(hu.shape, pixel_mm, acquisition.full_views, acquisition.fbp_filter)
     line_integrals = scanner.project(hu_to_mu(hu))
     tissue = measures.tissue_mask(hu)
@@ -64,8 +70,10 @@ def simulate_slice(hu: np.ndarray, pixel_mm: float, acquisition: Acquisition,
     i0 = calibrate_i0(scanner, line_integrals, source_noise, tissue, acquisition, rng)
     result = SimulatedSlice(i0=i0, source_noise_hu=source_noise)
     by_dose = reduce_dose(line_integrals, acquisition.doses, i0, acquisition.electronic_sd, rng)
+    reference = mu_to_hu(scanner.reconstruct(line_integrals)) if acquisition.add_to_source else None
     for dose in acquisition.doses:
         for views in acquisition.views:
             indices = view_subset(acquisition.full_views, views)
-            result.images[(dose, views)] = mu_to_hu(scanner.reconstruct(by_dose[dose], indices))
+            image = mu_to_hu(scanner.reconstruct(by_dose[dose], indices))
+            result.images[(dose, views)] = image if reference is None else hu + (image - reference)
     return result
