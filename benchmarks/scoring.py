@@ -3,7 +3,6 @@ end, and the peak memory of the ``clinreadnet score`` command as the study grows
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -61,14 +60,25 @@ def throughput(series_dir: Path, model, device: torch.device, batch: int, worker
 
 
 def command_peak_rss(series_dir: Path, weights: Path, device: str, batch: int, extra: list[str]) -> tuple[float, float]:
-    """(peak resident memory in MiB, wall seconds) of one ``clinreadnet score`` process."""
+    """(peak resident memory in MiB, wall seconds) of one ``clinreadnet score`` process.
+
+    Read from the process's own high-water mark (VmHWM in /proc, Linux), polled until it exits:
+    rusage's ru_maxrss would not do, because a child starts from the high-water mark of the
+    parent it was forked from, and this benchmark process is large.
+    """
     command = [sys.executable, "-m", "clinreadnet_cli", "score", str(series_dir), "--weights", str(weights),
                "--format", "jsonl", "--device", device, "--batch-size", str(batch), *extra]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage, not all children's
+    status, peak_kib = Path(f"/proc/{process.pid}/status"), 0
+    while process.poll() is None:
+        try:
+            line = next(x for x in status.read_text().splitlines() if x.startswith("VmHWM:"))
+            peak_kib = max(peak_kib, int(line.split()[1]))
+        except (OSError, StopIteration):  # exiting: its memory map is already gone
+            pass
+        time.sleep(0.02)
     wall = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}")
-    return usage.ru_maxrss / 1024, wall  # Linux reports KiB
+    return peak_kib / 1024, wall
