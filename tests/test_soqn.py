@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from clinreadnet_cli.archs.layers import Mish, mish_from_sigmoid
 from clinreadnet_cli.archs.soqn import SOBEL_DIRECTIONS, SOBEL_KERNELS, SOQN, sobel_responses
 from clinreadnet_cli.config import SOQNConfig
 
@@ -79,3 +81,17 @@ def test_weighted_residual_is_eq3():
         soqn.gamma.zero_()
     x = torch.randn(2, 8, 8, 16)
     assert torch.allclose(soqn(x), soqn.post_norm(0.8 * x), atol=1e-5)
+
+
+def test_inference_mish_equals_atens_mish():
+    x = torch.cat([torch.linspace(-60, 60, 20001), torch.tensor([-1e4, 1e4, 0.0])])
+    assert torch.allclose(mish_from_sigmoid(x), F.mish(x), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(Mish()(x), F.mish(x), rtol=1e-5, atol=1e-6)
+
+
+def test_mish_keeps_atens_gradient_in_training():
+    x = torch.linspace(-5, 5, 101, requires_grad=True)
+    Mish()(x).sum().backward()
+    expected = torch.autograd.grad(F.mish(x).sum(), x)[0]
+    assert torch.equal(x.grad, expected)

@@ -16,6 +16,7 @@ from timm.models.swin_transformer import SwinTransformerStage, WindowAttention
 from torch import nn
 
 from ..config import PROGRESSIVE_WEIGHTS, TEMPERATURES, MTMSAConfig
+from .layers import Mish
 
 
 class MTMSA(WindowAttention):
@@ -28,7 +29,7 @@ class MTMSA(WindowAttention):
         self.progressive_weights = nn.Parameter(torch.tensor([PROGRESSIVE_WEIGHTS[t] for t in cfg.temperatures]))
         hidden = max(8, int(dim * cfg.modulator_ratio))
         self.modulator = nn.Sequential(  # Eq. 13: q = sigmoid(W2 Mish(W1 mean(X)))
-            nn.Linear(dim, hidden), nn.Mish(), nn.Linear(hidden, len(cfg.temperatures)), nn.Sigmoid()
+            nn.Linear(dim, hidden), Mish(), nn.Linear(hidden, len(cfg.temperatures)), nn.Sigmoid()
         )
 
     @classmethod
