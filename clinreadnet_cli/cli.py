@@ -170,7 +170,7 @@ def _print_tables(scores: list, threshold: float) -> None:
             table.add_row(s.path.name, str(s.slice), f"{s.score:.2f}", f"[{style}]{s.grade}[/]", str(s.label))
         stdout.print(table)
         stdout.print(
-            f"  {summary.slices} slices · mean {summary.mean:.2f} · min {summary.min:.2f} · "
+            f"  {summary.slices} slice{'s' if summary.slices != 1 else ''} · mean {summary.mean:.2f} · min {summary.min:.2f} · "
             f"{summary.below_threshold} below {threshold:g}\n"
         )
 
