@@ -35,20 +35,34 @@ def slices_per_second(model, x: torch.Tensor, repeats: int, options: InferenceOp
 
 
 def compare_models(device: torch.device, sizes: list[int], batch: int, repeats: int) -> list[dict]:
-    """clinreadnet and swin_t at each size on the same random batch; ratio = time / swin_t's time."""
+    """clinreadnet and swin_t at each size on the same random batch; ratio = time / swin_t's time.
+
+    The two models run in alternation, batch by batch, so that drifts of a shared machine (other
+    processes, clock, allocator state) fall on both alike; each rate is the median of its batches.
+    """
     rows = []
     for size in sizes:
         x = torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(0)).to(device)
-        rates = {}
+        runs, times = {}, {}
         for name in ("swin_t", "clinreadnet"):
             torch.manual_seed(0)
-            model = create_model(name, img_size=size).to(device).eval()
-            rates[name] = slices_per_second(model, x, repeats)
-            del model
+            runs[name] = prepare_for_inference(create_model(name, img_size=size).to(device).eval(), device,
+                                               InferenceOptions())
+            times[name] = []
+        for i in range(repeats + 2):
+            for name, run in runs.items():
+                _sync(device)
+                start = time.perf_counter()
+                run(x)
+                _sync(device)
+                if i >= 2:  # two warm-up batches each
+                    times[name].append(time.perf_counter() - start)
+        rates = {name: batch / statistics.median(t) for name, t in times.items()}
         for name, rate in rates.items():
             rows.append({"benchmark": "forward", "measure": f"{name} {size}² {device.type} batch {batch}",
                          "value": rate, "unit": "slices/s",
                          "ratio": rates["swin_t"] / rate})  # > 1: slower than swin_t
+        del runs
     return rows
 
 

@@ -44,15 +44,12 @@ def conv_bn_mish(in_ch: int, out_ch: int, kernel: int = 1, groups: int = 1, act:
 def sobel_responses(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """h(X, K_i): every channel filtered by each Sobel kernel. (B, C, H, W) -> (B, 4, C, H, W).
 
-    One depthwise convolution over the input repeated once per direction, so the output is
-    already direction-major (measured faster than four convolutions and a stack, or than
-    reordering a channel-major output).
+    Four depthwise convolutions stacked direction-major: measured faster on the CPU, at 224²
+    and 512², than one convolution over a 4x repeated input or a channel-major output reordered.
     """
-    b, channels, h, w = x.shape
-    n_dir = kernels.shape[0]
-    weights = kernels.to(x.dtype).repeat_interleave(channels, dim=0).unsqueeze(1)  # (4C, 1, 3, 3)
-    edges = F.conv2d(x.repeat(1, n_dir, 1, 1), weights, padding=1, groups=n_dir * channels)
-    return edges.view(b, n_dir, channels, h, w)
+    channels = x.shape[1]
+    weights = kernels.to(x.dtype).unsqueeze(1).unsqueeze(1).expand(-1, channels, 1, 3, 3)
+    return torch.stack([F.conv2d(x, w, padding=1, groups=channels) for w in weights], dim=1)
 
 
 class SobelBranch(nn.Module):
