@@ -10,6 +10,7 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from clinreadnet_cli.archs import create_model
 from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference
@@ -20,18 +21,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _seconds(run, x: torch.Tensor) -> float:
+    """Wall time of one batch, device work included."""
+    _sync(x.device)
+    start = time.perf_counter()
+    run(x)
+    _sync(x.device)
+    return time.perf_counter() - start
+
+
 def slices_per_second(model, x: torch.Tensor, repeats: int, options: InferenceOptions | None = None) -> float:
     """Median over ``repeats`` timed batches, after two warm-up batches (compile, autotuning)."""
     run = prepare_for_inference(model, x.device, options or InferenceOptions())
-    times = []
-    for i in range(repeats + 2):
-        _sync(x.device)
-        start = time.perf_counter()
-        run(x)
-        _sync(x.device)
-        if i >= 2:
-            times.append(time.perf_counter() - start)
+    times = [_seconds(run, x) for _ in range(repeats + 2)][2:]
     return x.shape[0] / statistics.median(times)
+
+
+def gflop_per_slice(model, size: int, device: torch.device) -> float:
+    """Arithmetic of one forward pass of one slice (torch's FLOP counter: matmuls and convolutions)."""
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 1, size, size, device=device))
+    return counter.get_total_flops() / 1e9
 
 
 def compare_models(device: torch.device, sizes: list[int], batch: int, repeats: int) -> list[dict]:
@@ -39,27 +49,27 @@ def compare_models(device: torch.device, sizes: list[int], batch: int, repeats: 
 
     The two models run in alternation, batch by batch, so that drifts of a shared machine (other
     processes, clock, allocator state) fall on both alike; each rate is the median of its batches.
+    Each row also names the model's GFLOP per slice, the arithmetic the ratio is read against.
     """
     rows = []
     for size in sizes:
         x = torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(0)).to(device)
-        runs, times = {}, {}
+        runs, gflop = {}, {}
         for name in ("swin_t", "clinreadnet"):
             torch.manual_seed(0)
-            runs[name] = prepare_for_inference(create_model(name, img_size=size).to(device).eval(), device,
-                                               InferenceOptions())
-            times[name] = []
+            model = create_model(name, img_size=size).to(device).eval()
+            gflop[name] = gflop_per_slice(model, size, device)
+            runs[name] = prepare_for_inference(model, device, InferenceOptions())
+        times = {name: [] for name in runs}
         for i in range(repeats + 2):
             for name, run in runs.items():
-                _sync(device)
-                start = time.perf_counter()
-                run(x)
-                _sync(device)
+                seconds = _seconds(run, x)
                 if i >= 2:  # two warm-up batches each
-                    times[name].append(time.perf_counter() - start)
+                    times[name].append(seconds)
         rates = {name: batch / statistics.median(t) for name, t in times.items()}
         for name, rate in rates.items():
-            rows.append({"benchmark": "forward", "measure": f"{name} {size}² {device.type} batch {batch}",
+            rows.append({"benchmark": "forward",
+                         "measure": f"{name} {size}² {device.type} batch {batch}, {gflop[name]:.2f} GFLOP/slice",
                          "value": rate, "unit": "slices/s",
                          "ratio": rates["swin_t"] / rate})  # > 1: slower than swin_t
         del runs
