@@ -252,18 +252,17 @@ def _train(cfg: TrainConfig, resume: bool, emit: Event, out: Path, device, world
     if resume:
         start, best = load_state(out / "last_state.safetensors", model, optimizer, scheduler)
     net = DistributedDataParallel(model) if world > 1 else model
-    use_amp = cfg.amp
     steps = len(loader)
     history: list[dict] = []
     emit("start", {"train": len(train_items), "val": len(val_items), "steps": steps, "start_epoch": start,
-                   "epochs": cfg.epochs, "device": str(device), "world": world, "amp": use_amp})
+                   "epochs": cfg.epochs, "device": str(device), "world": world, "amp": cfg.amp})
     for epoch in range(start, cfg.epochs):
         sampler.set_epoch(epoch)
         net.train()
         began, total, count = time.perf_counter(), 0.0, 0
         for step, (images, labels) in enumerate(loader):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
                 logits = net(images)
             terms = loss_fn(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
