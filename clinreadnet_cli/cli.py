@@ -164,10 +164,11 @@ def _print_tables(scores: list, threshold: float) -> None:
         summary = summarise(rows, threshold)
         uid = f"  [dim]{summary.series_uid}[/]" if summary.series_uid else ""
         stdout.print(f"[bold]{summary.series}[/]{uid}", soft_wrap=True)
-        table = Table("file", "slice", "score", "grade", "class")
+        table = Table("file", "slice", "score", "grade", "class", "noise HU")
         for s in rows:
             style = GRADE_STYLE[s.grade]
-            table.add_row(s.path.name, str(s.slice), f"{s.score:.2f}", f"[{style}]{s.grade}[/]", str(s.label))
+            noise = f"{s.noise.noise_hu:.1f}" if s.noise.noise_hu is not None else f"[dim]– {s.noise.note}[/]"
+            table.add_row(s.path.name, str(s.slice), f"{s.score:.2f}", f"[{style}]{s.grade}[/]", str(s.label), noise)
         stdout.print(table)
         stdout.print(
             f"  {summary.slices} slice{'s' if summary.slices != 1 else ''} · mean {summary.mean:.2f} · min {summary.min:.2f} · "
@@ -186,6 +187,8 @@ def train(
     batch_size: Optional[int] = typer.Option(None, min=1),
     lr: Optional[float] = typer.Option(None),
     img_size: Optional[int] = typer.Option(None, help="Network input size (default 224)."),
+    input_path: Optional[str] = typer.Option(None, help="How a slice becomes the input: decimate (default), crop, "
+                                                        "resize (weights v1). See docs/model.md."),
     val_fraction: Optional[float] = typer.Option(None, help="Share of the data held out for validation (0.2)."),
     seed: Optional[int] = typer.Option(None),
     device: Optional[Device] = typer.Option(None),
@@ -217,6 +220,8 @@ def train(
             options.update(json.loads(saved.read_text()))
         options.update(from_file)
         options.update({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None})
+        if input_path is not None:
+            options["model_overrides"] = {**options.get("model_overrides", {}), "input_path": input_path}
         if "data" not in options:
             _usage_error("--data is required (an LDCTIQAG2023 folder or a CSV)")
         cfg = TrainConfig.from_dict(options)
@@ -274,9 +279,10 @@ def evaluate(
     import io
 
     from .atomic import write_text_atomic
-    from .checkpoint import WeightsError, default_weights
+    from .checkpoint import WeightsError, default_weights, read_config
     from .data import DatasetError
-    from .evaluation import evaluate as run_evaluation, select_split, simulation_checks
+    from .evaluation import evaluate as run_evaluation, noise_baseline, select_split, simulation_checks
+    from .metrics import correlation_metrics
     from .scoring import resolve_device
 
     weights_path = weights or default_weights()
@@ -286,27 +292,35 @@ def evaluate(
         torch_device = resolve_device(device.value)
         items = select_split(data, split, split_file or weights_path.parent / "split.json")
         metrics, preds = run_evaluation(weights_path, items, torch_device, batch_size=batch_size, workers=workers)
-        ordering = simulation_checks(data, preds)
+        noise = noise_baseline(items, read_config(weights_path))
+        measured = [(-n, p.item.score) for n, p in zip(noise, preds) if n == n]
+        baseline = correlation_metrics(*zip(*measured)) if measured else correlation_metrics([], [])
+        ordering = simulation_checks(data, preds, noise)
     except (ValueError, DatasetError, WeightsError) as exc:
         _usage_error(str(exc))
     if predictions is not None:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["path", "label", "prediction", "class"])
-        for p in preds:
-            writer.writerow([str(p.item.path), p.item.score, repr(p.score), p.label])
+        writer.writerow(["path", "label", "prediction", "class", "noise_hu"])
+        for p, n in zip(preds, noise):
+            writer.writerow([str(p.item.path), p.item.score, repr(p.score), p.label, "" if n != n else f"{n:.3f}"])
         write_text_atomic(predictions, buffer.getvalue())
     if fmt is ListFormat.json:
         extra = {"ordering": ordering} if ordering else {}
-        typer.echo(json.dumps({"split": split, "images": len(preds), **metrics, **extra}, indent=2))
+        typer.echo(json.dumps({"split": split, "images": len(preds), **metrics,
+                               "noise_hu_baseline": {**baseline, "images": len(measured)}, **extra}, indent=2))
         return
-    table = Table("metric", "value", title=f"{split} split, {len(preds)} images")
+    table = Table("metric", "model", "noise_hu (baseline)", title=f"{split} split, {len(preds)} images")
     for name in ("plcc", "srocc", "krocc", "score"):
-        table.add_row(name.upper() if name != "score" else "Score", f"{metrics[name]:.4f}")
+        table.add_row(name.upper() if name != "score" else "Score", f"{metrics[name]:.4f}", f"{baseline[name]:.4f}")
     if ordering:  # a simulated dataset: does the score fall with dose and views?
-        table.add_row(f"degradation ordering ({ordering['pairs']} pairs)", f"{ordering['ordering_accuracy']:.2%}")
-        table.add_row("mean score, untouched sources", f"{ordering['untouched_mean']:.2f}")
-        table.add_row("mean score, least dose + fewest views", f"{ordering['worst_mean']:.2f}")
+        model, classical = ordering["model"], ordering["noise_hu"]
+        for name, label in (("within_slice", "ordering within a slice"), ("cross_slice", "ordering across slices"),
+                            ("cross_patient", "ordering across patients"),
+                            ("untouched_vs_low_dose", "untouched vs its <= 25 % dose")):
+            table.add_row(f"{label} ({model[name + '_pairs']} pairs)", f"{model[name]:.2%}", f"{classical[name]:.2%}")
+        table.add_row("mean, untouched sources", f"{model['untouched_mean']:.2f}", f"{-classical['untouched_mean']:.1f} HU")
+        table.add_row("mean, least dose + fewest views", f"{model['worst_mean']:.2f}", f"{-classical['worst_mean']:.1f} HU")
     stdout.print(table)
 
 
@@ -325,12 +339,15 @@ def simulate(
     doses: str = typer.Option("1,0.5,0.25,0.1", help="Dose fractions of the source's flux."),
     views: str = typer.Option("full,720,360,180", help="Projection counts per 180 degrees; full = --full-views."),
     full_views: int = typer.Option(1000, min=2, help="Views of the full (routine) acquisition."),
-    fbp_filter: str = typer.Option("ram-lak", "--filter", help="FBP filter: ram-lak, shepp-logan, cosine, hamming, hann."),
-    electronic_noise: float = typer.Option(10.0, min=0.0, help="Detector electronic noise SD, in photons."),
-    add_to_source: bool = typer.Option(
-        True, "--add-to-source/--full-reconstruction",
-        help="Add the dose/view degradation to the source (keeps its resolution and texture), or keep the "
-             "full FBP reconstruction (adds the projector's blur)."),
+    fbp_filter: str = typer.Option("ram-lak", "--filter",
+                                   help="FBP filter of add-difference images: ram-lak, shepp-logan, cosine, hamming, "
+                                        "hann, optionally with a cutoff (hann:0.5 is a smooth kernel)."),
+    mode: str = typer.Option("add-difference", help="add-difference (degradation added to the source), full (FBP "
+                                                     "reconstructions), or both from the same projections."),
+    full_filters: str = typer.Option("ram-lak", help="Filters of full reconstructions, one drawn per slice "
+                                                     "(comma-separated, as --filter)."),
+    electronic_noise: str = typer.Option("10", help="Detector electronic noise SD in photons, or a range LOW,HIGH "
+                                                    "drawn per slice (log-uniform)."),
     source_images: bool = typer.Option(True, "--source-images/--no-source-images",
                                        help="Also write each untouched source slice (score 4)."),
     seed: int = typer.Option(0, help="Seeds the noise; same seed, same data."),
@@ -341,7 +358,6 @@ def simulate(
 ) -> None:
     """Simulate low-dose and sparse-view CT from normal-dose slices, with proxy quality labels."""
     from .simulate import Acquisition, existing_dataset, find_sources, simulate_dataset
-    from .simulate.physics import FBP_FILTERS
 
     view_counts = []
     for item in (v.strip() for v in views.split(",") if v.strip()):
@@ -351,11 +367,14 @@ def simulate(
             view_counts.append(int(item))
         else:
             _usage_error(f"--views: {item!r} is neither 'full' nor a number")
-    if fbp_filter not in FBP_FILTERS:
-        _usage_error(f"--filter must be one of {', '.join(FBP_FILTERS)}")
+    electronic = _float_list(electronic_noise, "electronic-noise")
+    if len(electronic) not in (1, 2):
+        _usage_error(f"--electronic-noise: give one value or LOW,HIGH, got {electronic_noise!r}")
     try:
         acquisition = Acquisition(doses=_float_list(doses, "doses"), views=tuple(view_counts), full_views=full_views,
-                                  fbp_filter=fbp_filter, electronic_sd=electronic_noise, add_to_source=add_to_source)
+                                  fbp_filter=fbp_filter, mode=mode,
+                                  full_filters=tuple(f.strip() for f in full_filters.split(",") if f.strip()),
+                                  electronic_sd=(electronic[0], electronic[-1]))
     except ValueError as exc:
         _usage_error(str(exc))
     if existing_dataset(out) and not overwrite:
@@ -370,7 +389,7 @@ def simulate(
         if errors:
             raise typer.Exit(EXIT_PARTIAL)
         _usage_error("no source slices found in " + ", ".join(map(str, source)))
-    grid = len(acquisition.doses) * len(acquisition.views)
+    grid = len(acquisition.doses) * len(acquisition.views) * len(acquisition.modes)
     stderr.print(f"simulating {len(slices)} slices x {grid} acquisitions on {workers} worker(s)")
     with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=stderr, transient=True,
                   disable=not stderr.is_terminal) as progress:

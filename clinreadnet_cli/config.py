@@ -49,6 +49,12 @@ class MTMSAConfig:
 
     temperatures: tuple[str, ...] = ("low", "medium", "high")
     modulator_ratio: float = 0.25  # hidden width of the quality-aware modulator (Eq. 13), fraction of C
+    # Learn log T, so a temperature stays positive (weights v1 learnt T itself).
+    log_temperatures: bool = True
+    # A learnt sharpness s in alpha = softmax(s * q * S(w_proj)) (Eq. 14), initialised to the number of
+    # temperatures: without it the logits q * S(w_proj) lie in (0, 0.4) and alpha can hardly leave
+    # uniform (weights v1, trained without it, ended at 0.323-0.344).
+    mixing_sharpness: bool = True
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.temperatures if t not in TEMPERATURES]
@@ -82,11 +88,23 @@ class LossConfig:
             raise ConfigError("HRPS needs at least one of its terms; set hrps=False to train the heads' CE alone")
 
 
+INPUT_PATHS = {
+    "resize": "pad to square, antialiased resize to img_size (weights v1; filters out most FBP noise)",
+    "decimate": "pad to square, keep every s-th pixel (s = round(side / 256): 2 for 512, 3 for 768), "
+                "centre crop or pad to img_size",
+    "crop": "pad to square, native-resolution centre crop (or pad) to img_size",
+}
+# Stored configs written before a field existed get the behaviour they were trained with.
+LEGACY_FIELDS = {"input_path": "resize"}
+LEGACY_MTMSA_FIELDS = {"log_temperatures": False, "mixing_sharpness": False}
+
+
 @dataclass(frozen=True)
 class ClinReadNetConfig:
     name: str
     description: str = ""
-    img_size: int = 224  # network input; 512x512 slices are resized to it
+    img_size: int = 224  # network input size
+    input_path: str = "decimate"  # how a slice becomes the network input: one of INPUT_PATHS
     in_chans: int = 1  # grayscale patch embedding (see docs/model.md)
     patch_size: int = 4
     embed_dim: int = 96
@@ -115,6 +133,8 @@ class ClinReadNetConfig:
             )
         if self.num_classes % self.loss.coarse_group:
             raise ConfigError("num_classes must be a multiple of the coarse group size")
+        if self.input_path not in INPUT_PATHS:
+            raise ConfigError(f"input_path must be one of {', '.join(INPUT_PATHS)}, got {self.input_path!r}")
 
     # --- serialisation (stored as JSON inside weights files) ---
     def to_dict(self) -> dict[str, Any]:
@@ -125,6 +145,12 @@ class ClinReadNetConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ClinReadNetConfig":
+        """A stored config; fields it predates take the values it was trained with (LEGACY_*)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a stored config must be a JSON object, got {type(data).__name__}")
+        data = {**LEGACY_FIELDS, **data}
+        if isinstance(data.get("mtmsa"), Mapping):
+            data["mtmsa"] = {**LEGACY_MTMSA_FIELDS, **data["mtmsa"]}
         return _build(cls, data)
 
     @classmethod

@@ -195,7 +195,7 @@ def split_train_val(items: list[LabelledSlice], val_fraction: float, seed: int) 
 
 
 # --- torch dataset ------------------------------------------------------------------------
-def _slice_ref(item: LabelledSlice, input_range: str) -> SliceRef:
+def slice_ref(item: LabelledSlice, input_range: str) -> SliceRef:
     found = discover([item.path], input_range)
     if found.errors:
         raise found.errors[0]
@@ -216,7 +216,7 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         item = self.items[index]
-        ref = _slice_ref(item, self.input_range)
+        ref = slice_ref(item, self.input_range)
         image = prepare_slice(ref.load(), ref.value_range, self.cfg)
         if self.transform is not None:
             image = self.transform(image)

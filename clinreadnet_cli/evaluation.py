@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from .checkpoint import load_model
-from .data import DatasetError, LabelledSlice, SliceDataset, load_labelled, read_manifest
+from .config import ClinReadNetConfig
+from .data import DatasetError, LabelledSlice, SliceDataset, load_labelled, read_manifest, slice_ref
+from .noise import measure_noise
 from .metrics import correlation_metrics
 
 SPLITS = ("test", "val", "train", "all")
@@ -57,48 +59,100 @@ def evaluate(weights: Path, items: list[LabelledSlice], device: torch.device, ba
     return metrics, predictions
 
 
-def simulation_checks(data: str | Path, predictions: list[ImagePrediction]) -> dict[str, float] | None:
-    """Degradation ordering when ``data`` is a folder written by ``simulate`` (it has a manifest)."""
-    manifest = Path(data) / "manifest.csv"
-    if not manifest.is_file():
-        return None
-    return degradation_ordering(predictions, read_manifest(manifest, {"path", "source", "kind", "dose", "views"}))
+def noise_baseline(items: list[LabelledSlice], cfg: ClinReadNetConfig, input_range: str = "auto") -> list[float]:
+    """The classical noise figure of every image (NaN where it cannot be measured).
 
-
-def degradation_ordering(predictions: list[ImagePrediction], manifest: dict[str, dict]) -> dict[str, float]:
-    """How well scores order acquisitions of the same source slice.
-
-    A pair counts when one image has lower-or-equal dose and fewer-or-equal views than the other,
-    one of them strictly; it is ordered correctly when the more degraded image scores strictly
-    lower. The untouched source counts as full dose with the most views of its slice. Also the
-    mean score of the untouched sources and of the worst acquisition (least dose, fewest views).
+    Windowed [0, 1] images (the LDCTIQAG2023 layout, and what ``simulate`` writes) are mapped back
+    to HU through the weights' window, the one ``simulate`` writes in; for data windowed otherwise
+    the figure is off by a constant factor, which leaves its ordering and correlations unchanged.
     """
-    by_source: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
-    for p in predictions:
-        row = manifest.get(p.item.path.name)
-        if row is None:
-            continue
-        views = math.inf if row["kind"] == "source" else float(row["views"])
-        by_source[row["source"]].append((float(row["dose"]), views, p.score))
-    pairs = correct = 0
-    untouched, worst = [], []
-    for images in by_source.values():
-        simulated = [(d, v) for d, v, _ in images if v != math.inf]
-        most_views, least = max((v for _, v in simulated), default=0.0), min(simulated, default=None)
-        ranked = []
-        for d, v, s in images:
-            if v == math.inf:
-                untouched.append(s)
-                v = most_views
-            elif (d, v) == least:
-                worst.append(s)
-            ranked.append((d, v, s))
-        for d1, v1, s1 in ranked:
-            for d2, v2, s2 in ranked:
-                if d1 <= d2 and v1 <= v2 and (d1, v1) != (d2, v2):
-                    pairs += 1
-                    correct += s1 < s2
-    nan = float("nan")
-    return {"pairs": pairs, "ordering_accuracy": correct / pairs if pairs else nan,
-            "untouched_mean": sum(untouched) / len(untouched) if untouched else nan,
-            "worst_mean": sum(worst) / len(worst) if worst else nan}
+    values = []
+    for item in items:
+        ref = slice_ref(item, input_range)
+        image = ref.load()
+        if ref.value_range == "unit":
+            image = image * cfg.window_width + (cfg.window_level - cfg.window_width / 2)
+        figure = measure_noise(image, "hu")
+        values.append(math.nan if figure.noise_hu is None else figure.noise_hu)
+    return values
+
+
+def simulation_checks(data: str | Path, predictions: list[ImagePrediction],
+                      noise: list[float] | None = None) -> dict[str, dict[str, float]] | None:
+    """Degradation ordering when ``data`` is a folder written by ``simulate`` (it has a manifest):
+    ``{"model": ..., "noise_hu": ...}`` (the second when ``noise`` is given), see ``ordering_report``."""
+    manifest_path = Path(data) / "manifest.csv"
+    if not manifest_path.is_file():
+        return None
+    manifest = read_manifest(manifest_path, {"path", "source", "group", "kind", "dose", "views"})
+    rows = [(k, manifest.get(p.item.path.name)) for k, p in enumerate(predictions)]
+    rows = [(k, row) for k, row in rows if row is not None]
+    if not rows:
+        return None
+    acquisitions = acquisitions_from_manifest([row for _, row in rows])
+    report = {"model": ordering_report(acquisitions, np.array([predictions[k].score for k, _ in rows]))}
+    if noise is not None:  # more noise is worse: order by -noise_hu
+        report["noise_hu"] = ordering_report(acquisitions, -np.array([noise[k] for k, _ in rows], dtype=float))
+    return report
+
+
+@dataclass(frozen=True)
+class Acquisitions:
+    """Per image of a simulated set: its source slice, patient, kind, dose and views (arrays)."""
+
+    source: np.ndarray
+    patient: np.ndarray
+    untouched: np.ndarray  # bool
+    dose: np.ndarray
+    views: np.ndarray  # the untouched source counts as the full view count
+
+
+def acquisitions_from_manifest(rows: list[dict]) -> Acquisitions:
+    untouched = np.array([r["kind"] == "source" for r in rows])
+    views = np.array([np.nan if u else float(r["views"]) for r, u in zip(rows, untouched)])
+    views[untouched] = np.nanmax(views) if (~untouched).any() else 1.0
+    _, source = np.unique([r["source"] for r in rows], return_inverse=True)
+    _, patient = np.unique([r.get("group") or r["source"] for r in rows], return_inverse=True)
+    return Acquisitions(source=source, patient=patient, untouched=untouched,
+                        dose=np.array([float(r["dose"]) for r in rows]), views=views)
+
+
+LOW_DOSE = 0.25  # "low dose" in the untouched-vs-low-dose check: 25 % of the source's dose or less
+
+
+def ordering_report(acq: Acquisitions, scores: np.ndarray, chunk: int = 512) -> dict[str, float]:
+    """How well ``scores`` (higher = better quality) order images by their acquisition.
+
+    Image A is more degraded than B when A's dose and views are both <= B's, one of them
+    strictly; the pair is ordered correctly when A scores strictly lower. Pairs are counted
+    within one source slice, across slices and across patients; ``untouched_vs_low_dose`` pairs
+    each untouched slice with its own versions at <= 25 % dose. Images without a score (NaN, e.g.
+    no soft tissue for the noise figure) are left out. Also the mean score of the untouched
+    sources and of the worst acquisition (least dose, fewest views).
+    """
+    keep = np.isfinite(scores)
+    counts = {name: [0, 0] for name in ("within_slice", "cross_slice", "cross_patient", "untouched_vs_low_dose")}
+    idx = np.flatnonzero(keep)
+    for start in range(0, len(idx), chunk):
+        a = idx[start:start + chunk, None]  # the more degraded side
+        b = idx[None, :]
+        worse = ((acq.dose[a] <= acq.dose[b]) & (acq.views[a] <= acq.views[b])
+                 & ((acq.dose[a] < acq.dose[b]) | (acq.views[a] < acq.views[b])))
+        right = scores[a] < scores[b]
+        same_slice = acq.source[a] == acq.source[b]
+        for name, mask in (("within_slice", worse & same_slice), ("cross_slice", worse & ~same_slice),
+                           ("cross_patient", worse & (acq.patient[a] != acq.patient[b])),
+                           ("untouched_vs_low_dose", same_slice & acq.untouched[b] & ~acq.untouched[a]
+                            & (acq.dose[a] <= LOW_DOSE))):
+            counts[name][0] += int(mask.sum())
+            counts[name][1] += int((mask & right).sum())
+    report: dict[str, float] = {}
+    for name, (pairs, correct) in counts.items():
+        report[name] = correct / pairs if pairs else math.nan
+        report[f"{name}_pairs"] = pairs
+    simulated = keep & ~acq.untouched
+    worst = simulated & (acq.dose == acq.dose[simulated].min(initial=np.inf)) & (
+        acq.views == acq.views[simulated].min(initial=np.inf))
+    report["untouched_mean"] = float(scores[keep & acq.untouched].mean()) if (keep & acq.untouched).any() else math.nan
+    report["worst_mean"] = float(scores[worst].mean()) if worst.any() else math.nan
+    return report

@@ -10,7 +10,8 @@ from typing import Iterable
 from .readers import InputError
 from .scoring import SliceScore
 
-FIELDS = ["path", "series", "series_uid", "slice", "score", "grade", "class", "head_scores", "error"]
+FIELDS = ["path", "series", "series_uid", "slice", "score", "grade", "class", "head_scores", "noise_hu",
+          "noise_note", "error"]
 FORMATS = ("json", "jsonl", "csv")
 
 
@@ -22,6 +23,8 @@ def to_record(item: SliceScore | InputError) -> dict:
         "path": str(item.path), "series": item.series, "series_uid": item.series_uid, "slice": item.slice,
         "score": round(item.score, 4), "grade": item.grade, "class": item.label,
         "head_scores": [round(h, 4) for h in item.head_scores],
+        "noise_hu": None if item.noise.noise_hu is None else round(item.noise.noise_hu, 2),
+        "noise_note": item.noise.note,
     }
 
 

@@ -20,6 +20,7 @@ from .archs.clinreadnet import Prediction
 from .archs.heads import grade_name
 from .config import ConfigError
 from .inference import InferenceOptions, prepare_for_inference
+from .noise import NoiseFigure, measure_noise
 from .preprocess import prepare_slice
 from .readers import InputError, Series, SliceRef
 
@@ -34,6 +35,7 @@ class SliceScore:
     grade: str
     label: int  # arg-max class 0..20
     head_scores: list[float]
+    noise: NoiseFigure  # the classical noise figure, beside (never inside) the score
 
 
 @dataclass
@@ -72,9 +74,10 @@ def score_series(
     cfg = model.config
     jobs = ((s, ref) for s in series for ref in s.slices)
 
-    def prepare(ref: SliceRef) -> torch.Tensor:
+    def prepare(ref: SliceRef) -> tuple[torch.Tensor, NoiseFigure]:
         try:
-            return prepare_slice(ref.load(), ref.value_range, cfg)
+            image = ref.load()
+            return prepare_slice(image, ref.value_range, cfg), measure_noise(image, ref.value_range)
         except InputError:
             raise
         except Exception as exc:
@@ -91,7 +94,7 @@ def score_series(
 
         for _ in range(2 * batch_size):
             submit_next()
-        pending: list[tuple[Series, SliceRef, torch.Tensor | InputError]] = []
+        pending: list[tuple[Series, SliceRef, tuple[torch.Tensor, NoiseFigure] | InputError]] = []
         while in_flight or pending:
             if in_flight:
                 s, ref, future = in_flight.popleft()
@@ -102,7 +105,7 @@ def score_series(
                     pending.append((s, ref, exc))
                 if on_slice:
                     on_slice()
-            ready = sum(isinstance(item, torch.Tensor) for *_, item in pending)
+            ready = sum(not isinstance(item, InputError) for *_, item in pending)
             if ready < batch_size and in_flight:
                 continue
             for result in _run_batch(predict, device, pending):
@@ -116,7 +119,7 @@ def score_series(
 
 def _run_batch(predict: Callable[[torch.Tensor], Prediction], device: torch.device,
                items) -> list[SliceScore | InputError]:
-    tensors = [item for *_, item in items if isinstance(item, torch.Tensor)]
+    tensors = [item[0] for *_, item in items if not isinstance(item, InputError)]
     if not tensors:
         return [item for *_, item in items]
     batch = torch.stack(tensors)
@@ -132,7 +135,7 @@ def _run_batch(predict: Callable[[torch.Tensor], Prediction], device: torch.devi
             continue
         out.append(SliceScore(
             path=ref.path, series=s.label, series_uid=s.series_uid, slice=ref.index, score=scores[k],
-            grade=grade_name(scores[k]), label=labels[k], head_scores=heads[k],
+            grade=grade_name(scores[k]), label=labels[k], head_scores=heads[k], noise=item[1],
         ))
         k += 1
     return out

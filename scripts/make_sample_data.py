@@ -41,7 +41,7 @@ def degrade(hu: np.ndarray, pixel_mm: float, dose: float, views: int, seed: int)
     """The slice re-acquired at ``dose`` of its own (calibrated) flux with ``views`` of 1,000 views."""
     acquisition = Acquisition(doses=(dose,), views=(views,))
     simulated = simulate_slice(hu, pixel_mm, acquisition, np.random.default_rng(seed))
-    return simulated.images[(dose, views)]
+    return simulated.image(dose, views)
 
 
 def main() -> None:

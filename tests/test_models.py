@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import timm
 import torch
@@ -66,10 +68,10 @@ def test_paper_initial_values():
     for soqn in model.soqn.values():
         assert soqn.gamma.item() == pytest.approx(0.2) and soqn.beta.item() == pytest.approx(0.8)
     attn = model.backbone.layers[3].blocks[0].attn
-    assert attn.temperatures.tolist() == pytest.approx([0.5, 1.0, 2.0])
+    assert attn.temperature_values().tolist() == pytest.approx([0.5, 1.0, 2.0])
     assert attn.progressive_weights.tolist() == pytest.approx([0.3, 0.4, 0.3])
     subset = create_model(tiny_config("clinreadnet-t-low-high")).backbone.layers[3].blocks[0].attn
-    assert subset.temperatures.tolist() == pytest.approx([0.5, 2.0])
+    assert subset.temperature_values().tolist() == pytest.approx([0.5, 2.0])
     assert subset.progressive_weights.tolist() == pytest.approx([0.3, 0.3])
 
 
@@ -114,7 +116,8 @@ def test_gradients_reach_soqn_and_mtmsa(batch):
     ]
     for block in ("0", "1"):
         prefix = f"backbone.layers.3.blocks.{block}.attn."
-        must_learn += [prefix + p for p in ("temperatures", "progressive_weights", "modulator.0.weight", "qkv.weight")]
+        must_learn += [prefix + p for p in ("log_temperatures", "log_mixing_sharpness", "progressive_weights",
+                                            "modulator.0.weight", "qkv.weight")]
     for name in must_learn:
         grad = named[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
@@ -136,10 +139,26 @@ def test_temperatures_smooth_and_sharpen():
     """softmax(T A): T < 1 spreads attention (higher entropy), T > 1 concentrates it."""
     attn = MTMSA(dim=32, num_heads=4, window_size=(4, 4), cfg=MTMSAConfig())
     logits = torch.randn(8, 4, 16, 16) * 3
-    low, medium, high = (entropy((logits * t).softmax(-1)).mean() for t in attn.temperatures.detach())
+    low, medium, high = (entropy((logits * t).softmax(-1)).mean() for t in attn.temperature_values().detach())
     assert low > medium > high
     alpha = attn.mixing_weights(torch.randn(8, 16, 32))
     assert alpha.shape == (8, 3) and torch.allclose(alpha.sum(1), torch.ones(8))
+
+
+def test_temperatures_stay_positive_and_mixing_can_leave_uniform():
+    attn = MTMSA(dim=32, num_heads=4, window_size=(4, 4), cfg=MTMSAConfig())
+    with torch.no_grad():
+        attn.log_temperatures.fill_(-30.0)  # where a plain T would have been pushed below zero
+    assert (attn.temperature_values() > 0).all()
+    x = torch.randn(8, 16, 32)
+    with torch.no_grad():
+        attn.modulator[2].bias.copy_(torch.tensor([6.0, -6.0, -6.0]))  # the modulator prefers T_low
+        attn.log_mixing_sharpness.fill_(math.log(20.0))
+    assert attn.mixing_weights(x)[:, 0].min() > 0.9
+    legacy = MTMSA(dim=32, num_heads=4, window_size=(4, 4),
+                   cfg=MTMSAConfig(log_temperatures=False, mixing_sharpness=False))
+    assert {n for n, _ in legacy.named_parameters()} >= {"temperatures"}
+    assert "log_mixing_sharpness" not in dict(legacy.named_parameters())
 
 
 def test_grayscale_input_and_sizes():

@@ -24,7 +24,8 @@ from clinreadnet_cli.scoring import score_series
 from .conftest import tiny_config
 
 runner = CliRunner()
-RECORD_KEYS = {"path", "series", "series_uid", "slice", "score", "grade", "class", "head_scores"}
+RECORD_KEYS = {"path", "series", "series_uid", "slice", "score", "grade", "class", "head_scores", "noise_hu",
+               "noise_note"}
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +89,21 @@ def test_json_schema(study, weights):
         assert isinstance(r["class"], int) and 0 <= r["class"] <= 20
         assert len(r["head_scores"]) == 4 and all(0 <= h <= 4 for h in r["head_scores"])
         assert isinstance(r["slice"], int)
+        # The study's slices are water with 20 HU white noise: the noise figure finds it.
+        assert r["noise_hu"] == pytest.approx(20.0, rel=0.1) and r["noise_note"] is None
     dicom = [r for r in records if r["path"].endswith(".dcm")]
     assert [r["slice"] for r in dicom] == [0, 1, 2] and all(r["series_uid"] for r in dicom)
     volume = [r for r in records if r["path"].endswith(".nii.gz")]
     assert [r["slice"] for r in volume] == [0, 1, 2] and all(r["series_uid"] is None for r in volume)
+
+
+def test_noise_is_null_with_a_reason_where_it_cannot_be_measured(study, weights, tmp_path):
+    write_series(np.full((1, 64, 64), -1000.0, np.float32), tmp_path / "air")
+    records = json.loads(run(study / "slice.tif", tmp_path / "air", "--weights", weights, "--format", "json").stdout)
+    notes = {Path(r["path"]).suffix: (r["noise_hu"], r["noise_note"]) for r in records}
+    assert notes[".tif"] == (None, "not in HU")  # a windowed [0, 1] TIFF
+    assert notes[".dcm"][0] is None and "soft-tissue" in notes[".dcm"][1]
+    assert all(isinstance(r["score"], float) for r in records)  # the score does not need it
 
 
 def test_csv_and_jsonl_carry_the_same_records(study, weights):

@@ -58,13 +58,28 @@ def test_full_dose_full_view_fbp_reproduces_the_source(real_slice):
 
 def test_added_degradation_keeps_the_source_and_adds_only_what_dose_and_views_change(half_slice):
     hu, spacing = half_slice
-    points = dict(doses=(1.0, 0.25), views=(500, 90), full_views=500)
-    added = simulate_slice(hu, spacing, Acquisition(**points), np.random.default_rng(0)).images
-    rebuilt = simulate_slice(hu, spacing, Acquisition(**points, add_to_source=False), np.random.default_rng(0)).images
-    assert np.abs(added[(1.0, 500)] - hu).max() < 1e-2  # the untouched acquisition is the source itself
-    assert np.abs(rebuilt[(1.0, 500)] - hu).mean() > 1.0  # a full reconstruction is not
+    acq = Acquisition(doses=(1.0, 0.25), views=(500, 90), full_views=500, mode="both")
+    sim = simulate_slice(hu, spacing, acq, np.random.default_rng(0))
+    assert len(sim.images) == 3 + 4  # the untouched point of add-difference is the source itself
+    full_reference = sim.image(1.0, 500, "full")
+    assert np.abs(full_reference - hu).mean() > 1.0  # a full reconstruction is not the source
     for point in [(1.0, 90), (0.25, 500), (0.25, 90)]:  # same noise and streaks, on the source
-        np.testing.assert_allclose(added[point] - hu, rebuilt[point] - rebuilt[(1.0, 500)], atol=1e-2)
+        np.testing.assert_allclose(sim.image(*point) - hu, sim.image(*point, "full") - full_reference, atol=1e-2)
+
+
+def test_degradation_is_measured_in_units_of_the_source_noise_on_any_patient_and_kernel(half_slice):
+    """Pure dose loss (no electronic noise, all views) measures sqrt(1/d - 1) whatever the slice
+    and the filter: the label depends on the degradation, not on the anatomy or the kernel."""
+    kits = find_sources([REPO / "sample_data" / "nifti"])[0][0]
+    kits_half = kits.load().reshape(256, 2, 256, 2).mean(axis=(1, 3))
+    for hu, spacing in (half_slice, (kits_half, kits.pixel_mm * 2)):
+        for filters in (("ram-lak",), ("hann:0.5",)):
+            acq = Acquisition(doses=(1.0, 0.25), views=(400,), full_views=400, mode="full", full_filters=filters,
+                              electronic_sd=(0.0, 0.0))
+            sim = simulate_slice(hu, spacing, acq, np.random.default_rng(1))
+            measured = next(r.degradation for r in sim.images if r.dose == 0.25)
+            assert measured == pytest.approx(np.sqrt(1 / 0.25 - 1), rel=0.1), (filters, spacing)
+            assert next(r.degradation for r in sim.images if r.dose == 1.0) == 0.0
 
 
 def test_pixel_spacing_scales_the_line_integrals():
@@ -93,7 +108,7 @@ def test_streak_energy_rises_as_views_fall(half_slice):
     sino = scanner.project(hu_to_mu(hu))
     full = mu_to_hu(scanner.reconstruct(sino))
     body = measures.body_mask(hu)
-    energy = [measures.rms_difference_hu(mu_to_hu(scanner.reconstruct(sino, view_subset(1000, v))), full, body)
+    energy = [measures.rms_hu(mu_to_hu(scanner.reconstruct(sino, view_subset(1000, v))) - full, body)
               for v in (720, 360, 180, 90)]
     assert all(a < b for a, b in zip(energy, energy[1:])), energy
 
@@ -121,11 +136,11 @@ def test_dose_reduction_is_poisson_with_an_electronic_floor():
 
 
 def test_label_model_endpoints_and_monotonicity():
-    assert labels.ssim_to_score(1.0) == 4.0
-    assert labels.ssim_to_score(labels.SSIM_FLOOR) == 0.0
-    grid = np.linspace(0, 1, 101)
-    scores = [labels.ssim_to_score(s) for s in grid]
-    assert all(a <= b for a, b in zip(scores, scores[1:]))
+    assert labels.degradation_to_score(0.0) == 4.0
+    assert labels.degradation_to_score(1.0) == pytest.approx(2.8, abs=0.05)  # 50 % dose
+    assert labels.degradation_to_score(3.0) == pytest.approx(1.3, abs=0.1)  # 10 % dose
+    scores = [labels.degradation_to_score(x) for x in np.linspace(0, 20, 101)]
+    assert all(a > b for a, b in zip(scores, scores[1:])) and scores[-1] > 0
 
 
 @given(st.lists(st.floats(0, 4), min_size=6, max_size=6))
@@ -150,20 +165,22 @@ def test_grid_labels_are_monotone_and_spread(tmp_path, half_slice):
     hu, spacing = half_slice
     source = _write_npz(tmp_path / "one.npz", hu, spacing, ["P1"])
     slices, errors, _ = find_sources([source])
-    acq = Acquisition(doses=(1.0, 0.5, 0.25, 0.1), views=(1000, 720, 360, 180), full_views=1000)
+    acq = Acquisition(doses=(1.0, 0.5, 0.25, 0.1), views=(1000, 720, 360, 180), full_views=1000, mode="both",
+                      full_filters=("hann",))
     run = simulate_dataset(slices, tmp_path / "out", acq, workers=1)
     assert not errors and not run.errors
-    by_point = {(r["dose"], r["views"]): r["score"] for r in run.records if r["kind"] == "simulated"}
-    assert len(by_point) == 16
-    for p, score in by_point.items():
-        for q, other in by_point.items():
-            if q[0] <= p[0] and q[1] <= p[1]:
-                assert other <= score
-    source_score = next(r["score"] for r in run.records if r["kind"] == "source")
-    assert source_score == 4.0
-    assert by_point[(1.0, 1000)] > 3.0
-    assert by_point[(0.1, 180)] < 1.0
-    assert len({round(s) for s in by_point.values()}) >= 4  # spread over the scale, not clumped
+    assert next(r["score"] for r in run.records if r["kind"] == "source") == 4.0
+    for mode, points in (("add-difference", 15), ("full", 16)):
+        by_point = {(r["dose"], r["views"]): r["score"] for r in run.records if r["kind"] == mode}
+        assert len(by_point) == points
+        for p, score in by_point.items():
+            for q, other in by_point.items():
+                if q[0] <= p[0] and q[1] <= p[1]:
+                    assert other <= score
+        assert by_point[(1.0, 720)] > 3.0 and by_point[(0.1, 180)] < 1.0
+        assert len({round(s) for s in by_point.values()}) >= 4  # spread over the scale, not clumped
+    full = {(r["dose"], r["views"]): r for r in run.records if r["kind"] == "full"}
+    assert full[(1.0, 1000)]["score"] == 4.0 and full[(1.0, 1000)]["filter"] == "hann"
 
 
 def test_dataset_loads_with_the_train_loader_and_keeps_patients_apart(tmp_path, half_slice):
@@ -173,7 +190,7 @@ def test_dataset_loads_with_the_train_loader_and_keeps_patients_apart(tmp_path, 
     acq = Acquisition(doses=(1.0, 0.25), views=(200, 100), full_views=200)
     out = tmp_path / "sim"
     run = simulate_dataset(slices, out, acq, seed=3, workers=2)
-    assert run.slices == 4 and len(run.records) == 4 * 5 and run.slices_per_second > 0
+    assert run.slices == 4 and len(run.records) == 4 * 4 and run.slices_per_second > 0
     labels_json = json.loads((out / "train.json").read_text())
     assert sorted(labels_json) == sorted(p.name for p in (out / "image").iterdir())
     image = tifffile.imread(out / "image" / "0001.tif")
@@ -181,7 +198,7 @@ def test_dataset_loads_with_the_train_loader_and_keeps_patients_apart(tmp_path, 
     assert not (out / ".image.partial").exists()
 
     items = load_labelled(out)
-    assert len(items) == 20 and {i.group for i in items} == {"P1", "P2", "P3"}
+    assert len(items) == 16 and {i.group for i in items} == {"P1", "P2", "P3"}
     train_keys, val_keys = split_train_val(items, 0.25, seed=0)
     group_of = {i.key: i.group for i in items}
     assert not {group_of[k] for k in train_keys} & {group_of[k] for k in val_keys}
@@ -238,7 +255,7 @@ def test_simulate_command(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "4 slices" in result.output and "slices/s" in result.output
-    assert len(json.loads((out / "train.json").read_text())) == 4 * 5
+    assert len(json.loads((out / "train.json").read_text())) == 4 * 4
     # An existing dataset is not replaced without --overwrite.
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--overwrite" in again.output
@@ -256,30 +273,40 @@ def test_simulate_command_reports_bad_sources_and_goes_on(tmp_path):
 
 @pytest.mark.parametrize("flag, value, message", [("--views", "full,lots", "neither"),
                                                   ("--doses", "1,2", "(0, 1]"),
-                                                  ("--filter", "box", "--filter")])
+                                                  ("--filter", "box", "unknown FBP filter"),
+                                                  ("--full-filters", "hann:2", "cutoff"),
+                                                  ("--mode", "half", "mode must be"),
+                                                  ("--electronic-noise", "20,5", "low <= high")])
 def test_simulate_usage_errors(tmp_path, flag, value, message):
     result = runner.invoke(app, ["simulate", "--source", str(tmp_path), "--out", str(tmp_path / "o"), flag, value])
     assert result.exit_code == 2 and message in result.output
 
 
-def test_degradation_ordering_counts_dominated_pairs():
-    from clinreadnet_cli.data import LabelledSlice
-    from clinreadnet_cli.evaluation import ImagePrediction, degradation_ordering
+def test_ordering_report_counts_dominated_pairs_within_and_across_slices():
+    from clinreadnet_cli.evaluation import acquisitions_from_manifest, ordering_report
 
-    grid = {"a.tif": ("source", 1.0, ""), "b.tif": ("simulated", 1.0, 1000), "c.tif": ("simulated", 1.0, 180),
-            "d.tif": ("simulated", 0.1, 1000), "e.tif": ("simulated", 0.1, 180)}
-    manifest = {name: {"source": "s.npz#0", "kind": k, "dose": str(d), "views": str(v)}
-                for name, (k, d, v) in grid.items()}
+    grid = [("source", 1.0, ""), ("add-difference", 1.0, 180), ("full", 1.0, 1000), ("full", 0.1, 1000),
+            ("add-difference", 0.1, 180)]
+    rows = [{"source": f"s{k}", "group": f"P{k}", "kind": kind, "dose": str(d), "views": str(v)}
+            for k in (0, 1) for kind, d, v in grid]
+    acq = acquisitions_from_manifest(rows)
 
-    def report(scores):
-        preds = [ImagePrediction(LabelledSlice(n, Path(n), 0.0), s, 0) for n, s in scores.items()]
-        return degradation_ordering(preds, manifest)
+    def report(first, second):
+        return ordering_report(acq, np.array(first + second, dtype=float))
 
-    # The untouched source counts as (1.0, 1000), so it and b are not a pair; c and d are not
-    # comparable. Pairs: c<a, c<b, d<a, d<b, e<a, e<b, e<c, e<d.
-    good = report({"a.tif": 4.0, "b.tif": 3.5, "c.tif": 2.5, "d.tif": 1.5, "e.tif": 0.5})
-    assert good == {"pairs": 8, "ordering_accuracy": 1.0, "untouched_mean": 4.0, "worst_mean": 0.5}
-    swapped = report({"a.tif": 4.0, "b.tif": 3.5, "c.tif": 0.5, "d.tif": 1.5, "e.tif": 2.5})
-    assert swapped["ordering_accuracy"] == 6 / 8 and swapped["worst_mean"] == 2.5
-    tie = report({"a.tif": 4.0, "b.tif": 3.5, "c.tif": 2.5, "d.tif": 1.5, "e.tif": 1.5})
-    assert tie["ordering_accuracy"] == 7 / 8  # the more degraded image must score strictly lower
+    # Within one slice the untouched source counts as (1.0, 1000), so it and the full-dose full
+    # reconstruction are not a pair; (1.0, 180) and (0.1, 1000) are not comparable. Pairs:
+    # 180<src, 180<full, 0.1<src, 0.1<full, worst<each of the other four: 8 per slice.
+    good = [4.0, 2.5, 3.5, 1.5, 0.5]
+    r = report(good, good)
+    assert (r["within_slice_pairs"], r["within_slice"]) == (16, 1.0)
+    assert (r["cross_slice_pairs"], r["cross_slice"]) == (16, 1.0) and r["cross_patient_pairs"] == 16
+    assert (r["untouched_vs_low_dose_pairs"], r["untouched_vs_low_dose"]) == (4, 1.0)
+    assert r["untouched_mean"] == 4.0 and r["worst_mean"] == 0.5
+    # The second slice scores everything 2 lower: within-slice order is intact, across is not.
+    r = report(good, [g - 2 for g in good])
+    assert r["within_slice"] == 1.0 and r["cross_slice"] == 12 / 16
+    tie = report(good, [4.0, 2.5, 3.5, 1.5, 1.5])
+    assert tie["within_slice"] == 15 / 16  # the more degraded image must score strictly lower
+    missing = report(good, [np.nan] * 5)  # no score (e.g. no soft tissue for noise_hu): left out
+    assert missing["within_slice_pairs"] == 8 and missing["cross_slice_pairs"] == 0

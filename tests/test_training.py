@@ -221,8 +221,9 @@ def test_evaluate_reproduces_scipy_on_its_predictions(ldct, tmp_path):
         reported = json.loads(result.stdout)
         rows = list(csv.DictReader(preds.open()))
         assert reported["images"] == len(rows) == count
-        assert set(rows[0]) == {"path", "label", "prediction", "class"}
+        assert set(rows[0]) == {"path", "label", "prediction", "class", "noise_hu"}
         p, y = [float(r["prediction"]) for r in rows], [float(r["label"]) for r in rows]
+        assert set(reported["noise_hu_baseline"]) == {"plcc", "srocc", "krocc", "score", "images"}
         assert reported["plcc"] == pytest.approx(stats.pearsonr(p, y).statistic, abs=1e-12)
         assert reported["srocc"] == pytest.approx(stats.spearmanr(p, y).statistic, abs=1e-12)
         assert reported["krocc"] == pytest.approx(stats.kendalltau(p, y).statistic, abs=1e-12)

@@ -25,8 +25,14 @@ class MTMSA(WindowAttention):
         super().__init__(dim, num_heads, window_size=window_size, qkv_bias=qkv_bias,
                          attn_drop=attn_drop, proj_drop=proj_drop)
         self.temperature_names = cfg.temperatures
-        self.temperatures = nn.Parameter(torch.tensor([TEMPERATURES[t] for t in cfg.temperatures]))
+        initial = torch.tensor([TEMPERATURES[t] for t in cfg.temperatures])
+        if cfg.log_temperatures:  # T = exp(log T) stays positive whatever the optimiser does
+            self.log_temperatures = nn.Parameter(initial.log())
+        else:
+            self.temperatures = nn.Parameter(initial)
         self.progressive_weights = nn.Parameter(torch.tensor([PROGRESSIVE_WEIGHTS[t] for t in cfg.temperatures]))
+        if cfg.mixing_sharpness:
+            self.log_mixing_sharpness = nn.Parameter(torch.tensor(float(len(cfg.temperatures))).log())
         hidden = max(8, int(dim * cfg.modulator_ratio))
         self.modulator = nn.Sequential(  # Eq. 13: q = sigmoid(W2 Mish(W1 mean(X)))
             nn.Linear(dim, hidden), Mish(), nn.Linear(hidden, len(cfg.temperatures)), nn.Sigmoid()
@@ -38,13 +44,21 @@ class MTMSA(WindowAttention):
         new = cls(attn.dim, attn.num_heads, attn.window_size, cfg, qkv_bias=attn.qkv.bias is not None,
                   attn_drop=attn.attn_drop.p, proj_drop=attn.proj_drop.p)
         missing, unexpected = new.load_state_dict(attn.state_dict(), strict=False)
-        assert not unexpected and all(k.startswith(("temperatures", "progressive", "modulator")) for k in missing)
+        own = ("temperatures", "log_temperatures", "progressive", "modulator", "log_mixing_sharpness")
+        assert not unexpected and all(k.startswith(own) for k in missing)
         return new.to(attn.qkv.weight.device)
+
+    def temperature_values(self) -> torch.Tensor:
+        """T_i (Eq. 12), positive."""
+        return self.log_temperatures.exp() if hasattr(self, "log_temperatures") else self.temperatures
 
     def mixing_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 13-14: alpha (B_, T), one convex combination of the temperatures per window."""
         q = self.modulator(x.mean(dim=1))
-        return torch.softmax(q * torch.softmax(self.progressive_weights, dim=0), dim=-1)
+        logits = q * torch.softmax(self.progressive_weights, dim=0)
+        if hasattr(self, "log_mixing_sharpness"):
+            logits = logits * self.log_mixing_sharpness.exp()
+        return torch.softmax(logits, dim=-1)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         b_, n, _ = x.shape
@@ -53,7 +67,7 @@ class MTMSA(WindowAttention):
         logits = (q * self.scale) @ k.transpose(-2, -1) + self._get_rel_pos_bias()  # Eq. 9: (B_, h, N, N)
         # Eq. 12 read as softmax(T_i * A) (T < 1 smooths, T > 1 sharpens). The shift mask is added
         # after scaling: it stands for -inf, which scaling must not weaken.
-        logits = logits.unsqueeze(1) * self.temperatures.view(1, -1, 1, 1, 1)  # (B_, T, h, N, N)
+        logits = logits.unsqueeze(1) * self.temperature_values().view(1, -1, 1, 1, 1)  # (B_, T, h, N, N)
         if mask is not None:  # Eq. 10
             num_win = mask.shape[0]
             logits = logits.view(-1, num_win, *logits.shape[1:]) + mask[None, :, None, None]

@@ -35,7 +35,8 @@ from . import labels, measures
 from .lowdose import Acquisition, simulate_slice
 from .sources import SourceSlice
 
-MANIFEST_FIELDS = ("path", "score", "group", "source", "kind", "dose", "views", "i0", "noise_hu", "rmse_hu", "ssim")
+MANIFEST_FIELDS = ("path", "score", "group", "source", "kind", "filter", "dose", "views", "i0", "electronic_sd",
+                   "noise_hu", "degradation_hu", "degradation")
 PARTIAL_DIR = ".image.partial"
 
 
@@ -74,31 +75,29 @@ def _simulate_job(first: int, source: SourceSlice, hu: np.ndarray, acquisition: 
     ``image_dir`` and return their manifest rows."""
     rng = np.random.default_rng([seed, number])
     sim = simulate_slice(hu, source.pixel_mm, acquisition, rng)
-    body, tissue = measures.body_mask(hu), measures.tissue_mask(hu)
-    reference = window_hu(hu, window.width, window.level)
+    tissue = measures.tissue_mask(hu)
     names = (f"{k:0{name_width}d}.tif" for k in itertools.count(first))
-    common = {"group": source.patient, "source": source.source, "i0": f"{sim.i0:.4g}"}
+    common = {"group": source.patient, "source": source.source, "i0": f"{sim.i0:.4g}",
+              "electronic_sd": round(sim.electronic_sd, 2)}
 
-    def write(image: np.ndarray) -> str:
+    def write(image_hu: np.ndarray) -> str:
         name = next(names)
-        _write_tiff(image_dir / name, image)
+        _write_tiff(image_dir / name, window_hu(image_hu, window.width, window.level))
         return f"image/{name}"
 
     rows: list[dict] = []
     if include_source:
-        rows.append({"path": write(reference), "score": 4.0, **common, "kind": "source", "dose": 1.0, "views": "",
-                     "noise_hu": sim.source_noise_hu, "rmse_hu": 0.0, "ssim": 1.0})
-    raw: dict[tuple[float, int], float] = {}
-    grid_rows: dict[tuple[float, int], dict] = {}
-    for point, image_hu in sim.images.items():
-        unit = window_hu(image_hu, window.width, window.level)
-        ssim = measures.ssim_in_body(unit, reference, body)
-        raw[point] = labels.ssim_to_score(ssim)
-        grid_rows[point] = {"path": write(unit), **common, "kind": "simulated", "dose": point[0],
-                            "views": point[1], "noise_hu": measures.noise_sd_hu(image_hu, tissue),
-                            "rmse_hu": measures.rms_difference_hu(image_hu, hu, body), "ssim": ssim}
-    for point, score in labels.monotone_scores(raw).items():
-        rows.append({**grid_rows[point], "score": score})
+        rows.append({"path": write(hu), "score": 4.0, **common, "kind": "source", "filter": "", "dose": 1.0,
+                     "views": "", "noise_hu": sim.source_noise_hu, "degradation_hu": 0.0, "degradation": 0.0})
+    for mode in acquisition.modes:
+        recons = [r for r in sim.images if r.mode == mode]
+        scores = labels.monotone_scores({(r.dose, r.views): labels.degradation_to_score(r.degradation)
+                                         for r in recons})
+        for r in recons:
+            rows.append({"path": write(r.image), "score": scores[(r.dose, r.views)], **common, "kind": mode,
+                         "filter": r.fbp_filter, "dose": r.dose, "views": r.views,
+                         "noise_hu": measures.noise_sd_hu(r.image, tissue), "degradation_hu": r.degradation_hu,
+                         "degradation": r.degradation})
     return rows
 
 
@@ -111,7 +110,7 @@ def simulate_dataset(sources: list[SourceSlice], out: Path, acquisition: Acquisi
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     workers = workers or os.cpu_count() or 1
-    per_slice = len(acquisition.doses) * len(acquisition.views) + include_source
+    per_slice = len(acquisition.doses) * len(acquisition.views) * len(acquisition.modes) + include_source
     name_width = max(4, len(str(len(sources) * per_slice - 1)))
     run = SimulationRun()
     started = time.perf_counter()

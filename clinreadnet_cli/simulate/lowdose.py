@@ -1,79 +1,150 @@
-"""One source slice -> its low-dose / sparse-view versions over a dose x views grid."""
+"""One source slice -> its low-dose / sparse-view versions over a dose x views grid, reconstructed
+two ways: added to the source (its own kernel and texture) and as a full FBP reconstruction
+with a filter drawn per slice (other kernels' textures)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import measures
-from .physics import ParallelScanner, hu_to_mu, mu_to_hu, reduce_dose, view_subset
+from .physics import ParallelScanner, check_filter, hu_to_mu, mu_to_hu, reduce_dose, view_subset
 
 I0_REFERENCE = 1e5  # photons per detector bin and view for the noise calibration scan
 I0_LIMITS = (1e4, 1e8)
+MODES = ("add-difference", "full", "both")
 
 
 @dataclass(frozen=True)
 class Acquisition:
-    """How each simulated slice is scanned. ``views`` counts out of ``full_views`` per 180 degrees."""
+    """How each simulated slice is scanned and reconstructed.
+
+    ``views`` count out of ``full_views`` per 180 degrees. ``mode``: ``add-difference`` adds what
+    dose and views change (the FBP difference from the full-dose, full-view reconstruction, with
+    ``fbp_filter``) to the source, so its resolution and texture are kept and (1.0, full_views) is
+    the source itself; ``full`` keeps the FBP reconstruction, with one of ``full_filters`` drawn
+    per slice; ``both`` writes both from the same projections. The detector's electronic noise SD
+    is drawn per slice, log-uniformly, from ``electronic_sd`` (low, high) photons.
+    """
 
     doses: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1)
     views: tuple[int, ...] = (1000, 720, 360, 180)
     full_views: int = 1000
     fbp_filter: str = "ram-lak"
-    electronic_sd: float = 10.0  # detector electronic noise, photon-count units
+    full_filters: tuple[str, ...] = ("ram-lak",)
+    electronic_sd: tuple[float, float] = (10.0, 10.0)
     default_i0: float = 1e6  # used when a slice has too little soft tissue to calibrate on
-    # True: add what dose and views change (the FBP difference from the full-dose, full-view
-    # reconstruction) to the source, so its own resolution and noise texture are kept and
-    # (1.0, full_views) is the source itself. False: the FBP reconstruction as it comes, which
-    # also carries the projector's slight blur.
-    add_to_source: bool = True
+    mode: str = "add-difference"
 
     def __post_init__(self):
         if any(not 0.0 < d <= 1.0 for d in self.doses):
             raise ValueError(f"dose fractions must lie in (0, 1], got {self.doses}")
         if any(not 1 <= v <= self.full_views for v in self.views):
             raise ValueError(f"view counts must lie in 1..{self.full_views}, got {self.views}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        low, high = self.electronic_sd
+        if not 0.0 <= low <= high:
+            raise ValueError(f"electronic noise range must be 0 <= low <= high, got {self.electronic_sd}")
+        if not self.full_filters:
+            raise ValueError("full reconstructions need at least one FBP filter")
+        for name in (self.fbp_filter, *self.full_filters):
+            check_filter(name)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return ("add-difference", "full") if self.mode == "both" else (self.mode,)
+
+
+@dataclass
+class Reconstruction:
+    mode: str  # add-difference | full
+    fbp_filter: str
+    dose: float
+    views: int
+    image: np.ndarray  # HU
+    degradation_hu: float  # RMS in the body of image - reference (same mode and filter)
+    degradation: float  # degradation_hu / the source-dose quantum noise of that filter: the label's input
 
 
 @dataclass
 class SimulatedSlice:
     i0: float  # photons per bin and view at the source's dose, as calibrated
     source_noise_hu: float
-    images: dict[tuple[float, int], np.ndarray] = field(default_factory=dict)  # (dose, views) -> HU
+    electronic_sd: float
+    images: list[Reconstruction] = field(default_factory=list)
+
+    def image(self, dose: float, views: int, mode: str = "add-difference") -> np.ndarray:
+        return next(r.image for r in self.images if (r.mode, r.dose, r.views) == (mode, dose, views))
 
 
 def calibrate_i0(scanner: ParallelScanner, line_integrals: np.ndarray, source_noise_hu: float,
-                 tissue: np.ndarray, acquisition: Acquisition, rng: np.random.Generator) -> float:
-    """Photon flux at which this reconstruction's quantum noise equals the noise measured in the source.
+                 tissue: np.ndarray, acquisition: Acquisition, rng: np.random.Generator) -> tuple[float, np.ndarray]:
+    """(flux at which this reconstruction's quantum noise equals the noise measured in the source,
+    the log-domain quantum noise sinogram at ``I0_REFERENCE``).
 
     Reconstructed noise variance scales as 1 / i0: reconstruct pure quantum noise for a reference
     flux (log-domain variance exp(p) / i0) and scale the flux by (sigma_ref / sigma_source)^2.
     """
+    noise = (rng.standard_normal(line_integrals.shape) * np.sqrt(np.exp(line_integrals) / I0_REFERENCE))
+    noise = noise.astype(np.float32)
     if not np.isfinite(source_noise_hu) or source_noise_hu <= 0:
-        return acquisition.default_i0
-    noise = rng.standard_normal(line_integrals.shape) * np.sqrt(np.exp(line_integrals) / I0_REFERENCE)
-    noise_hu = mu_to_hu(scanner.reconstruct(noise.astype(np.float32))) + 1000.0  # noise only, no offset
-    reference_sd = measures.noise_sd_hu(noise_hu, tissue)
-    return float(np.clip(I0_REFERENCE * (reference_sd / source_noise_hu) ** 2, *I0_LIMITS))
+        return acquisition.default_i0, noise
+    reference_sd = measures.noise_sd_hu(_noise_hu(scanner, noise, acquisition.fbp_filter), tissue)
+    return float(np.clip(I0_REFERENCE * (reference_sd / source_noise_hu) ** 2, *I0_LIMITS)), noise
+
+
+def _noise_hu(scanner: ParallelScanner, noise_sinogram: np.ndarray, fbp_filter: str) -> np.ndarray:
+    """A noise-only sinogram reconstructed in HU (no -1000 offset)."""
+    return mu_to_hu(scanner.reconstruct(noise_sinogram, fbp_filter=fbp_filter)) + 1000.0
+
+
+def _draw_electronic_sd(acquisition: Acquisition, rng: np.random.Generator) -> float:
+    """Log-uniform in the acquisition's range (uniform when it starts at 0); no draw for a fixed value."""
+    low, high = acquisition.electronic_sd
+    if low == high:
+        return low
+    return float(math.exp(rng.uniform(math.log(low), math.log(high)))) if low > 0 else float(rng.uniform(0, high))
+
+
+def _draw_filter(acquisition: Acquisition, rng: np.random.Generator) -> str:
+    filters = acquisition.full_filters
+    return filters[0] if len(filters) == 1 else filters[rng.integers(len(filters))]
 
 
 def simulate_slice(hu: np.ndarray, pixel_mm: float, acquisition: Acquisition,
                    rng: np.random.Generator) -> SimulatedSlice:
     """Forward-project the source once at full views, reduce the dose in the projections,
-    subsample the views, and reconstruct every grid point with FBP, in HU (added to the source as
-    a difference image when ``acquisition.add_to_source``)."""
+    subsample the views, and reconstruct every grid point with FBP in each of the acquisition's
+    modes, in HU, each with its degradation measured against the full-dose, full-view
+    reconstruction of the same mode and filter."""
     scanner = ParallelScanner(hu.shape, pixel_mm, acquisition.full_views, acquisition.fbp_filter)
     line_integrals = scanner.project(hu_to_mu(hu))
-    tissue = measures.tissue_mask(hu)
+    body, tissue = measures.body_mask(hu), measures.tissue_mask(hu)
     source_noise = measures.noise_sd_hu(hu, tissue)
-    i0 = calibrate_i0(scanner, line_integrals, source_noise, tissue, acquisition, rng)
-    result = SimulatedSlice(i0=i0, source_noise_hu=source_noise)
-    by_dose = reduce_dose(line_integrals, acquisition.doses, i0, acquisition.electronic_sd, rng)
-    reference = mu_to_hu(scanner.reconstruct(line_integrals)) if acquisition.add_to_source else None
-    for dose in acquisition.doses:
-        for views in acquisition.views:
-            indices = view_subset(acquisition.full_views, views)
-            image = mu_to_hu(scanner.reconstruct(by_dose[dose], indices))
-            result.images[(dose, views)] = image if reference is None else hu + (image - reference)
+    i0, calibration_noise = calibrate_i0(scanner, line_integrals, source_noise, tissue, acquisition, rng)
+    electronic_sd, full_filter = _draw_electronic_sd(acquisition, rng), _draw_filter(acquisition, rng)
+    result = SimulatedSlice(i0=i0, source_noise_hu=source_noise, electronic_sd=electronic_sd)
+    by_dose = reduce_dose(line_integrals, acquisition.doses, i0, electronic_sd, rng)
+    for mode in acquisition.modes:
+        fbp_filter = acquisition.fbp_filter if mode == "add-difference" else full_filter
+        reference = mu_to_hu(scanner.reconstruct(line_integrals, fbp_filter=fbp_filter))
+        # The quantum noise this filter shows at the source's own dose: the unit of degradation,
+        # so the same dose loss measures the same on every patient and with every kernel.
+        noise_unit = measures.rms_hu(_noise_hu(scanner, calibration_noise, fbp_filter), body) * math.sqrt(
+            I0_REFERENCE / i0)
+        for dose in acquisition.doses:
+            for views in acquisition.views:
+                if mode == "add-difference" and (dose, views) == (1.0, acquisition.full_views):
+                    continue  # that is the source itself, written (or not) as such
+                indices = view_subset(acquisition.full_views, views)
+                image = mu_to_hu(scanner.reconstruct(by_dose[dose], indices, fbp_filter=fbp_filter))
+                difference = image - reference
+                rms = measures.rms_hu(difference, body)
+                result.images.append(Reconstruction(
+                    mode=mode, fbp_filter=fbp_filter, dose=dose, views=views,
+                    image=hu + difference if mode == "add-difference" else image,
+                    degradation_hu=rms, degradation=rms / noise_unit))
     return result

@@ -18,6 +18,23 @@ MU_WATER_PER_MM = 0.0193  # water at ~70 keV, the effective energy of a 120 kVp 
 FBP_FILTERS = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
 
 
+def check_filter(spec: str) -> tuple[str, float | None]:
+    """``name`` or ``name:cutoff`` (cutoff in (0, 1], a fraction of the Nyquist frequency: a
+    smoother kernel) -> (ASTRA filter name, cutoff); ValueError for anything else."""
+    name, _, cutoff = spec.partition(":")
+    if name not in FBP_FILTERS:
+        raise ValueError(f"unknown FBP filter {spec!r}; choose from {', '.join(FBP_FILTERS)} (optionally :cutoff)")
+    if not cutoff:
+        return name, None
+    try:
+        value = float(cutoff)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"FBP filter cutoff must be a number in (0, 1], got {spec!r}")
+    return name, value
+
+
 def hu_to_mu(hu: np.ndarray, mu_water: float = MU_WATER_PER_MM) -> np.ndarray:
     """Linear attenuation (1/mm); air and scanner padding below -1000 HU attenuate nothing."""
     return np.clip(mu_water * (1.0 + hu.astype(np.float32) / 1000.0), 0.0, None).astype(np.float32)
@@ -65,8 +82,12 @@ class ParallelScanner:
             astra.projector.delete(projector)
         return sino.astype(np.float32)
 
-    def reconstruct(self, sinogram: np.ndarray, indices: np.ndarray | None = None) -> np.ndarray:
-        """FBP of the rows ``indices`` of a full-view sinogram (all rows when None) -> mu."""
+    def reconstruct(self, sinogram: np.ndarray, indices: np.ndarray | None = None,
+                    fbp_filter: str | None = None) -> np.ndarray:
+        """FBP of the rows ``indices`` of a full-view sinogram (all rows when None) -> mu, with
+        ``fbp_filter`` (``name`` or ``name:cutoff``; default the scanner's)."""
+        name, cutoff = check_filter(fbp_filter or self.fbp_filter)
+        option = {"FilterType": name} if cutoff is None else {"FilterType": name, "FilterD": cutoff}
         geometry = self._geometry(indices)
         rows = sinogram if indices is None else sinogram[indices]
         projector = astra.create_projector("linear", geometry, self._vol)
@@ -74,7 +95,7 @@ class ParallelScanner:
         rec_id = astra.data2d.create("-vol", self._vol)
         config = astra.astra_dict("FBP")
         config.update(ProjectorId=projector, ProjectionDataId=sino_id, ReconstructionDataId=rec_id,
-                      option={"FilterType": self.fbp_filter})
+                      option=option)
         algorithm = astra.algorithm.create(config)
         try:
             astra.algorithm.run(algorithm)

@@ -1,0 +1,83 @@
+"""The input path (how a slice becomes the network input) and the classical noise figure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clinreadnet_cli.config import ClinReadNetConfig, ConfigError, get_config
+from clinreadnet_cli.noise import measure_noise
+from clinreadnet_cli.preprocess import decimation_step, prepare_slice
+
+from .conftest import tiny_config
+
+
+def unit_noise(side: int, sd: float = 0.05, seed: int = 0) -> np.ndarray:
+    return np.clip(0.5 + np.random.default_rng(seed).normal(0, sd, (side, side)), 0, 1).astype(np.float32)
+
+
+def test_decimate_keeps_every_second_pixel_of_a_512_slice_and_crops_the_centre():
+    image = unit_noise(512)
+    x = prepare_slice(image, "unit", get_config("clinreadnet"))[0].numpy()
+    assert x.shape == (224, 224)
+    np.testing.assert_array_equal(x, image[::2, ::2][16:240, 16:240])
+
+
+@pytest.mark.parametrize("side, step", [(256, 1), (384, 2), (512, 2), (768, 3), (1024, 4)])
+def test_decimation_step_follows_the_matrix(side, step):
+    assert decimation_step(side) == step
+    assert prepare_slice(unit_noise(side), "unit", get_config("clinreadnet")).shape == (1, 224, 224)
+
+
+def test_small_slices_are_padded_not_stretched():
+    x = prepare_slice(unit_noise(100), "unit", get_config("clinreadnet"))[0]
+    assert x.shape == (224, 224) and float(x[:60].abs().max()) == 0.0  # the bottom of the window
+
+
+def test_decimate_and_crop_keep_the_pixel_noise_that_resize_filters_out():
+    image = unit_noise(512, sd=0.05)
+    sd = {path: float(prepare_slice(image, "unit", get_config("clinreadnet", input_path=path)).std())
+          for path in ("decimate", "crop", "resize")}
+    assert sd["decimate"] == pytest.approx(0.05, rel=0.05) and sd["crop"] == pytest.approx(0.05, rel=0.05)
+    assert sd["resize"] < 0.5 * sd["decimate"]
+
+
+def test_crop_is_the_native_centre():
+    image = unit_noise(512)
+    x = prepare_slice(image, "unit", get_config("clinreadnet", input_path="crop"))[0].numpy()
+    np.testing.assert_array_equal(x, image[144:368, 144:368])
+
+
+def test_stored_configs_without_the_field_keep_the_path_they_were_trained_with():
+    stored = tiny_config().to_dict()
+    del stored["input_path"], stored["mtmsa"]["log_temperatures"], stored["mtmsa"]["mixing_sharpness"]
+    legacy = ClinReadNetConfig.from_dict(stored)
+    assert legacy.input_path == "resize"
+    assert not legacy.mtmsa.log_temperatures and not legacy.mtmsa.mixing_sharpness
+    assert tiny_config().input_path == "decimate"  # what new training uses
+    with pytest.raises(ConfigError, match="input_path"):
+        get_config("clinreadnet", input_path="bicubic")
+    with pytest.raises(ConfigError, match="JSON object"):
+        ClinReadNetConfig.from_json("[1, 2]")
+
+
+def phantom(noise_sd: float, seed: int = 0) -> np.ndarray:
+    """A water-equivalent disk (40 HU) in air with white noise."""
+    yy, xx = np.mgrid[:256, :256]
+    hu = np.where((yy - 128) ** 2 + (xx - 128) ** 2 < 100 ** 2, 40.0, -1000.0)
+    return (hu + np.random.default_rng(seed).normal(0, noise_sd, hu.shape)).astype(np.float32)
+
+
+def test_noise_figure_measures_white_noise_in_soft_tissue():
+    for sd in (5.0, 20.0, 60.0):
+        figure = measure_noise(phantom(sd), "hu")
+        # The 5 x 5 high-pass residual of white noise has SD sqrt(24/25) of the noise.
+        assert figure.noise_hu == pytest.approx(sd * np.sqrt(24 / 25), rel=0.05) and figure.note is None
+
+
+def test_noise_figure_says_why_it_has_no_value():
+    assert measure_noise(np.full((64, 64), 0.5, np.float32), "unit").note == "not in HU"
+    assert "soft-tissue" in measure_noise(np.full((64, 64), -1000.0, np.float32), "hu").note
+    broken = phantom(10.0)
+    broken[0, 0] = np.nan
+    assert measure_noise(broken, "hu").note == "non-finite pixels"
