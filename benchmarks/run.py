@@ -119,9 +119,10 @@ def main() -> None:
         short, long = args.series
         if "scoring" in args.only or "memory" in args.only:
             scoring.build_series(tmp / "short", short)
-        if "scoring" in args.only:
-            report(scoring.throughput(tmp / "short", model, device, args.batch, workers=2,
-                                      options=InferenceOptions.default_for(device)))
+        if "scoring" in args.only:  # weights v2's input path, then v1's
+            for path_model in (model, create_model("clinreadnet", input_path="resize").eval()):
+                report(scoring.throughput(tmp / "short", path_model, device, args.batch, workers=2,
+                                          options=InferenceOptions.default_for(device)))
         if "memory" in args.only:
             scoring.build_series(tmp / "long", long)
             peaks = {n: scoring.command_peak_rss(tmp / name, weights, device.type, args.batch, [])

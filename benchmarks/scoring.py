@@ -1,5 +1,6 @@
-"""Scoring a DICOM series: decode only (the I/O limit), model only, the score workflow end to
-end, and the peak memory of the ``clinreadnet score`` command as the study grows."""
+"""Scoring a DICOM series: decode only (the I/O limit: reading, the input path and the noise
+figure), model only, the score workflow end to end, and the peak memory of the
+``clinreadnet score`` command as the study grows."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from common import SOURCES
 
 from clinreadnet_cli.dicom_export import write_series
 from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference
+from clinreadnet_cli.noise import measure_noise
 from clinreadnet_cli.preprocess import prepare_slice
 from clinreadnet_cli.readers import discover
 from clinreadnet_cli.scoring import score_series
@@ -33,7 +35,11 @@ def throughput(series_dir: Path, model, device: torch.device, batch: int, worker
     n = sum(len(s.slices) for s in series)
 
     start = time.perf_counter()
-    tensors = [prepare_slice(ref.load(), ref.value_range, model.config) for s in series for ref in s.slices]
+    tensors = []
+    for ref in (ref for s in series for ref in s.slices):  # as the workflow's decode threads do
+        image = ref.load()
+        tensors.append(prepare_slice(image, ref.value_range, model.config))
+        measure_noise(image, ref.value_range)
     decode = time.perf_counter() - start
 
     predict = prepare_for_inference(model, device, options)
@@ -50,7 +56,7 @@ def throughput(series_dir: Path, model, device: torch.device, batch: int, worker
                                           workers=workers, options=options))
     end_to_end = time.perf_counter() - start
     assert scored == n
-    label = f"{n}-slice DICOM series"
+    label = f"{n}-slice DICOM series, {model.config.input_path} {model.config.img_size}²"
     return [
         {"benchmark": "scoring", "measure": f"{label}: decode only", "value": n / decode, "unit": "slices/s"},
         {"benchmark": "scoring", "measure": f"{label}: model only", "value": n / model_only, "unit": "slices/s"},

@@ -18,12 +18,27 @@ from .atomic import atomic_path
 from .config import ClinReadNetConfig, ConfigError
 
 FORMAT = "clinreadnet-weights/1"
-SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "clinreadnet-sim.safetensors"
+_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+# Shipped weights by name (``--weights sim-v1``); each file's own header says how to feed it.
+NAMED_WEIGHTS = {
+    "sim-v2": _WEIGHTS_DIR / "clinreadnet-sim-v2.safetensors",
+    "sim-v1": _WEIGHTS_DIR / "clinreadnet-sim.safetensors",
+}
+SHIPPED_WEIGHTS = NAMED_WEIGHTS["sim-v2"]
 
 
 def default_weights() -> Path:
     """``$CLINREADNET_WEIGHTS`` if set, else the weights shipped in the repository's ``weights/``."""
-    return Path(os.environ.get("CLINREADNET_WEIGHTS", SHIPPED_WEIGHTS))
+    return resolve_weights(os.environ.get("CLINREADNET_WEIGHTS") or SHIPPED_WEIGHTS)
+
+
+def resolve_weights(value: str | Path | None) -> Path:
+    """A weights file: a path, or the name of shipped weights (``sim-v2``, ``sim-v1``); None: the default."""
+    if value is None:
+        return default_weights()
+    if not Path(value).exists() and str(value) in NAMED_WEIGHTS:
+        return NAMED_WEIGHTS[str(value)]
+    return Path(value)
 
 
 class WeightsError(ValueError):

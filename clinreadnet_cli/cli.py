@@ -76,7 +76,8 @@ def _usage_error(message: str) -> NoReturn:
 @app.command()
 def score(
     paths: list[Path] = typer.Argument(..., help="DICOM / NIfTI / MHA / NRRD / TIFF files or folders (searched recursively)."),
-    weights: Optional[Path] = typer.Option(None, help="Weights file (.safetensors). Default: the shipped weights."),
+    weights: Optional[Path] = typer.Option(None, help="Weights file (.safetensors) or shipped weights by name "
+                                                      "(sim-v2, sim-v1). Default: sim-v2."),
     device: Device = typer.Option(Device.auto, help="auto picks CUDA when present."),
     batch_size: int = typer.Option(8, min=1, help="Slices per model call; bounds memory."),
     workers: int = typer.Option(2, min=1, help="Background threads decoding slices."),
@@ -95,7 +96,7 @@ def score(
     # Imported here so that --help, --version and `models` start without torch.
     from . import report
     from .atomic import write_text_atomic
-    from .checkpoint import WeightsError, default_weights, load_model
+    from .checkpoint import WeightsError, load_model, resolve_weights
     from .inference import resolve_options
     from .readers import InputError, discover
     from .scoring import SliceScore, resolve_device, score_series
@@ -114,7 +115,7 @@ def score(
         import torch
 
         torch.set_num_threads(threads)
-    weights_path = weights or default_weights()
+    weights_path = resolve_weights(weights)
     if not weights_path.is_file():
         _usage_error(f"no weights at {weights_path}; pass --weights FILE (a clinreadnet .safetensors file)")
     try:
@@ -266,7 +267,8 @@ def train(
 def evaluate(
     data: Path = typer.Option(..., help="Labelled data: LDCTIQAG2023 folder or a CSV of path,score."),
     split: str = typer.Option("test", help="test | val | train | all (val/train use the run's split.json)."),
-    weights: Optional[Path] = typer.Option(None, help="Weights file. Default: the shipped weights."),
+    weights: Optional[Path] = typer.Option(None, help="Weights file or shipped weights by name (sim-v2, sim-v1). "
+                                                      "Default: sim-v2."),
     split_file: Optional[Path] = typer.Option(None, help="split.json of the run (default: beside --weights)."),
     device: Device = typer.Option(Device.auto),
     batch_size: int = typer.Option(8, min=1),
@@ -279,13 +281,13 @@ def evaluate(
     import io
 
     from .atomic import write_text_atomic
-    from .checkpoint import WeightsError, default_weights, read_config
+    from .checkpoint import WeightsError, read_config, resolve_weights
     from .data import DatasetError
     from .evaluation import evaluate as run_evaluation, noise_baseline, select_split, simulation_checks
     from .metrics import correlation_metrics
     from .scoring import resolve_device
 
-    weights_path = weights or default_weights()
+    weights_path = resolve_weights(weights)
     if not weights_path.is_file():
         _usage_error(f"no weights at {weights_path}; pass --weights FILE")
     try:

@@ -1,7 +1,6 @@
-"""The weights shipped in weights/ load by default and tell the sample data's degraded slices
-from its clean ones (files IM0001-4 untouched; IM0005-8 simulated at 0.5/1000, 0.25/720,
-0.1/360 and 0.1/180 dose/views; see sample_data/README.md). LungFCP-01-0001 is a validation
-patient of the shipped weights, Pancreas-CT-CB_001 a training patient."""
+"""The weights shipped in weights/ load by name and by default, keep their own input path, and
+tell the sample data's degraded slices from its clean ones (files IM0001-4 untouched; IM0005-8
+simulated at 0.5/1000, 0.25/720, 0.1/360 and 0.1/180 dose/views; see sample_data/README.md)."""
 
 from __future__ import annotations
 
@@ -9,29 +8,41 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
-from clinreadnet_cli.checkpoint import SHIPPED_WEIGHTS, read_config
+from clinreadnet_cli.checkpoint import NAMED_WEIGHTS, SHIPPED_WEIGHTS, default_weights, read_config
 from clinreadnet_cli.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_shipped_weights_hold_the_full_model():
-    assert read_config(SHIPPED_WEIGHTS).name == "clinreadnet"
-
-
-def test_score_uses_the_shipped_weights_and_ranks_the_sample_degradations(monkeypatch):
+def test_default_is_v2_and_v1_keeps_the_path_it_was_trained_with(monkeypatch):
     monkeypatch.delenv("CLINREADNET_WEIGHTS", raising=False)
-    result = CliRunner().invoke(app, ["score", str(REPO / "sample_data" / "dicom"), "--format", "json"])
+    assert default_weights() == SHIPPED_WEIGHTS == NAMED_WEIGHTS["sim-v2"]
+    v2, v1 = read_config(NAMED_WEIGHTS["sim-v2"]), read_config(NAMED_WEIGHTS["sim-v1"])
+    assert v2.name == v1.name == "clinreadnet"
+    assert (v2.input_path, v1.input_path) == ("decimate", "resize")
+    assert v2.mtmsa.log_temperatures and not v1.mtmsa.log_temperatures
+
+
+@pytest.mark.parametrize("name", ["sim-v2", "sim-v1"])
+def test_shipped_weights_rank_the_sample_degradations(name, monkeypatch):
+    monkeypatch.delenv("CLINREADNET_WEIGHTS", raising=False)
+    args = ["score", str(REPO / "sample_data" / "dicom"), "--format", "json"]
+    result = CliRunner().invoke(app, args + (["--weights", name] if name != "sim-v2" else []))
     assert result.exit_code == 0
     series = defaultdict(list)
     for record in json.loads(result.stdout):
-        series[Path(record["path"]).parent.name].append(record["score"])
+        series[Path(record["path"]).parent.name].append(record)
+        assert record["noise_hu"] > 0  # CT in HU: the noise figure is always there
     assert sorted(series) == ["lungfcp-01-0001", "pancreas-ct-cb-001"]
-    for name, scores in series.items():
+    for series_name, records in series.items():
+        scores = [r["score"] for r in records]
         clean, degraded = scores[:4], scores[4:]
-        assert min(clean) > max(degraded), name
-        assert all(a > b for a, b in zip(degraded, degraded[1:])), name  # more degraded, lower score
-        assert sum(clean) / 4 >= 3.0, name
-        assert degraded[-1] <= 1.0, name  # 10 % dose, 180 views
+        assert min(clean) > max(degraded), series_name
+        assert all(a > b for a, b in zip(degraded, degraded[1:])), series_name  # more degraded, lower score
+        assert sum(clean) / 4 >= 3.0, series_name
+        assert degraded[-1] <= 1.0, series_name  # 10 % dose, 180 views
+        noise = [r["noise_hu"] for r in records]
+        assert max(noise[:4]) < min(noise[5:]), series_name  # the noise figure sees the dose loss too

@@ -305,7 +305,7 @@ def test_ordering_report_counts_dominated_pairs_within_and_across_slices():
     assert r["untouched_mean"] == 4.0 and r["worst_mean"] == 0.5
     # The second slice scores everything 2 lower: within-slice order is intact, across is not.
     r = report(good, [g - 2 for g in good])
-    assert r["within_slice"] == 1.0 and r["cross_slice"] == 12 / 16
+    assert r["within_slice"] == 1.0 and r["cross_slice"] == 11 / 16  # 8 of 8 one way, 3 of 8 the other
     tie = report(good, [4.0, 2.5, 3.5, 1.5, 1.5])
     assert tie["within_slice"] == 15 / 16  # the more degraded image must score strictly lower
     missing = report(good, [np.nan] * 5)  # no score (e.g. no soft tissue for noise_hu): left out

@@ -1,0 +1,168 @@
+"""Does the score order dose and view loss on held-out patients degraded by simulators unlike
+``clinreadnet simulate``? The model and the classical noise figure, side by side.
+
+    python scripts/ordering_check.py --data work/sim --split work/runs/clinreadnet/split.json \
+        --weights weights/clinreadnet-sim-v2.safetensors [--weights weights/clinreadnet-sim.safetensors]
+
+Takes the validation patients of a training run (never trained on), ``--per-patient`` source
+slices of each, and re-acquires every slice at 100/50/25/10 % dose x 1000/720/360/180 views
+with two simulators that differ from the training data's:
+
+- ``astra-fixed-flux``: ASTRA parallel beam, full FBP reconstructions (Ram-Lak), one absolute
+  photon budget for every patient (1e6 per bin and view, electronic noise 10): a large patient
+  gets more noise at the same dose, unlike the per-slice calibration of ``simulate``.
+- ``skimage-hann``: scikit-image's radon / iradon (another projector and FBP), a smooth Hann
+  kernel, a lower budget (2e5) and more electronic noise (20).
+
+Each image is scored with each weights file and measured with ``noise_hu``; the ordering report
+(``clinreadnet_cli.evaluation.ordering_report``) goes to stdout as a table and to
+``benchmarks/results/ordering_check.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from skimage.transform import iradon, radon
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from clinreadnet_cli.checkpoint import load_model  # noqa: E402
+from clinreadnet_cli.evaluation import Acquisitions, ordering_report  # noqa: E402
+from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference  # noqa: E402
+from clinreadnet_cli.noise import measure_noise  # noqa: E402
+from clinreadnet_cli.preprocess import prepare_slice  # noqa: E402
+from clinreadnet_cli.simulate.physics import (ParallelScanner, hu_to_mu, mu_to_hu, reduce_dose,  # noqa: E402
+                                              view_subset)
+
+DOSES = (1.0, 0.5, 0.25, 0.1)
+VIEWS = (1000, 720, 360, 180)
+SIMULATORS = {"astra-fixed-flux": dict(i0=1e6, electronic=10.0), "skimage-hann": dict(i0=2e5, electronic=20.0)}
+
+
+def noisy_full_dose(line_integrals: np.ndarray, i0: float, electronic: float, rng) -> np.ndarray:
+    """Line integrals measured at flux i0: Poisson counts plus electronic noise, floored at 1."""
+    counts = rng.poisson(i0 * np.exp(-line_integrals.astype(np.float64))) + electronic * rng.standard_normal(
+        line_integrals.shape)
+    return (-np.log(np.maximum(counts, 1.0) / i0)).astype(np.float32)
+
+
+def acquire(name: str, hu: np.ndarray, pixel_mm: float, rng) -> dict[tuple[float, int], np.ndarray]:
+    """(dose, views) -> HU image, full reconstructions, doses nested by binomial thinning."""
+    settings = SIMULATORS[name]
+    mu = hu_to_mu(hu)
+    if name == "astra-fixed-flux":
+        scanner = ParallelScanner(hu.shape, pixel_mm, 1000, "ram-lak")
+        sinogram = scanner.project(mu)
+
+        def reconstruct(p, indices):
+            return mu_to_hu(scanner.reconstruct(p, indices))
+    else:
+        angles = np.linspace(0.0, 180.0, 1000, endpoint=False)
+        sinogram = (radon(mu, angles, circle=False) * pixel_mm).T.astype(np.float32)  # (views, bins)
+
+        def reconstruct(p, indices):
+            image = iradon(p[indices].T, angles[indices], filter_name="hann", circle=False, output_size=hu.shape[0])
+            return mu_to_hu((image / pixel_mm).astype(np.float32))
+    full = noisy_full_dose(sinogram, settings["i0"], settings["electronic"], rng)
+    by_dose = reduce_dose(full, DOSES, settings["i0"], settings["electronic"], rng)
+    return {(d, v): reconstruct(by_dose[d], view_subset(1000, v)) for d in DOSES for v in VIEWS}
+
+
+def held_out_sources(data: Path, split: Path, per_patient: int, seed: int) -> list[tuple[str, str]]:
+    """(patient, source 'file.npz#k') of the run's validation patients, ``per_patient`` each."""
+    with (data / "manifest.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    val = set(json.loads(split.read_text())["val"])
+    by_patient: dict[str, list[str]] = {}
+    for r in rows:
+        if Path(r["path"]).name in val and r["kind"] == "source":
+            by_patient.setdefault(r["group"], []).append(r["source"])
+    rng = np.random.default_rng(seed)
+    picked = []
+    for patient in sorted(by_patient):
+        sources = sorted(by_patient[patient])
+        for k in sorted(rng.choice(len(sources), size=min(per_patient, len(sources)), replace=False)):
+            picked.append((patient, sources[k]))
+    return picked
+
+
+def load_source(sources_dir: Path, source: str) -> tuple[np.ndarray, float]:
+    name, _, index = source.rpartition("#")
+    archive = np.load(sources_dir / Path(name).name)
+    return archive["hu"][int(index)].astype(np.float32), float(archive["pixel_spacing_mm"][int(index)][0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="simulate output (manifest.csv) of the run")
+    parser.add_argument("--split", type=Path, required=True, help="the run's split.json")
+    parser.add_argument("--sources", type=Path, default=REPO.parent / "shared" / "data" / "ct_sources")
+    parser.add_argument("--weights", type=Path, action="append", required=True)
+    parser.add_argument("--per-patient", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ordering_check.json")
+    args = parser.parse_args()
+
+    torch.set_num_threads(2)
+    models = {}
+    for path in args.weights:
+        model = load_model(path)
+        models[path.name] = (model.config, prepare_for_inference(model, torch.device("cpu"), InferenceOptions()))
+    picked = held_out_sources(args.data, args.split, args.per_patient, args.seed)
+    print(f"{len(picked)} held-out slices from {len({p for p, _ in picked})} patients", file=sys.stderr)
+    results = {}
+    for simulator in SIMULATORS:
+        started = time.perf_counter()
+        meta, images = [], []
+        for number, (patient, source) in enumerate(picked):
+            hu, pixel_mm = load_source(args.sources, source)
+            rng = np.random.default_rng([args.seed, number])
+            meta.append((source, patient, True, 1.0, 1000))
+            images.append(hu)
+            for (dose, views), image in acquire(simulator, hu, pixel_mm, rng).items():
+                meta.append((source, patient, False, dose, views))
+                images.append(image)
+            print(f"  {simulator}: {number + 1}/{len(picked)} slices", file=sys.stderr)
+        acq = Acquisitions(source=np.unique([m[0] for m in meta], return_inverse=True)[1],
+                           patient=np.unique([m[1] for m in meta], return_inverse=True)[1],
+                           untouched=np.array([m[2] for m in meta]), dose=np.array([m[3] for m in meta], float),
+                           views=np.array([m[4] for m in meta], float))
+        noise = np.array([measure_noise(image, "hu").noise_hu or np.nan for image in images], float)
+        report = {"images": len(images), "noise_hu": ordering_report(acq, -noise)}
+        for name, (cfg, predict) in models.items():
+            scores = []
+            for start in range(0, len(images), 8):
+                batch = torch.stack([prepare_slice(image, "hu", cfg) for image in images[start:start + 8]])
+                scores += predict(batch).score.tolist()
+            report[name] = ordering_report(acq, np.array(scores))
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        results[simulator] = report
+
+    measures = ("cross_slice", "cross_patient", "within_slice", "untouched_vs_low_dose", "untouched_mean", "worst_mean")
+    scorers = ["noise_hu", *models]
+    for simulator, report in results.items():
+        print(f"\n{simulator} ({report['images']} images, {len(picked)} slices)")
+        print("| measure | " + " | ".join(scorers) + " |")
+        print("|---|" + "---|" * len(scorers))
+        for m in measures:
+            cells = []
+            for s in scorers:
+                value = report[s][m]
+                cells.append(f"{-value:.1f} HU" if s == "noise_hu" and m.endswith("mean")
+                             else f"{value:.2f}" if m.endswith("mean") else f"{value:.4f}")
+            print(f"| {m} | " + " | ".join(cells) + " |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"slices": picked, "results": results}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
