@@ -186,6 +186,6 @@ def test_window_pad_and_resize():
     wide = torch.ones(1, 40, 100)
     square = pad_to_square(wide)
     assert square.shape == (1, 100, 100) and square[0, 30:70].eq(1).all() and square[0, :30].eq(0).all()
-    out = prepare_slice(np.full((300, 200), 215.0), "hu", cfg)
+    out = prepare_slice(np.full((300, 200), 215.0), "hu", tiny_config(input_path="resize"))  # weights v1's path
     assert out.shape == (1, 128, 128) and out.dtype == torch.float32
     assert float(out.min()) == 0.0 and float(out.max()) == pytest.approx(1.0)
