@@ -21,10 +21,9 @@ FORMAT = "clinreadnet-weights/1"
 _WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 # Shipped weights by name (``--weights sim-v1``); each file's own header says how to feed it.
 NAMED_WEIGHTS = {
-    "sim-v2": _WEIGHTS_DIR / "clinreadnet-sim-v2.safetensors",
     "sim-v1": _WEIGHTS_DIR / "clinreadnet-sim.safetensors",
 }
-SHIPPED_WEIGHTS = NAMED_WEIGHTS["sim-v2"]
+SHIPPED_WEIGHTS = NAMED_WEIGHTS["sim-v1"]
 
 
 def default_weights() -> Path:
@@ -33,7 +32,7 @@ def default_weights() -> Path:
 
 
 def resolve_weights(value: str | Path | None) -> Path:
-    """A weights file: a path, or the name of shipped weights (``sim-v2``, ``sim-v1``); None: the default."""
+    """A weights file: a path, or the name of shipped weights (``sim-v1``); None: the default."""
     if value is None:
         return default_weights()
     if not Path(value).exists() and str(value) in NAMED_WEIGHTS:

@@ -77,7 +77,7 @@ def _usage_error(message: str) -> NoReturn:
 def score(
     paths: list[Path] = typer.Argument(..., help="DICOM / NIfTI / MHA / NRRD / TIFF files or folders (searched recursively)."),
     weights: Optional[Path] = typer.Option(None, help="Weights file (.safetensors) or shipped weights by name "
-                                                      "(sim-v2, sim-v1). Default: sim-v2."),
+                                                      "(sim-v1). Default: sim-v1."),
     device: Device = typer.Option(Device.auto, help="auto picks CUDA when present."),
     batch_size: int = typer.Option(8, min=1, help="Slices per model call; bounds memory."),
     workers: int = typer.Option(2, min=1, help="Background threads decoding slices."),
@@ -267,8 +267,8 @@ def train(
 def evaluate(
     data: Path = typer.Option(..., help="Labelled data: LDCTIQAG2023 folder or a CSV of path,score."),
     split: str = typer.Option("test", help="test | val | train | all (val/train use the run's split.json)."),
-    weights: Optional[Path] = typer.Option(None, help="Weights file or shipped weights by name (sim-v2, sim-v1). "
-                                                      "Default: sim-v2."),
+    weights: Optional[Path] = typer.Option(None, help="Weights file or shipped weights by name (sim-v1). "
+                                                      "Default: sim-v1."),
     split_file: Optional[Path] = typer.Option(None, help="split.json of the run (default: beside --weights)."),
     device: Device = typer.Option(Device.auto),
     batch_size: int = typer.Option(8, min=1),

@@ -1,5 +1,5 @@
-"""The weights shipped in weights/ load by name and by default, keep their own input path, and
-tell the sample data's degraded slices from its clean ones (files IM0001-4 untouched; IM0005-8
+"""The weights shipped in weights/ load by name and by default, keep the input path they were
+trained with, and tell the sample data's degraded slices from its clean ones (files IM0001-4 untouched; IM0005-8
 simulated at 0.5/1000, 0.25/720, 0.1/360 and 0.1/180 dose/views; see sample_data/README.md)."""
 
 from __future__ import annotations
@@ -17,20 +17,19 @@ from clinreadnet_cli.cli import app
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_default_is_v2_and_v1_keeps_the_path_it_was_trained_with(monkeypatch):
+def test_default_weights_keep_the_input_path_they_were_trained_with(monkeypatch):
     monkeypatch.delenv("CLINREADNET_WEIGHTS", raising=False)
-    assert default_weights() == SHIPPED_WEIGHTS == NAMED_WEIGHTS["sim-v2"]
-    v2, v1 = read_config(NAMED_WEIGHTS["sim-v2"]), read_config(NAMED_WEIGHTS["sim-v1"])
-    assert v2.name == v1.name == "clinreadnet"
-    assert (v2.input_path, v1.input_path) == ("decimate", "resize")
-    assert v2.mtmsa.log_temperatures and not v1.mtmsa.log_temperatures
+    assert default_weights() == SHIPPED_WEIGHTS == NAMED_WEIGHTS["sim-v1"]
+    v1 = read_config(SHIPPED_WEIGHTS)  # stored before input_path and the MTMSA switches existed
+    assert v1.name == "clinreadnet" and v1.input_path == "resize"
+    assert not v1.mtmsa.log_temperatures and not v1.mtmsa.mixing_sharpness
 
 
-@pytest.mark.parametrize("name", ["sim-v2", "sim-v1"])
-def test_shipped_weights_rank_the_sample_degradations(name, monkeypatch):
+@pytest.mark.parametrize("by_name", [False, True])
+def test_shipped_weights_rank_the_sample_degradations(by_name, monkeypatch):
     monkeypatch.delenv("CLINREADNET_WEIGHTS", raising=False)
     args = ["score", str(REPO / "sample_data" / "dicom"), "--format", "json"]
-    result = CliRunner().invoke(app, args + (["--weights", name] if name != "sim-v2" else []))
+    result = CliRunner().invoke(app, args + (["--weights", "sim-v1"] if by_name else []))
     assert result.exit_code == 0
     series = defaultdict(list)
     for record in json.loads(result.stdout):
