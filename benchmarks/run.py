@@ -8,8 +8,9 @@ Sections (all on data generated from ../shared/data/ct_sources; nothing large is
             on the CPU and on CUDA when present (ratio: time relative to swin_t)
   options   the fast-path options (threads, channels-last, int8, bf16, compile) and how far
             each moves the shipped weights' scores on sample_data/
-  scoring   a 300-slice DICOM series: decode only, model only, end to end (ratio: end-to-end
-            rate / model-only rate)
+  scoring   a 300-slice DICOM series with each input path (decimate, then weights v1's resize):
+            decode only (reading, input path, noise figure), model only, end to end (ratio:
+            end-to-end rate / model-only rate)
   memory    peak RSS of the `clinreadnet score` command on 300- and 1,200-slice series
   training  one epoch of the train command on 800 images (+ 200 validation)
 Measures only; nothing here passes or fails on a time.

@@ -106,6 +106,32 @@ def load_weights(model: ClinReadNet, path: str | Path) -> None:
             target.copy_(tensors[name].to(target.dtype))
 
 
+def initialise_from(model: ClinReadNet, path: str | Path) -> tuple[int, list[str]]:
+    """Start ``model`` from another weights file's tensors (fine-tuning); returns (copied, not copied).
+
+    Unlike ``load_weights`` the stored config may differ in what leaves the tensors' shapes alone
+    (input path, MTMSA parameterisation): every tensor whose name and shape match is copied, and
+    temperatures stored as T become log T. The rest keep their fresh initialisation.
+    """
+    path = Path(path)
+    read_config(path)  # a clinreadnet weights file, not any safetensors
+    tensors = _open(path, lambda f: {k: f.get_tensor(k) for k in f.keys()})
+    for name in [k for k in tensors if k.endswith(".temperatures")]:
+        tensors[name[: -len("temperatures")] + "log_temperatures"] = tensors.pop(name).float().clamp_min(1e-6).log()
+    copied, fresh = 0, []
+    with torch.no_grad():
+        for name, target in model.state_dict().items():
+            source = tensors.get(name)
+            if source is None or source.shape != target.shape:
+                fresh.append(name)
+                continue
+            target.copy_(source.to(target.dtype))
+            copied += 1
+    if copied == 0:
+        raise WeightsError(f"{path}: no tensor fits model {model.config.name!r}")
+    return copied, fresh
+
+
 def _open(path: Path, read):
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")

@@ -198,6 +198,8 @@ def train(
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Tab. 1 augmentation."),
     loss_off: Optional[list[str]] = typer.Option(None, help="Switch off an HRPS term (repeatable)."),
     backbone_checkpoint: Optional[Path] = typer.Option(None, help="Local Swin-T .safetensors to start from."),
+    init_weights: Optional[str] = typer.Option(None, help="Fine-tune from clinreadnet weights: a file or a name "
+                                                          "(sim-v1); tensors that fit are copied."),
 ) -> None:
     """Train a model on the LDCTIQAG2023 layout (image/*.tif + train.json) or a CSV of path,score."""
     from .config import ConfigError
@@ -208,7 +210,7 @@ def train(
         "data": data, "out": out, "model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "img_size": img_size, "val_fraction": val_fraction, "seed": seed, "device": device and device.value,
         "workers": workers, "amp": amp, "augment": augment, "loss_off": loss_off,
-        "backbone_checkpoint": backbone_checkpoint,
+        "backbone_checkpoint": backbone_checkpoint, "init_weights": init_weights,
     }
     options: dict = {}
     try:
@@ -242,6 +244,10 @@ def train(
             stderr.print(f"training {cfg.model} on {info['train']} images, validating on {info['val']}, "
                          f"{info['steps']} steps/epoch, device {info['device']} x{info['world']}"
                          + (", bf16 autocast" if info["amp"] else ""))
+        elif kind == "init":
+            stderr.print(f"starting from {info['weights']}: {info['copied']} tensors copied, "
+                         f"{len(info['fresh'])} freshly initialised" + (f" ({', '.join(info['fresh'][:4])}"
+                         + (", ..." if len(info["fresh"]) > 4 else "") + ")" if info["fresh"] else ""))
         elif kind == "batch":
             if task is None or info["step"] == 0:
                 if task is not None:

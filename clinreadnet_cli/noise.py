@@ -38,8 +38,8 @@ def noise_sd_hu(image_hu: np.ndarray, mask: np.ndarray) -> float:
     """Robust noise SD inside ``mask`` (NaN if it holds fewer than MIN_TISSUE_PIXELS pixels)."""
     if mask.sum() < MIN_TISSUE_PIXELS:
         return float("nan")
-    image = image_hu.astype(np.float64)
-    residual = (image - ndimage.uniform_filter(image, 5))[mask]
+    image = image_hu.astype(np.float32, copy=False)
+    residual = (image[mask] - ndimage.uniform_filter(image, 5)[mask]).astype(np.float64)
     return float(MAD_TO_SD * np.median(np.abs(residual - np.median(residual))))
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -110,3 +112,29 @@ def test_failed_save_keeps_the_old_file(trained, tmp_path, monkeypatch):
         save_weights(trained, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_fine_tuning_starts_from_older_weights_with_another_parameterisation(trained, tmp_path):
+    """v1 weights (temperatures stored as T, no mixing sharpness, resize path) seed a v2 model."""
+    legacy_cfg = dataclasses.replace(
+        tiny_config("clinreadnet", input_path="resize"),
+        mtmsa=dataclasses.replace(tiny_config().mtmsa, log_temperatures=False, mixing_sharpness=False))
+    legacy = create_model(legacy_cfg)
+    legacy.load_state_dict(trained.state_dict(), strict=False)
+    with torch.no_grad():
+        legacy.backbone.layers[3].blocks[0].attn.temperatures.copy_(torch.tensor([0.4, 1.1, 2.5]))
+    path = save_weights(legacy, tmp_path / "v1.safetensors")
+
+    model = create_model(tiny_config("clinreadnet"))
+    copied, fresh = checkpoint.initialise_from(model, path)
+    assert fresh == [f"backbone.layers.3.blocks.{i}.attn.log_mixing_sharpness" for i in (0, 1)]
+    assert copied == len(model.state_dict()) - 2
+    attn = model.backbone.layers[3].blocks[0].attn
+    assert torch.allclose(attn.temperature_values(), torch.tensor([0.4, 1.1, 2.5]))
+    assert torch.equal(model.state_dict()["head.heads.0.weight"], legacy.state_dict()["head.heads.0.weight"])
+
+
+def test_fine_tuning_refuses_weights_of_another_architecture(tmp_path):
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(WeightsError, match="not a clinreadnet weights file"):
+        checkpoint.initialise_from(create_model(tiny_config()), tmp_path / "other.safetensors")
