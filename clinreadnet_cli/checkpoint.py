@@ -76,7 +76,11 @@ def read_config(path: str | Path) -> ClinReadNetConfig:
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> ClinReadNet:
     """Rebuild the model a weights file describes and load its tensors (eval mode)."""
-    model = create_model(read_config(path))
+    cfg = read_config(path)
+    try:
+        model = create_model(cfg)
+    except (ValueError, RuntimeError, AssertionError) as exc:  # a config that passes its checks but not timm's
+        raise WeightsError(f"{path}: its config does not build a model ({type(exc).__name__}: {exc})") from None
     load_weights(model, path)
     return model.to(map_location).eval()
 
@@ -89,11 +93,11 @@ def load_weights(model: ClinReadNet, path: str | Path) -> None:
         mine, theirs = model.config.to_dict(), stored.to_dict()
         diffs = [f"{k}: file {theirs[k]!r} != model {mine[k]!r}" for k in mine if mine[k] != theirs[k]]
         raise WeightsError(f"{path}: config does not match the model ({'; '.join(diffs)})")
-    tensors = _open(path, lambda f: {k: f.get_tensor(k) for k in f.keys()})
+    shapes = _open(path, lambda f: {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong_shape = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(shapes) if tuple(expected[k].shape) != shapes[k])
     if missing or unexpected or wrong_shape:
         problems = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
@@ -101,6 +105,10 @@ def load_weights(model: ClinReadNet, path: str | Path) -> None:
                 shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
                 problems.append(f"{label} tensors: {shown}")
         raise WeightsError(f"{path}: tensors do not fit its config ({'; '.join(problems)})")
+    tensors = _open(path, lambda f: {k: f.get_tensor(k) for k in f.keys()})  # shapes checked: sizes are known
+    broken = sorted(k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all())
+    if broken:
+        raise WeightsError(f"{path}: non-finite values (NaN/inf) in {len(broken)} tensor(s), e.g. {broken[0]}")
     with torch.no_grad():
         for name, target in expected.items():
             target.copy_(tensors[name].to(target.dtype))

@@ -1,12 +1,15 @@
 """Command line: parse, call the workflows, print. Data goes to stdout, messages to stderr.
 
-Exit codes: 0 all good, 1 some inputs failed, 2 usage error or nothing to do.
+Exit codes: 0 all good, 1 some inputs failed, 2 usage error or nothing to do, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import signal
 import sys
 import warnings
 from enum import Enum
@@ -15,13 +18,14 @@ from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from . import __version__
 from .config import get_config, list_configs
 
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 app = typer.Typer(
     name="clinreadnet",
@@ -69,7 +73,7 @@ GRADE_STYLE = {"bad": "bold red", "poor": "red", "fair": "yellow", "good": "gree
 
 
 def _usage_error(message: str) -> NoReturn:
-    stderr.print(f"[bold red]error:[/] {message}")
+    stderr.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(EXIT_USAGE)
 
 
@@ -91,14 +95,17 @@ def score(
     threshold: float = typer.Option(2.0, help="Summary counts slices scoring below this (2 = fair)."),
     input_range: InputRangeChoice = typer.Option(
         InputRangeChoice.auto, help="auto: HU for DICOM/NIfTI/MHA/NRRD, [0,1] for float TIFF; or declare hu / unit."),
+    limit: Optional[list[str]] = typer.Option(
+        None, help="Raise or lower an input cap, NAME=VALUE (repeatable): max_side, max_aspect, max_slices, "
+                   "max_volume_mib. See the README's input rules."),
 ) -> None:
     """Score every CT slice of the given files and folders (0 bad ... 4 excellent)."""
     # Imported here so that --help, --version and `models` start without torch.
     from . import report
-    from .atomic import write_text_atomic
+    from .atomic import output_problem, streaming_output
     from .checkpoint import WeightsError, load_model, resolve_weights
     from .inference import resolve_options
-    from .readers import InputError, discover
+    from .readers import InputError, Limits, discover
     from .scoring import SliceScore, resolve_device, score_series
 
     if output is not None and fmt is OutputFormat.table:
@@ -106,7 +113,10 @@ def score(
         if suffix not in report.FORMATS:
             _usage_error(f"cannot tell the format of {output}; pass --format json, jsonl or csv")
         fmt = OutputFormat(suffix)
+    if output is not None and (problem := output_problem(output)):
+        _usage_error(f"--output: {problem}")
     try:
+        limits = Limits.from_pairs(limit or [])
         torch_device = resolve_device(device.value)
         options = resolve_options(torch_device, precision.value, int8, compile_model)
     except ValueError as exc:
@@ -123,38 +133,55 @@ def score(
     except WeightsError as exc:
         _usage_error(str(exc))
 
-    found = discover(paths, input_range.value)
+    found = discover(paths, input_range.value, limits)
     for note in found.notes:
-        stderr.print(f"[dim]note:[/] {note}")
+        stderr.print(f"[dim]note:[/] {escape(note)}")
+    for warning in found.warnings:
+        stderr.print(f"[yellow]warning:[/] {escape(warning)}")
     for err in found.errors:
-        stderr.print(f"[bold red]error:[/] {err}")
+        stderr.print(f"[bold red]error:[/] {escape(str(err))}")
     if not found.series and not found.errors:
         _usage_error("nothing to score: no files found in " + ", ".join(map(str, paths)))
 
-    results: list = []
-    total = sum(len(s.slices) for s in found.series)
-    with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=stderr, transient=True,
-                  disable=not stderr.is_terminal) as progress:
-        task = progress.add_task("scoring", total=total)
-        for item in score_series(found.series, model, torch_device, batch_size=batch_size, workers=workers,
-                                 on_slice=lambda: progress.advance(task), options=options):
-            if isinstance(item, InputError):
-                stderr.print(f"[bold red]error:[/] {item}")
-            results.append(item)
-
-    failures = found.errors + [r for r in results if isinstance(r, InputError)]
-    scores = [r for r in results if isinstance(r, SliceScore)]
+    scores: list = []  # kept for the table only; records stream out as they come
+    failures, scored = len(found.errors), 0
+    try:
+        with contextlib.ExitStack() as stack:
+            writer = None
+            if fmt is not OutputFormat.table:
+                stream = sys.stdout if output is None else stack.enter_context(streaming_output(output))
+                writer = report.RecordWriter(stream, fmt.value)
+                for err in found.errors:
+                    writer.write(report.to_record(err))
+            progress = stack.enter_context(Progress(*Progress.get_default_columns(), MofNCompleteColumn(),
+                                                    console=stderr, transient=True, disable=not stderr.is_terminal))
+            task = progress.add_task("scoring", total=sum(len(s.slices) for s in found.series))
+            try:
+                for item in score_series(found.series, model, torch_device, batch_size=batch_size, workers=workers,
+                                         on_slice=lambda: progress.advance(task), options=options):
+                    if isinstance(item, InputError):
+                        failures += 1
+                        stderr.print(f"[bold red]error:[/] {escape(str(item))}")
+                    elif writer is None:
+                        scores.append(item)
+                    scored += isinstance(item, SliceScore)
+                    if writer is not None:
+                        writer.write(report.to_record(item))
+            finally:  # also on Ctrl-C: a JSON array is closed over the records written so far
+                if writer is not None:
+                    writer.close()
+    except OSError as exc:  # the output could not be written (disk full, ...): the partial file is removed
+        _usage_error(f"cannot write the records to {output or 'stdout'}: {exc.strerror or exc}")
+    except KeyboardInterrupt as exc:
+        kept = f"; the records so far are in {exc.partial_path}" if hasattr(exc, "partial_path") else ""
+        stderr.print(f"interrupted after {scored} slice(s){escape(kept)}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if fmt is OutputFormat.table:
         _print_tables(scores, threshold)
-    else:
-        text = report.render([report.to_record(r) for r in [*found.errors, *results]], fmt.value)
-        if output is None:
-            sys.stdout.write(text)
-        else:
-            write_text_atomic(output, text)
-            stderr.print(f"wrote {len(scores)} slice records and {len(failures)} errors to {output}")
+    elif output is not None:
+        stderr.print(f"wrote {scored} slice records and {failures} errors to {escape(str(output))}")
     if failures:
-        stderr.print(f"[bold red]{len(failures)} input(s) failed[/]; {len(scores)} slice(s) scored")
+        stderr.print(f"[bold red]{failures} input(s) failed[/]; {scored} slice(s) scored")
     raise typer.Exit(EXIT_PARTIAL if failures else EXIT_OK)
 
 
@@ -164,12 +191,12 @@ def _print_tables(scores: list, threshold: float) -> None:
     for rows in group_by_series(scores):
         summary = summarise(rows, threshold)
         uid = f"  [dim]{summary.series_uid}[/]" if summary.series_uid else ""
-        stdout.print(f"[bold]{summary.series}[/]{uid}", soft_wrap=True)
+        stdout.print(f"[bold]{escape(summary.series)}[/]{uid}", soft_wrap=True)
         table = Table("file", "slice", "score", "grade", "class", "noise HU")
         for s in rows:
             style = GRADE_STYLE[s.grade]
             noise = f"{s.noise.noise_hu:.1f}" if s.noise.noise_hu is not None else f"[dim]– {s.noise.note}[/]"
-            table.add_row(s.path.name, str(s.slice), f"{s.score:.2f}", f"[{style}]{s.grade}[/]", str(s.label), noise)
+            table.add_row(escape(s.path.name), str(s.slice), f"{s.score:.2f}", f"[{style}]{s.grade}[/]", str(s.label), noise)
         stdout.print(table)
         stdout.print(
             f"  {summary.slices} slice{'s' if summary.slices != 1 else ''} · mean {summary.mean:.2f} · min {summary.min:.2f} · "
@@ -266,7 +293,7 @@ def train(
     except (ConfigError, DatasetError) as exc:
         _usage_error(str(exc))
     if show:
-        stderr.print(f"done: {result.out / 'best.safetensors'} (best validation Score {result.best_score:.4f})")
+        stderr.print(f"done: {escape(str(result.out / 'best.safetensors'))} (best validation Score {result.best_score:.4f})")
 
 
 @app.command()
@@ -390,9 +417,9 @@ def simulate(
 
     slices, errors, notes = find_sources(source, input_range.value, pixel_spacing)
     for note in notes:
-        stderr.print(f"[dim]note:[/] {note}")
+        stderr.print(f"[dim]note:[/] {escape(note)}")
     for err in errors:
-        stderr.print(f"[bold red]error:[/] {err}")
+        stderr.print(f"[bold red]error:[/] {escape(str(err))}")
     if not slices:
         if errors:
             raise typer.Exit(EXIT_PARTIAL)
@@ -405,8 +432,8 @@ def simulate(
         run = simulate_dataset(slices, out, acquisition, seed=seed, workers=workers, include_source=source_images,
                                on_slice=lambda: progress.advance(task))
     for err in run.errors:
-        stderr.print(f"[bold red]error:[/] {err}")
-    stderr.print(f"wrote {len(run.records)} images from {run.slices} slices to {out} in {run.seconds:.1f} s "
+        stderr.print(f"[bold red]error:[/] {escape(str(err))}")
+    stderr.print(f"wrote {len(run.records)} images from {run.slices} slices to {escape(str(out))} in {run.seconds:.1f} s "
                  f"({run.slices_per_second:.2f} slices/s)")
     failures = errors + run.errors
     if failures:
@@ -443,4 +470,8 @@ def _root(
 def main() -> None:
     # Damaged inputs are reported once each by the readers; pydicom's own warnings would repeat them.
     warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    warnings.filterwarnings("ignore", message=r"Invalid value for VR", category=UserWarning)
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # its complaints become our error records
+    # `clinreadnet score ... | head`: a closed pipe ends the process quietly, as for any Unix filter.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     app()

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+MAX_CONFIG_CHARS = 100_000  # a stored config is about 1,000
 NUM_CLASSES = 21  # mean radiologist score x 5, rounded: 0..20 (paper §4.1)
 TEMPERATURES = {"low": 0.5, "medium": 1.0, "high": 2.0}  # initial T_i (§4.3)
 PROGRESSIVE_WEIGHTS = {"low": 0.3, "medium": 0.4, "high": 0.3}  # initial w_i^proj (§4.3)
@@ -123,6 +125,7 @@ class ClinReadNetConfig:
     window_level: float = 40.0
 
     def __post_init__(self) -> None:
+        _check_ranges(self)
         if len(self.depths) != len(self.num_heads):
             raise ConfigError("depths and num_heads must have one entry per stage")
         if any(s < 0 or s >= len(self.depths) - 1 for s in self.soqn_stages):
@@ -155,10 +158,13 @@ class ClinReadNetConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "ClinReadNetConfig":
+        if not isinstance(text, str) or len(text) > MAX_CONFIG_CHARS:
+            raise ConfigError(f"stored config must be JSON text of at most {MAX_CONFIG_CHARS:,} characters")
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"stored config is not valid JSON: {exc}") from None
+        except (json.JSONDecodeError, RecursionError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise ConfigError(f"stored config is not valid JSON: {reason}") from None
         return cls.from_dict(data)
 
 
@@ -166,21 +172,73 @@ _NESTED = {"soqn": SOQNConfig, "mtmsa": MTMSAConfig, "loss": LossConfig}
 
 
 def _build(cls: type, data: Mapping[str, Any]) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    """A config from plain data (a stored header, overrides), every field's type checked first."""
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+        raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(map(str, unknown))}")
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        if key in _NESTED and isinstance(value, Mapping):
-            value = _build(_NESTED[key], value)
-        elif isinstance(value, list):
-            value = tuple(value)
+        if key in _NESTED:
+            if isinstance(value, Mapping):
+                value = _build(_NESTED[key], value)
+            elif not (value is None and "None" in fields[key]) and not isinstance(value, _NESTED[key]):
+                raise ConfigError(f"{cls.__name__}.{key} must be a table of fields, got {type(value).__name__}")
+        else:
+            value = _typed(f"{cls.__name__}.{key}", fields[key], value)
         kwargs[key] = value
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"invalid {cls.__name__}: {exc}") from None
+
+
+def _typed(name: str, kind: str, value: Any) -> Any:
+    """``value`` as the field type ``kind`` says (bool, int, float, str, tuple[...]), or ConfigError."""
+    def scalar(item_kind: str, item: Any) -> Any:
+        if item_kind == "bool" and isinstance(item, bool):
+            return item
+        if item_kind == "int" and isinstance(item, int) and not isinstance(item, bool):
+            return item
+        if item_kind == "float" and isinstance(item, (int, float)) and not isinstance(item, bool) \
+                and math.isfinite(item):
+            return float(item)
+        if item_kind == "str" and isinstance(item, str):
+            return item
+        raise ConfigError(f"{name} must be {'a finite number' if item_kind == 'float' else item_kind}, got {item!r}"[:200])
+
+    if kind.startswith("tuple["):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {type(value).__name__}")
+        item_kind = kind[len("tuple["):].split(",")[0].strip()
+        return tuple(scalar(item_kind, item) for item in value)
+    return scalar(kind, value)
+
+
+def _check_ranges(cfg: "ClinReadNetConfig") -> None:
+    """Sizes within what a CT quality model can be (a hostile header must not allocate gigabytes)."""
+    checks = [
+        (32 <= cfg.img_size <= 1024, f"img_size {cfg.img_size} outside 32..1024"),
+        (1 <= cfg.in_chans <= 3, f"in_chans {cfg.in_chans} outside 1..3"),
+        (1 <= cfg.patch_size <= 16, f"patch_size {cfg.patch_size} outside 1..16"),
+        (8 <= cfg.embed_dim <= 1024, f"embed_dim {cfg.embed_dim} outside 8..1024"),
+        (2 <= len(cfg.depths) <= 6, f"{len(cfg.depths)} stages, not 2..6"),
+        (all(1 <= d <= 32 for d in cfg.depths), f"depths {list(cfg.depths)} outside 1..32 blocks per stage"),
+        (all(1 <= h <= 64 and cfg.embed_dim * 2**i % h == 0 for i, h in enumerate(cfg.num_heads)),
+         f"num_heads {list(cfg.num_heads)} must be 1..64 and divide each stage's width"),
+        (1 <= cfg.window_size <= 32, f"window_size {cfg.window_size} outside 1..32"),
+        (0 <= cfg.drop_rate < 1 and 0 <= cfg.drop_path_rate < 1, "drop rates must lie in [0, 1)"),
+        (2 <= cfg.num_classes <= 101, f"num_classes {cfg.num_classes} outside 2..101"),
+        (1 <= cfg.classifier_heads <= 16, f"classifier_heads {cfg.classifier_heads} outside 1..16"),
+        (math.isfinite(cfg.window_width) and 1 <= cfg.window_width <= 10000,
+         f"window_width {cfg.window_width} outside 1..10000 HU"),
+        (math.isfinite(cfg.window_level) and -2000 <= cfg.window_level <= 4000,
+         f"window_level {cfg.window_level} outside -2000..4000 HU"),
+        (1 <= cfg.loss.coarse_group <= cfg.num_classes, f"coarse_group {cfg.loss.coarse_group} outside 1..num_classes"),
+    ]
+    for ok, problem in checks:
+        if not ok:
+            raise ConfigError(problem)
 
 
 # --- the registry -------------------------------------------------------------

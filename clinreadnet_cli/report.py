@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Iterable
+from typing import Iterable, TextIO
 
 from .readers import InputError
 from .scoring import SliceScore
@@ -16,9 +16,10 @@ FORMATS = ("json", "jsonl", "csv")
 
 
 def to_record(item: SliceScore | InputError) -> dict:
-    """A score record, or for a failed input ``{"path", "error"}`` and no score."""
+    """A score record, or for a failed input ``{"path", "slice", "error"}`` and no score
+    (``slice`` is null when the whole file failed)."""
     if isinstance(item, InputError):
-        return {"path": str(item.path), "error": item.reason}
+        return {"path": str(item.path), "slice": item.slice, "error": item.reason}
     return {
         "path": str(item.path), "series": item.series, "series_uid": item.series_uid, "slice": item.slice,
         "score": round(item.score, 4), "grade": item.grade, "class": item.label,
@@ -28,20 +29,47 @@ def to_record(item: SliceScore | InputError) -> dict:
     }
 
 
-def render(records: Iterable[dict], fmt: str) -> str:
-    records = list(records)
-    if fmt == "json":
-        return json.dumps(records, indent=2) + "\n"
-    if fmt == "jsonl":
-        return "".join(json.dumps(r) + "\n" for r in records)
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
-        writer.writeheader()
-        for r in records:
-            row = dict(r)
+class RecordWriter:
+    """Writes records as they come, flushing each one, so a killed run keeps every finished record.
+
+    JSON Lines and CSV are complete after every record; a JSON array is closed by ``close()``.
+    """
+
+    def __init__(self, stream: TextIO, fmt: str):
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        self.stream, self.fmt, self.count = stream, fmt, 0
+        self._csv = csv.DictWriter(stream, fieldnames=FIELDS, lineterminator="\n") if fmt == "csv" else None
+        if self._csv:
+            self._csv.writeheader()
+        elif fmt == "json":
+            stream.write("[")
+        stream.flush()
+
+    def write(self, record: dict) -> None:
+        if self._csv:
+            row = dict(record)
             if "head_scores" in row:
                 row["head_scores"] = ";".join(f"{h:.4f}" for h in row["head_scores"])
-            writer.writerow(row)
-        return buffer.getvalue()
-    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+            self._csv.writerow(row)
+        elif self.fmt == "json":
+            self.stream.write(("," if self.count else "") + "\n  " + json.dumps(record))
+        else:
+            self.stream.write(json.dumps(record) + "\n")
+        self.count += 1
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            self.stream.write("\n]\n" if self.count else "]\n")
+        self.stream.flush()
+
+
+def render(records: Iterable[dict], fmt: str) -> str:
+    """All ``records`` as one text in ``fmt``."""
+    buffer = io.StringIO()
+    writer = RecordWriter(buffer, fmt)
+    for record in records:
+        writer.write(record)
+    writer.close()
+    return buffer.getvalue()

@@ -81,7 +81,7 @@ def score_series(
         except InputError:
             raise
         except Exception as exc:
-            raise InputError(ref.path, f"slice {ref.index}: {type(exc).__name__}: {exc}") from None
+            raise InputError(ref.path, f"{type(exc).__name__}: {exc}", slice=ref.index) from None
 
     reported: set[tuple[Path, str]] = set()  # a volume that cannot be read fails once, not per slice
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:

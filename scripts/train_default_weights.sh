@@ -7,7 +7,7 @@
 #
 # SOURCES: normal-dose CT (default ../shared/data/ct_sources); WORK: where the simulated data
 # and the runs go (default work/, ignored by git). Wall time on a 2-core CPU: simulation
-# ~46 min, training ~80 min with bf16, checks ~15 min (see weights/MODEL_CARD.md).
+# ~46 min, training ~60 min with bf16, checks ~15 min (see weights/MODEL_CARD.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SOURCES=${1:-../shared/data/ct_sources}

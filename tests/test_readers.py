@@ -16,7 +16,7 @@ from clinreadnet_cli.dicom_export import write_multiframe, write_series
 from clinreadnet_cli.preprocess import pad_to_square, prepare_slice, window_hu
 from clinreadnet_cli.readers import discover
 
-from .conftest import tiny_config
+from .conftest import ct_phantom, tiny_config, unit_phantom
 
 SOURCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_sources"
 
@@ -27,8 +27,7 @@ def hu() -> np.ndarray:
     source = SOURCES / "tcia-c4kc-kits_KiTS-00072.npz"
     if source.is_file():
         return np.load(source)["hu"][:6, 208:304, 208:304].astype(np.float32)
-    rng = np.random.default_rng(0)  # a checkout without ../shared: phantom-like stand-in
-    return (rng.normal(40, 30, (6, 96, 96)) + np.linspace(-900, 300, 96)[None, None]).round().astype(np.float32)
+    return ct_phantom(6, 96)  # a checkout without ../shared
 
 
 def loaded(series) -> np.ndarray:
@@ -118,8 +117,7 @@ def test_2d_image_is_one_slice(tmp_path, hu):
 
 
 def test_float_tiff_in_unit_range_passes_through_unwindowed(tmp_path):
-    rng = np.random.default_rng(1)
-    unit = rng.random((2, 128, 128), dtype=np.float32)
+    unit = unit_phantom(2, 128, seed=1)
     tifffile.imwrite(tmp_path / "pages.tif", unit)
     found = discover([tmp_path])
     refs = found.series[0].slices
@@ -130,17 +128,19 @@ def test_float_tiff_in_unit_range_passes_through_unwindowed(tmp_path):
 
 
 def test_tiff_value_rules(tmp_path):
-    tifffile.imwrite(tmp_path / "hu.tif", np.full((32, 32), 40.0, np.float32))
-    tifffile.imwrite(tmp_path / "int.tif", np.full((32, 32), 1064, np.uint16))
+    hu = ct_phantom(1, 32)[0]
+    tifffile.imwrite(tmp_path / "hu.tif", hu)
+    stored = np.clip(hu + 1024, 0, None).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "int.tif", stored)
     found = discover([tmp_path])
     assert [str(e) for e in found.errors] == [
         f"{tmp_path / 'int.tif'}: integer TIFF (uint16): say what its values are with --input-range hu or unit"]
-    with pytest.raises(Exception, match=r"float TIFF values span \[40, 40\], not \[0, 1\]"):
+    with pytest.raises(Exception, match=rf"float TIFF values span \[{hu.min():g}, {hu.max():g}\], not \[0, 1\]"):
         found.series[0].slices[0].load()
     as_unit = discover([tmp_path / "int.tif"], input_range="unit").series[0].slices[0]
-    assert as_unit.load()[0, 0] == pytest.approx(1064 / 65535)
+    assert as_unit.load()[0, 0] == pytest.approx(stored[0, 0] / 65535)
     as_hu = discover([tmp_path / "hu.tif"], input_range="hu").series[0].slices[0]
-    assert as_hu.value_range == "hu" and as_hu.load()[0, 0] == 40.0
+    assert as_hu.value_range == "hu" and as_hu.load()[0, 0] == hu[0, 0]
 
 
 def _dicomdir_and_report(tmp_path: Path) -> None:

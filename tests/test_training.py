@@ -22,7 +22,7 @@ from clinreadnet_cli.data import DatasetError, LabelledSlice, load_labelled, sco
 from clinreadnet_cli.dicom_export import write_series
 from clinreadnet_cli.metrics import correlation_metrics
 
-from .conftest import TINY
+from .conftest import TINY, ct_phantom
 
 runner = CliRunner()
 TINY_TOML = f"""
@@ -100,7 +100,7 @@ def test_bad_labels_are_one_error_naming_them(tmp_path):
 
 
 def test_csv_dataset_reads_dicom_through_the_score_readers(tmp_path):
-    hu = np.random.default_rng(0).normal(40, 20, (2, 64, 64)).astype(np.float32)
+    hu = ct_phantom(2)
     paths = write_series(hu, tmp_path / "dcm")
     (tmp_path / "labels.csv").write_text(
         "path,score,group\n" + "".join(f"dcm/{p.name},{s},patient-{k}\n" for k, (p, s) in enumerate(zip(paths, (3.2, 1.4))))

@@ -10,12 +10,13 @@ import os
 from pathlib import Path
 from typing import Iterable, Literal
 
-from .dicom import NotDicom, check_ct_image, dicom_series, read_header, skip_reason
+from .dicom import DicomImage, NotDicom, check_image, dicom_series, read_header, skip_reason
+from .limits import DEFAULT_LIMITS, Limits, regular_file_problem
 from .tiff import TIFF_SUFFIXES, tiff_series
 from .types import Discovery, InputError, Series, SliceRef
 from .volume import VOLUME_SUFFIXES, volume_series
 
-__all__ = ["Discovery", "InputError", "InputRange", "Series", "SliceRef", "discover"]
+__all__ = ["DEFAULT_LIMITS", "Discovery", "InputError", "InputRange", "Limits", "Series", "SliceRef", "discover"]
 
 InputRange = Literal["auto", "hu", "unit"]
 SUPPORTED = "DICOM, NIfTI, MHA/MHD, NRRD or TIFF"
@@ -33,7 +34,19 @@ def _suffix(path: Path) -> str:
 
 
 def _walk(paths: Iterable[Path], found: Discovery) -> list[Path]:
+    """Regular files under ``paths``. Links are followed to regular files only; directory links are
+    not followed (no loops); FIFOs, sockets and devices are skipped with a note, never opened."""
     files: list[Path] = []
+
+    def consider(file: Path, named: bool) -> None:
+        problem = regular_file_problem(file)
+        if problem is None:
+            files.append(file)
+        elif problem.startswith("not a regular file"):
+            found.notes.append(f"{file}: skipped, {problem}")
+        elif named or file.is_symlink():
+            found.errors.append(InputError(file, problem))
+
     for path in paths:
         if path.is_dir():
             for root, dirs, names in os.walk(path):
@@ -43,50 +56,62 @@ def _walk(paths: Iterable[Path], found: Discovery) -> list[Path]:
                     if _suffix(file) in DOCUMENT_SUFFIXES:
                         found.notes.append(f"{file}: skipped, not an image")
                     else:
-                        files.append(file)
-        elif path.is_file():
-            files.append(path)
+                        consider(file, named=False)
+                # os.walk lists links to directories among dirs and does not follow them
+                for name in [d for d in dirs if (Path(root) / d).is_symlink()]:
+                    found.notes.append(f"{Path(root) / name}: skipped, link to a folder (not followed)")
         else:
-            found.errors.append(InputError(path, "no such file or directory"))
+            consider(path, named=True)
     # Detached pixel files (.raw next to .mhd) are read through their header, not on their own.
     stems = {(f.parent, f.stem) for f in files if _suffix(f) in (".mhd", ".nhdr", ".hdr")}
     files = [f for f in files if not (_suffix(f) in DETACHED_DATA_SUFFIXES and (f.parent, f.stem) in stems)]
     return list(dict.fromkeys(files))
 
 
-def discover(paths: Iterable[str | Path], input_range: InputRange = "auto") -> Discovery:
+def discover(paths: Iterable[str | Path], input_range: InputRange = "auto", limits: Limits = DEFAULT_LIMITS) -> Discovery:
     """Series to score, errors for inputs that cannot be scored, notes for inputs skipped on purpose.
 
     ``input_range``: ``auto`` takes DICOM/NIfTI/MHA/NRRD as HU and float TIFF as [0, 1];
-    ``hu`` or ``unit`` declares every input's values.
+    ``hu`` or ``unit`` declares every input's values. Each file is read inside its own error
+    boundary: whatever goes wrong becomes one InputError for that file, and the rest go on.
     """
     found = Discovery()
     files = _walk((Path(p) for p in paths), found)
     volume_range = "unit" if input_range == "unit" else "hu"
-    headers = []
+    images = []
     for path in files:
-        suffix = _suffix(path)
         try:
-            if suffix in VOLUME_SUFFIXES:
-                found.series.append(volume_series(path, volume_range))
-            elif suffix in TIFF_SUFFIXES:
-                found.series.append(tiff_series(path, input_range))
-            elif suffix in OTHER_IMAGE_SUFFIXES:
-                raise InputError(path, f"{OTHER_IMAGE_SUFFIXES[suffix]} is not a CT format; expected {SUPPORTED}")
-            elif path.stat().st_size == 0:
-                raise InputError(path, "empty file")
-            else:
-                ds = read_header(path)
-                reason = skip_reason(ds)
-                if reason:
-                    found.notes.append(f"{path}: skipped, {reason}")
-                    continue
-                check_ct_image(path, ds)
-                headers.append((path, ds))
+            series = _read_file(path, input_range, volume_range, limits, found)
+            if isinstance(series, Series):
+                found.series.append(series)
+            elif series is not None:
+                images.append(series)
         except NotDicom:
             found.errors.append(InputError(path, f"not a DICOM file nor a supported image ({SUPPORTED})"))
         except InputError as exc:
             found.errors.append(exc)
-    found.series += dicom_series(headers, volume_range)
+        except Exception as exc:  # a reader library failing in a way of its own: this file only
+            found.errors.append(InputError(path, f"cannot read ({type(exc).__name__}: {exc})"))
+    found.series += dicom_series(images, volume_range)
     found.series = sorted((s for s in found.series if s.slices), key=lambda s: (str(s.slices[0].path), s.label))
     return found
+
+
+def _read_file(path: Path, input_range: InputRange, volume_range: str, limits: Limits,
+               found: Discovery) -> Series | DicomImage | None:
+    """One file's series (volume, TIFF), its checked DICOM image, or None when skipped with a note."""
+    suffix = _suffix(path)
+    if suffix in VOLUME_SUFFIXES:
+        return volume_series(path, volume_range, limits)
+    if suffix in TIFF_SUFFIXES:
+        return tiff_series(path, input_range, limits)
+    if suffix in OTHER_IMAGE_SUFFIXES:
+        raise InputError(path, f"{OTHER_IMAGE_SUFFIXES[suffix]} is not a CT format; expected {SUPPORTED}")
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty file")
+    ds = read_header(path)
+    reason = skip_reason(ds)
+    if reason:
+        found.notes.append(f"{path}: skipped, {reason}")
+        return None
+    return check_image(path, ds, limits, found.warnings.append)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pydicom
@@ -17,9 +19,11 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 
 from ..preprocess import ValueRange
+from .limits import Limits
 from .types import InputError, Series, SliceRef
 
 MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR's SOP class
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 
 
 class NotDicom(Exception):
@@ -52,13 +56,78 @@ def skip_reason(ds: Dataset) -> str | None:
     return None
 
 
-def check_ct_image(path: Path, ds: Dataset) -> None:
+@dataclass
+class DicomImage:
+    """A CT image file checked at discovery: its header, frame count and where it sits in its series."""
+
+    path: Path
+    ds: Dataset
+    frames: int
+    position: float | None  # along the slice normal (single-frame files), mm
+    instance: int | None
+    frame_order: list[int]  # frames in anatomical order where the file gives every plane position
+    series_uid: str | None
+    label: str
+    patient_id: str | None
+    spacings: list[tuple[float, float] | None]  # per frame, in frame_order
+
+
+def check_image(path: Path, ds: Dataset, limits: Limits, warn: Callable[[str], None]) -> DicomImage:
+    """Everything that can be checked before pixel data is read. Raises InputError.
+
+    Geometry that cannot be parsed is a warning (the file falls back to file order), never an error.
+    """
     modality = ds.get("Modality")
     if modality and modality != "CT":
         raise InputError(path, f"modality {modality}: clinreadnet scores CT images only")
-    samples = int(ds.get("SamplesPerPixel", 1))
+    samples = _whole(ds.get("SamplesPerPixel", 1))
     if samples != 1:
-        raise InputError(path, f"{samples} samples per pixel (colour image), not a grayscale CT slice")
+        raise InputError(path, f"{ds.get('SamplesPerPixel')!s} samples per pixel (colour image), not a grayscale CT slice")
+    rows, columns, bits = _whole(ds.get("Rows")), _whole(ds.get("Columns")), _whole(ds.get("BitsAllocated", 16))
+    if rows is None or columns is None or bits not in (8, 16, 32):
+        raise InputError(path, f"malformed image size: Rows {ds.get('Rows')!s}, Columns {ds.get('Columns')!s}, "
+                               f"BitsAllocated {ds.get('BitsAllocated')!s}")
+    frames = _whole(ds.get("NumberOfFrames", 1) or 1)
+    if frames is None or frames < 1:
+        raise InputError(path, f"NumberOfFrames {ds.get('NumberOfFrames')!s} is not a positive whole number")
+    limits.check_slices(path, rows, columns, frames, bits / 8)
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    declared = rows * columns * frames * bits // 8
+    if syntax is not None and not syntax.is_compressed and syntax != DEFLATED and declared > path.stat().st_size:
+        raise InputError(path, f"declares {frames} frame(s) of {rows} x {columns} x {bits} bits ({declared:,} bytes) "
+                               f"but the file holds {path.stat().st_size:,} bytes: truncated or wrong NumberOfFrames")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and len(per_frame) < frames:
+        raise InputError(path, f"{len(per_frame)} per-frame functional group(s) for {frames} frames")
+    try:
+        rescale(ds, 0 if frames > 1 else None)
+    except ValueError as exc:
+        raise InputError(path, str(exc)) from None
+    if "RescaleIntercept" not in ds and per_frame is None and "SharedFunctionalGroupsSequence" not in ds:
+        warn(f"{path}: no RescaleIntercept; stored values taken as HU (intercept 0)")
+    position, frame_order = None, list(range(frames))
+    if frames > 1:
+        positions = [position_along_normal(*frame_geometry(ds, f)) for f in frame_order]
+        if all(p is not None for p in positions):
+            frame_order.sort(key=lambda f: positions[f])
+    else:
+        orientation, where = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient")
+        position = position_along_normal(orientation, where)
+        if position is None and (orientation is not None or where is not None):
+            warn(f"{path}: malformed ImageOrientationPatient/ImagePositionPatient; ordered by InstanceNumber, then file name")
+    instance = _whole(ds.get("InstanceNumber")) if "InstanceNumber" in ds else None
+    if instance is None and ds.get("InstanceNumber") not in (None, ""):
+        warn(f"{path}: malformed InstanceNumber {ds.get('InstanceNumber')!s}; ordered by file name")
+    uid = str(ds.get("SeriesInstanceUID", "") or "") or None
+    label = _label(ds, path.name if frames > 1 else (path.parent.name or path.name))
+    spacings = [pixel_spacing(ds, f if frames > 1 else None) for f in frame_order]
+    return DicomImage(path, ds, frames, position, instance, frame_order, uid, label, _patient(ds), spacings)
+
+
+def _whole(value) -> int | None:
+    """An integer DICOM value, or None where it is malformed or not whole."""
+    number = _number(value)
+    return int(number) if number is not None and number == int(number) else None
 
 
 def functional_groups(ds: Dataset, frame: int | None) -> list[Dataset]:
@@ -72,26 +141,57 @@ def functional_groups(ds: Dataset, frame: int | None) -> list[Dataset]:
 
 
 def rescale(ds: Dataset, frame: int | None = None) -> tuple[float, float]:
-    """(slope, intercept): per-frame, then shared functional groups (enhanced CT), then the classic tags."""
+    """(slope, intercept): per-frame, then shared functional groups (enhanced CT), then the classic tags.
+
+    A missing intercept is 0 (the stored values are HU; discovery warns); a slope that is not a
+    finite number > 0, or an intercept that is not finite, is refused: no CT is stored that way.
+    """
+    source: Dataset = ds
     for group in functional_groups(ds, frame):
         transform = group.get("PixelValueTransformationSequence")
         if transform:
-            return float(transform[0].RescaleSlope), float(transform[0].RescaleIntercept)
-    return float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0))
+            source = transform[0]
+            break
+    slope, intercept = _number(source.get("RescaleSlope", 1.0)), _number(source.get("RescaleIntercept", 0.0))
+    if slope is None or not slope > 0:
+        raise ValueError(f"RescaleSlope {source.get('RescaleSlope')!s}: must be a finite number > 0")
+    if intercept is None:
+        raise ValueError(f"RescaleIntercept {source.get('RescaleIntercept')!s}: not a finite number")
+    return slope, intercept
+
+
+def _number(value) -> float | None:
+    """A finite float from a DICOM value, or None (malformed, NaN, inf, multi-valued)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _numbers(value, count: int) -> list[float] | None:
+    """``count`` finite floats from a multi-valued DICOM element, or None where it is malformed."""
+    try:
+        numbers = [_number(v) for v in value]
+    except TypeError:
+        return None
+    return numbers if len(numbers) == count and None not in numbers else None
 
 
 def position_along_normal(orientation, position) -> float | None:
-    """The slice's coordinate along the image-plane normal (mm), or None without geometry."""
-    if orientation is None or position is None or len(orientation) != 6 or len(position) != 3:
+    """The slice's coordinate along the image-plane normal (mm), or None without (valid) geometry."""
+    orientation = _numbers(orientation, 6) if orientation is not None else None
+    position = _numbers(position, 3) if position is not None else None
+    if orientation is None or position is None:
         return None
-    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
-    return float(np.dot(normal, np.asarray(position, float)))
+    normal = np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
+    return float(np.dot(normal, np.asarray(position)))
 
 
 def frame_geometry(ds: Dataset, frame: int) -> tuple:
     """(orientation, position) of one frame of an enhanced multi-frame object."""
     def plane(attr: str, seq: str, item: Dataset | None):
-        if item is not None and seq in item and attr in item[seq][0]:
+        if item is not None and item.get(seq) and attr in item[seq][0]:
             return item[seq][0][attr].value
         return None
 
@@ -107,23 +207,33 @@ def frame_geometry(ds: Dataset, frame: int) -> tuple:
 def load_hu(path: Path, ds: Dataset, frame: int | None) -> np.ndarray:
     """Decode one frame and apply HU = stored x slope + intercept."""
     try:
-        stored = pixel_array(str(path), index=frame)
+        slope, intercept = rescale(ds, frame)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if ds.file_meta.get("TransferSyntaxUID") == DEFLATED:  # the whole dataset is deflated: no frame seeking
+                stored = pixel_array(pydicom.dcmread(path), index=frame)
+            else:
+                stored = pixel_array(str(path), index=frame)
     except Exception as exc:
         raise InputError(path, f"cannot decode pixel data ({type(exc).__name__}: {exc})") from None
     if stored.ndim != 2:
         raise InputError(path, f"decoded pixel data has shape {stored.shape}, not a 2-D slice")
-    slope, intercept = rescale(ds, frame)
     return stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
 def pixel_spacing(ds: Dataset, frame: int | None) -> tuple[float, float] | None:
-    """(row, column) spacing in mm: per-frame, then shared functional groups, then PixelSpacing."""
+    """(row, column) spacing in mm: per-frame, then shared functional groups, then PixelSpacing.
+
+    None where it is absent or malformed (not two positive numbers); nothing in scoring needs it.
+    """
+    spacing = ds.get("PixelSpacing")
     for group in functional_groups(ds, frame):
         measures = group.get("PixelMeasuresSequence")
         if measures and "PixelSpacing" in measures[0]:
-            return float(measures[0].PixelSpacing[0]), float(measures[0].PixelSpacing[1])
-    spacing = ds.get("PixelSpacing")
-    return (float(spacing[0]), float(spacing[1])) if spacing and len(spacing) == 2 else None
+            spacing = measures[0].PixelSpacing
+            break
+    values = _numbers(spacing, 2) if spacing is not None else None
+    return (values[0], values[1]) if values and min(values) > 0 else None
 
 
 def _label(ds: Dataset, fallback: str) -> str:
@@ -133,45 +243,35 @@ def _label(ds: Dataset, fallback: str) -> str:
     return " ".join(parts)
 
 
-def _slice(path: Path, ds: Dataset, index: int, value_range: ValueRange, frame: int | None) -> SliceRef:
-    return SliceRef(path=path, index=index, value_range=value_range, load=lambda: load_hu(path, ds, frame),
-                    pixel_spacing_mm=pixel_spacing(ds, frame))
+def _slice(image: DicomImage, frame_rank: int, index: int, value_range: ValueRange) -> SliceRef:
+    """The ``frame_rank``-th frame (anatomical order) of ``image`` as slice ``index`` of its series."""
+    frame = image.frame_order[frame_rank] if image.frames > 1 else None
+    return SliceRef(path=image.path, index=index, value_range=value_range,
+                    decode=lambda: load_hu(image.path, image.ds, frame), pixel_spacing_mm=image.spacings[frame_rank])
 
 
 def _patient(ds: Dataset) -> str | None:
     return str(ds.get("PatientID", "") or "").strip() or None
 
 
-def dicom_series(headers: list[tuple[Path, Dataset]], value_range: ValueRange) -> list[Series]:
-    """Group headers into series: single-frame files by SeriesInstanceUID, ordered along the
-    slice normal (then InstanceNumber); each multi-frame file as its own series, frames ordered
-    by their plane positions where the file gives them."""
-    singles: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
+def dicom_series(images: list[DicomImage], value_range: ValueRange) -> list[Series]:
+    """Group checked images into series: single-frame files by SeriesInstanceUID, ordered along the
+    slice normal (then InstanceNumber, then file name); each multi-frame file as its own series."""
+    singles: dict[str, list[DicomImage]] = defaultdict(list)
     out: list[Series] = []
-    for path, ds in headers:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        uid = str(ds.get("SeriesInstanceUID", "") or "") or None
-        if frames == 1:
-            singles[uid or f"file:{path}"].append((path, ds))
+    for image in images:
+        if image.frames == 1:
+            singles[image.series_uid or f"file:{image.path}"].append(image)
             continue
-        order = list(range(frames))
-        positions = [position_along_normal(*frame_geometry(ds, f)) for f in order]
-        if all(p is not None for p in positions):
-            order.sort(key=lambda f: positions[f])
-        series = Series(label=_label(ds, path.name), series_uid=uid, patient_id=_patient(ds))
-        series.slices = [_slice(path, ds, i, value_range, frame) for i, frame in enumerate(order)]
+        series = Series(label=image.label, series_uid=image.series_uid, patient_id=image.patient_id)
+        series.slices = [_slice(image, i, i, value_range) for i in range(image.frames)]
         out.append(series)
     for key, members in singles.items():
-        def sort_key(item: tuple[Path, Dataset]):
-            path, ds = item
-            pos = position_along_normal(ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"))
-            return (pos is None, pos or 0.0, int(ds.get("InstanceNumber", 0) or 0), str(path))
-
-        members.sort(key=sort_key)
-        first_path, first = members[0]
-        uid = None if key.startswith("file:") else key
-        series = Series(label=_label(first, first_path.parent.name or first_path.name), series_uid=uid,
-                        patient_id=_patient(first))
-        series.slices = [_slice(path, ds, i, value_range, None) for i, (path, ds) in enumerate(members)]
+        members.sort(key=lambda m: (m.position is None, m.position or 0.0, m.instance is None, m.instance or 0,
+                                    str(m.path)))
+        first = members[0]
+        series = Series(label=first.label, series_uid=None if key.startswith("file:") else key,
+                        patient_id=first.patient_id)
+        series.slices = [_slice(m, 0, i, value_range) for i, m in enumerate(members)]
         out.append(series)
     return out

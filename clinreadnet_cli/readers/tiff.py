@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from .limits import DEFAULT_LIMITS, Limits
 from .types import InputError, Series, SliceRef
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -36,10 +37,19 @@ def _load_page(path: Path, page: int, input_range: str) -> np.ndarray:
     return data.astype(np.float32)
 
 
-def tiff_series(path: Path, input_range: str) -> Series:
+def tiff_series(path: Path, input_range: str, limits: Limits = DEFAULT_LIMITS) -> Series:
     try:
         with tifffile.TiffFile(path) as tif:
-            pages = [(p.shape, p.dtype, p.samplesperpixel) for p in tif.pages]
+            pages, offsets = [], set()
+            for page in tif.pages:
+                if page.offset in offsets:
+                    raise InputError(path, f"damaged TIFF: its chain of pages loops back to offset {page.offset}")
+                if len(pages) == limits.max_slices:
+                    raise InputError(path, f"more than {limits.max_slices} TIFF pages (--limit max_slices=N)")
+                offsets.add(page.offset)
+                pages.append((page.shape, page.dtype, page.samplesperpixel))
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
     if not pages:
@@ -47,13 +57,17 @@ def tiff_series(path: Path, input_range: str) -> Series:
     shape, dtype, samples = pages[0]
     if samples != 1 or len(shape) != 2:
         raise InputError(path, f"TIFF pages of shape {shape} ({samples} samples per pixel): not a grayscale slice")
+    for page_shape, *_ in pages:
+        if len(page_shape) != 2:
+            raise InputError(path, f"a TIFF page of shape {page_shape}: not a grayscale slice")
+        limits.check_slices(path, page_shape[0], page_shape[1], len(pages), np.dtype(dtype).itemsize)
     is_float = np.issubdtype(dtype, np.floating)
     if not is_float and input_range == "auto":
         raise InputError(path, f"integer TIFF ({dtype}): say what its values are with --input-range hu or unit")
     value_range = "hu" if input_range == "hu" else "unit"
     series = Series(label=path.name, series_uid=None)
     series.slices = [
-        SliceRef(path=path, index=k, value_range=value_range, load=lambda k=k: _load_page(path, k, input_range))
+        SliceRef(path=path, index=k, value_range=value_range, decode=lambda k=k: _load_page(path, k, input_range))
         for k in range(len(pages))
     ]
     return series

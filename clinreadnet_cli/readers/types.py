@@ -9,18 +9,21 @@ from typing import Callable
 import numpy as np
 
 from ..preprocess import ValueRange
+from .content import content_problem
 
 
 class InputError(Exception):
-    """An input that cannot be scored; the message is the reason, ``path`` the file."""
+    """An input that cannot be scored: ``path`` the file, ``slice`` the slice where only one failed."""
 
-    def __init__(self, path: Path | str, reason: str):
+    def __init__(self, path: Path | str, reason: str, slice: int | None = None):
         super().__init__(reason)
         self.path = Path(path)
         self.reason = reason
+        self.slice = slice
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
+        where = f" slice {self.slice}" if self.slice is not None else ""
+        return f"{self.path}:{where}: {self.reason}" if where else f"{self.path}: {self.reason}"
 
 
 @dataclass
@@ -30,8 +33,16 @@ class SliceRef:
     path: Path  # the file holding this slice
     index: int  # 0-based position in its series / volume
     value_range: ValueRange
-    load: Callable[[], np.ndarray]  # -> 2-D float32 array (HU or [0, 1]); raises on bad data
+    decode: Callable[[], np.ndarray]  # -> 2-D float32 array (HU or [0, 1]); raises InputError on bad data
     pixel_spacing_mm: tuple[float, float] | None = None  # (between rows, between columns), when known
+
+    def load(self) -> np.ndarray:
+        """The decoded slice, refused (InputError) when its content is damaged or not CT."""
+        image = self.decode()
+        problem = content_problem(image, self.value_range)
+        if problem:
+            raise InputError(self.path, problem, slice=self.index)
+        return image
 
 
 @dataclass
@@ -49,3 +60,4 @@ class Discovery:
     series: list[Series] = field(default_factory=list)
     errors: list[InputError] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # inputs skipped on purpose (DICOMDIR, reports, ...)
+    warnings: list[str] = field(default_factory=list)  # inputs read with a fallback (file order, default intercept)
