@@ -247,7 +247,14 @@ def train(
             saved = run_dir / "config.json"
             if not saved.is_file():
                 _usage_error(f"--resume: no run to continue in {run_dir} (no config.json)")
-            options.update(json.loads(saved.read_text()))
+            try:
+                stored = json.loads(saved.read_text())
+                if not isinstance(stored, dict):
+                    raise ValueError("not a table of options")
+            except (OSError, ValueError) as exc:
+                _usage_error(f"--resume: {saved} is damaged ({exc}); this run cannot resume: "
+                             "start a fresh run with a new --out")
+            options.update(stored)
         options.update(from_file)
         options.update({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None})
         if input_path is not None:

@@ -156,7 +156,22 @@ def save_state(path: Path, model: ClinReadNet, optimizer, scheduler, epoch: int,
 
 
 def load_state(path: Path, model: ClinReadNet, optimizer, scheduler) -> tuple[int, float]:
-    """Restore everything ``save_state`` wrote; returns (epochs done, best validation Score)."""
+    """Restore everything ``save_state`` wrote; returns (epochs done, best validation Score).
+
+    A damaged state file (truncated by a kill, edited) is one ConfigError saying what to do.
+    """
+    try:
+        return _load_state(path, model, optimizer, scheduler)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path}: damaged training state ({reason[:200]}); this run cannot resume: start a fresh "
+                          f"run with a new --out (add --init-weights {path.parent / 'best.safetensors'} "
+                          "to keep what it learnt)") from None
+
+
+def _load_state(path: Path, model: ClinReadNet, optimizer, scheduler) -> tuple[int, float]:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         if meta.get("format") != STATE_FORMAT:
@@ -225,7 +240,13 @@ def _train(cfg: TrainConfig, resume: bool, emit: Event, out: Path, device, world
     if resume:
         if not (out / "last_state.safetensors").is_file():
             raise DatasetError(f"{out}: nothing to resume (no last_state.safetensors)")
-        split = json.loads(split_path.read_text())
+        try:
+            split = json.loads(split_path.read_text())
+            if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("train", "val")):
+                raise ValueError("no train and val lists")
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{split_path}: missing or damaged ({exc}); this run cannot resume without the split "
+                               "it was trained on: start a fresh run with a new --out") from None
     else:
         train_keys, val_keys = split_train_val(list(items.values()), cfg.val_fraction, cfg.seed)
         split = {"data": str(cfg.data), "seed": cfg.seed, "train": train_keys, "val": val_keys}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -138,3 +139,37 @@ def test_fine_tuning_refuses_weights_of_another_architecture(tmp_path):
     save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(WeightsError, match="not a clinreadnet weights file"):
         checkpoint.initialise_from(create_model(tiny_config()), tmp_path / "other.safetensors")
+
+
+def _hostile(tmp_path, trained, name, config=None, tensors=None, raw_config=None):
+    """A weights file built from a real one with its header config or tensors replaced."""
+    stored = trained.config.to_dict()
+    if config:
+        stored.update(config)
+    values = {k: v.detach().clone() for k, v in trained.state_dict().items()}
+    if tensors:
+        values.update(tensors(values))
+    text = raw_config if raw_config is not None else json.dumps(stored)
+    path = tmp_path / f"{name}.safetensors"
+    save_file(values, str(path), metadata={"format": checkpoint.FORMAT, "config": text})
+    return path
+
+
+@pytest.mark.parametrize("name, change, message", [
+    ("null", dict(raw_config="null"), "must be a JSON object"),
+    ("list", dict(raw_config="[1, 2]"), "must be a JSON object"),
+    ("deep", dict(raw_config="[" * 10000 + "]" * 10000), "nested too deeply"),
+    ("zero-heads", dict(config={"classifier_heads": 0}), "classifier_heads 0"),
+    ("huge-input", dict(config={"img_size": 100000}), "img_size 100000"),
+    ("window-zero", dict(config={"window_width": 0}), "window_width"),
+    ("window-nan", dict(raw_config='{"name": "clinreadnet", "window_width": NaN}'), "finite number"),
+    ("deep-stage", dict(config={"depths": [1, 1, 600, 2]}), "depths"),
+    ("string-size", dict(config={"img_size": "128"}), "img_size must be int"),
+    ("nan-tensor", dict(tensors=lambda v: {"head.heads.0.weight": torch.full_like(v["head.heads.0.weight"], float("nan"))}),
+     "non-finite"),
+])
+def test_hostile_weights_are_refused_in_one_line(tmp_path, trained, name, change, message):
+    path = _hostile(tmp_path, trained, name, **change)
+    with pytest.raises(WeightsError, match=message) as err:
+        load_model(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)

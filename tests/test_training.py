@@ -249,3 +249,23 @@ def test_two_process_gloo_run(ldct, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "best.safetensors").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) == 1
     assert "x2" in proc.stderr  # both processes took part
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate-state", "damaged training state"),
+    ("garbage-config", "config.json is damaged"),
+    ("missing-split", "split.json: missing or damaged"),
+])
+def test_a_broken_run_folder_is_one_line_saying_what_to_do(ldct, tmp_path, damage, message):
+    out = tmp_path / "run"
+    assert train("--data", ldct / "train", "--config", ldct / "tiny.toml", "--epochs", 1, "--out", out).exit_code == 0
+    if damage == "truncate-state":
+        state = out / "last_state.safetensors"
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    elif damage == "garbage-config":
+        (out / "config.json").write_text("{not json")
+    else:
+        (out / "split.json").unlink()
+    result = train("--resume", "--out", out, "--epochs", 2)
+    assert result.exit_code == 2 and message in result.stderr and "start a fresh run" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
