@@ -75,11 +75,12 @@ def _nifti_non_finite(path: Path, image: sitk.Image) -> sitk.Image | None:
             return None
         offset = int(np.frombuffer(header[108:112], f"{order}f4")[0])
         f.read(max(0, offset - NIFTI_HEADER_BYTES))
-        voxels = np.frombuffer(f.read(), np.dtype(NIFTI_FLOAT_TYPES[datatype]).newbyteorder(order))
-    expected = int(np.prod(image.GetSize()))
+        dtype = np.dtype(NIFTI_FLOAT_TYPES[datatype]).newbyteorder(order)
+        expected = int(np.prod(image.GetSize()))
+        voxels = np.frombuffer(f.read(expected * dtype.itemsize), dtype)  # never more than declared
     if voxels.size < expected:
         return None  # the size check has refused a short file already
-    bad = ~np.isfinite(voxels[:expected])
+    bad = ~np.isfinite(voxels)
     if not bad.any():
         return None
     mask = sitk.GetImageFromArray(bad.reshape(image.GetSize()[::-1]).astype(np.uint8))

@@ -1,0 +1,38 @@
+"""Command line: a thin layer over the workflows, one module per command (parse, call, print)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import warnings
+
+import typer
+
+from .. import __version__
+from . import evaluate, models, score, simulate, train  # noqa: F401  (each registers its command)
+from .app import app
+
+__all__ = ["app", "main"]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"clinreadnet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    pass
+
+
+def main() -> None:
+    # Damaged inputs are reported once each by the readers; pydicom's own warnings would repeat them.
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    warnings.filterwarnings("ignore", message=r"Invalid value for VR", category=UserWarning)
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # its complaints become our error records
+    # `clinreadnet score ... | head`: a closed pipe ends the process quietly, as for any Unix filter.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    app()

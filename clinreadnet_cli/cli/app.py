@@ -1,0 +1,73 @@
+"""What every command shares: the Typer app, the consoles, option choices, exit codes, messages.
+
+Data goes to stdout, messages and progress to stderr. Exit codes: 0 all good, 1 some inputs
+failed, 2 usage error or nothing to do, 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+app = typer.Typer(
+    name="clinreadnet",
+    help="No-reference CT image quality scores on the radiologists' 0-4 scale (ClinReadNet).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stdout = Console()
+stderr = Console(stderr=True, soft_wrap=True)  # never break a message across lines
+
+
+class ListFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class InputRangeChoice(str, Enum):
+    auto = "auto"
+    hu = "hu"
+    unit = "unit"
+
+
+
+def usage_error(message: str) -> NoReturn:
+    stderr.print(f"[bold red]error:[/] {escape(message)}")
+    raise typer.Exit(EXIT_USAGE)
+
+
+def print_messages(notes=(), warnings=(), errors=()) -> None:
+    """Notes (inputs skipped on purpose), warnings (read with a fallback) and errors, one line each."""
+    for note in notes:
+        stderr.print(f"[dim]note:[/] {escape(str(note))}")
+    for warning in warnings:
+        stderr.print(f"[yellow]warning:[/] {escape(str(warning))}")
+    for err in errors:
+        stderr.print(f"[bold red]error:[/] {escape(str(err))}")

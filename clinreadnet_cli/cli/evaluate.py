@@ -1,0 +1,76 @@
+"""clinreadnet evaluate: PLCC, SROCC, KROCC and Score on a labelled split, with the noise_hu baseline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .app import Device, ListFormat, app, stdout, usage_error
+
+
+@app.command()
+def evaluate(
+    data: Path = typer.Option(..., help="Labelled data: LDCTIQAG2023 folder or a CSV of path,score."),
+    split: str = typer.Option("test", help="test | val | train | all (val/train use the run's split.json)."),
+    weights: Optional[Path] = typer.Option(None, help="Weights file or shipped weights by name (sim-v1). "
+                                                      "Default: sim-v1."),
+    split_file: Optional[Path] = typer.Option(None, help="split.json of the run (default: beside --weights)."),
+    device: Device = typer.Option(Device.auto),
+    batch_size: int = typer.Option(8, min=1),
+    workers: int = typer.Option(2, min=0),
+    fmt: ListFormat = typer.Option(ListFormat.table, "--format", help="table or json"),
+    predictions: Optional[Path] = typer.Option(None, help="Write per-image path,label,prediction,class CSV here."),
+) -> None:
+    """Report PLCC, SROCC, KROCC and Score of a model on a labelled split."""
+    import csv
+    import io
+
+    from ..atomic import write_text_atomic
+    from ..checkpoint import WeightsError, read_config, resolve_weights
+    from ..data import DatasetError
+    from ..evaluation import evaluate as run_evaluation
+    from ..evaluation import noise_baseline, select_split, simulation_checks
+    from ..metrics import correlation_metrics
+    from ..scoring import resolve_device
+
+    weights_path = resolve_weights(weights)
+    if not weights_path.is_file():
+        usage_error(f"no weights at {weights_path}; pass --weights FILE")
+    try:
+        torch_device = resolve_device(device.value)
+        items = select_split(data, split, split_file or weights_path.parent / "split.json")
+        metrics, preds = run_evaluation(weights_path, items, torch_device, batch_size=batch_size, workers=workers)
+        noise = noise_baseline(items, read_config(weights_path))
+        measured = [(-n, p.item.score) for n, p in zip(noise, preds) if n == n]
+        baseline = correlation_metrics(*zip(*measured)) if measured else correlation_metrics([], [])
+        ordering = simulation_checks(data, preds, noise)
+    except (ValueError, DatasetError, WeightsError) as exc:
+        usage_error(str(exc))
+    if predictions is not None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path", "label", "prediction", "class", "noise_hu"])
+        for p, n in zip(preds, noise):
+            writer.writerow([str(p.item.path), p.item.score, repr(p.score), p.label, "" if n != n else f"{n:.3f}"])
+        write_text_atomic(predictions, buffer.getvalue())
+    if fmt is ListFormat.json:
+        extra = {"ordering": ordering} if ordering else {}
+        typer.echo(json.dumps({"split": split, "images": len(preds), **metrics,
+                               "noise_hu_baseline": {**baseline, "images": len(measured)}, **extra}, indent=2))
+        return
+    table = Table("metric", "model", "noise_hu (baseline)", title=f"{split} split, {len(preds)} images")
+    for name in ("plcc", "srocc", "krocc", "score"):
+        table.add_row(name.upper() if name != "score" else "Score", f"{metrics[name]:.4f}", f"{baseline[name]:.4f}")
+    if ordering:  # a simulated dataset: does the score fall with dose and views?
+        model, classical = ordering["model"], ordering["noise_hu"]
+        for name, label in (("within_slice", "ordering within a slice"), ("cross_slice", "ordering across slices"),
+                            ("cross_patient", "ordering across patients"),
+                            ("untouched_vs_low_dose", "untouched vs its <= 25 % dose")):
+            table.add_row(f"{label} ({model[name + '_pairs']} pairs)", f"{model[name]:.2%}", f"{classical[name]:.2%}")
+        table.add_row("mean, untouched sources", f"{model['untouched_mean']:.2f}", f"{-classical['untouched_mean']:.1f} HU")
+        table.add_row("mean, least dose + fewest views", f"{model['worst_mean']:.2f}", f"{-classical['worst_mean']:.1f} HU")
+    stdout.print(table)

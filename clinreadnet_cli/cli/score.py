@@ -1,0 +1,152 @@
+"""clinreadnet score: per-slice scores of files and folders, as a table or streamed records."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.progress import MofNCompleteColumn, Progress
+from rich.table import Table
+
+from .app import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    Device,
+    InputRangeChoice,
+    OutputFormat,
+    Precision,
+    app,
+    print_messages,
+    stderr,
+    stdout,
+    usage_error,
+)
+
+GRADE_STYLE = {"bad": "bold red", "poor": "red", "fair": "yellow", "good": "green", "excellent": "bold green"}
+
+
+@app.command()
+def score(
+    paths: list[Path] = typer.Argument(..., help="DICOM / NIfTI / MHA / NRRD / TIFF files or folders (searched recursively)."),
+    weights: Optional[Path] = typer.Option(None, help="Weights file (.safetensors) or shipped weights by name "
+                                                      "(sim-v1). Default: sim-v1."),
+    device: Device = typer.Option(Device.auto, help="auto picks CUDA when present."),
+    batch_size: int = typer.Option(8, min=1, help="Slices per model call; bounds memory."),
+    workers: int = typer.Option(2, min=1, help="Background threads decoding slices."),
+    precision: Precision = typer.Option(
+        Precision.auto, help="auto: fp32 on CPU, bf16 autocast on CUDA. bf16 on a CPU with AVX512-BF16 is faster."),
+    int8: bool = typer.Option(False, "--int8", help="CPU: dynamic int8 quantisation of the linear layers (faster)."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (pays off on long runs)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch compute threads (default: torch's choice)."),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table for people; json, jsonl, csv for pipelines."),
+    output: Optional[Path] = typer.Option(None, help="Write the records to FILE (atomically) instead of stdout."),
+    threshold: float = typer.Option(2.0, help="Summary counts slices scoring below this (2 = fair)."),
+    input_range: InputRangeChoice = typer.Option(
+        InputRangeChoice.auto, help="auto: HU for DICOM/NIfTI/MHA/NRRD, [0,1] for float TIFF; or declare hu / unit."),
+    limit: Optional[list[str]] = typer.Option(
+        None, help="Raise or lower an input cap, NAME=VALUE (repeatable): max_side, max_aspect, max_slices, "
+                   "max_volume_mib. See the README's input rules."),
+) -> None:
+    """Score every CT slice of the given files and folders (0 bad ... 4 excellent)."""
+    # Imported here so that --help, --version and `models` start without torch.
+    from .. import report
+    from ..atomic import output_problem, streaming_output
+    from ..checkpoint import WeightsError, load_model, resolve_weights
+    from ..inference import resolve_options
+    from ..readers import InputError, Limits, discover
+    from ..scoring import SliceScore, resolve_device, score_series
+
+    if output is not None and fmt is OutputFormat.table:
+        suffix = output.suffix.lower().lstrip(".")
+        if suffix not in report.FORMATS:
+            usage_error(f"cannot tell the format of {output}; pass --format json, jsonl or csv")
+        fmt = OutputFormat(suffix)
+    if output is not None and (problem := output_problem(output)):
+        usage_error(f"--output: {problem}")
+    try:
+        limits = Limits.from_pairs(limit or [])
+        torch_device = resolve_device(device.value)
+        options = resolve_options(torch_device, precision.value, int8, compile_model)
+    except ValueError as exc:
+        usage_error(str(exc))
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    weights_path = resolve_weights(weights)
+    if not weights_path.is_file():
+        usage_error(f"no weights at {weights_path}; pass --weights FILE (a clinreadnet .safetensors file)")
+    try:
+        model = load_model(weights_path)
+    except WeightsError as exc:
+        usage_error(str(exc))
+
+    found = discover(paths, input_range.value, limits)
+    print_messages(found.notes, found.warnings, found.errors)
+    if not found.series and not found.errors:
+        usage_error("nothing to score: no files found in " + ", ".join(map(str, paths)))
+
+    scores: list = []  # kept for the table only; records stream out as they come
+    failures, scored = len(found.errors), 0
+    try:
+        with contextlib.ExitStack() as stack:
+            writer = None
+            if fmt is not OutputFormat.table:
+                stream = sys.stdout if output is None else stack.enter_context(streaming_output(output))
+                writer = report.RecordWriter(stream, fmt.value)
+                for err in found.errors:
+                    writer.write(report.to_record(err))
+            progress = stack.enter_context(Progress(*Progress.get_default_columns(), MofNCompleteColumn(),
+                                                    console=stderr, transient=True, disable=not stderr.is_terminal))
+            task = progress.add_task("scoring", total=sum(len(s.slices) for s in found.series))
+            try:
+                for item in score_series(found.series, model, torch_device, batch_size=batch_size, workers=workers,
+                                         on_slice=lambda: progress.advance(task), options=options):
+                    if isinstance(item, InputError):
+                        failures += 1
+                        print_messages(errors=[item])
+                    elif writer is None:
+                        scores.append(item)
+                    scored += isinstance(item, SliceScore)
+                    if writer is not None:
+                        writer.write(report.to_record(item))
+            finally:  # also on Ctrl-C: a JSON array is closed over the records written so far
+                if writer is not None:
+                    writer.close()
+    except OSError as exc:  # the output could not be written (disk full, ...): the partial file is removed
+        usage_error(f"cannot write the records to {output or 'stdout'}: {exc.strerror or exc}")
+    except KeyboardInterrupt as exc:
+        kept = f"; the records so far are in {exc.partial_path}" if hasattr(exc, "partial_path") else ""
+        stderr.print(f"interrupted after {scored} slice(s){escape(kept)}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if fmt is OutputFormat.table:
+        _print_tables(scores, threshold)
+    elif output is not None:
+        stderr.print(f"wrote {scored} slice records and {failures} errors to {escape(str(output))}")
+    if failures:
+        stderr.print(f"[bold red]{failures} input(s) failed[/]; {scored} slice(s) scored")
+    raise typer.Exit(EXIT_PARTIAL if failures else EXIT_OK)
+
+
+def _print_tables(scores: list, threshold: float) -> None:
+    from ..scoring import group_by_series, summarise
+
+    for rows in group_by_series(scores):
+        summary = summarise(rows, threshold)
+        uid = f"  [dim]{summary.series_uid}[/]" if summary.series_uid else ""
+        stdout.print(f"[bold]{escape(summary.series)}[/]{uid}", soft_wrap=True)
+        table = Table("file", "slice", "score", "grade", "class", "noise HU")
+        for s in rows:
+            style = GRADE_STYLE[s.grade]
+            noise = f"{s.noise.noise_hu:.1f}" if s.noise.noise_hu is not None else f"[dim]– {s.noise.note}[/]"
+            table.add_row(escape(s.path.name), str(s.slice), f"{s.score:.2f}", f"[{style}]{s.grade}[/]", str(s.label), noise)
+        stdout.print(table)
+        stdout.print(
+            f"  {summary.slices} slice{'s' if summary.slices != 1 else ''} · mean {summary.mean:.2f} · min {summary.min:.2f} · "
+            f"{summary.below_threshold} below {threshold:g}\n"
+        )

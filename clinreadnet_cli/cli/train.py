@@ -1,0 +1,114 @@
+"""clinreadnet train: the paper's protocol on the LDCTIQAG2023 layout or a CSV."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.progress import MofNCompleteColumn, Progress, TextColumn
+
+from .app import Device, app, stderr, usage_error
+
+
+@app.command()
+def train(
+    data: Optional[Path] = typer.Option(None, help="Training data: LDCTIQAG2023 folder (image/ + train.json) or a CSV."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/clinreadnet)."),
+    config: Optional[Path] = typer.Option(None, help="TOML or YAML file of training options; flags override it."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished epoch."),
+    model: Optional[str] = typer.Option(None, help="Named model config (see `clinreadnet models`)."),
+    epochs: Optional[int] = typer.Option(None, min=1),
+    batch_size: Optional[int] = typer.Option(None, min=1),
+    lr: Optional[float] = typer.Option(None),
+    img_size: Optional[int] = typer.Option(None, help="Network input size (default 224)."),
+    input_path: Optional[str] = typer.Option(None, help="How a slice becomes the input: decimate (default), crop, "
+                                                        "resize (weights v1). See docs/model.md."),
+    val_fraction: Optional[float] = typer.Option(None, help="Share of the data held out for validation (0.2)."),
+    seed: Optional[int] = typer.Option(None),
+    device: Optional[Device] = typer.Option(None),
+    workers: Optional[int] = typer.Option(None, min=0, help="DataLoader worker processes."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (CUDA, or CPUs with AVX512-BF16/AMX)."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Tab. 1 augmentation."),
+    loss_off: Optional[list[str]] = typer.Option(None, help="Switch off an HRPS term (repeatable)."),
+    backbone_checkpoint: Optional[Path] = typer.Option(None, help="Local Swin-T .safetensors to start from."),
+    init_weights: Optional[str] = typer.Option(None, help="Fine-tune from clinreadnet weights: a file or a name "
+                                                          "(sim-v1); tensors that fit are copied."),
+) -> None:
+    """Train a model on the LDCTIQAG2023 layout (image/*.tif + train.json) or a CSV of path,score."""
+    from ..config import ConfigError
+    from ..data import DatasetError
+    from ..training import TrainConfig, read_config_file
+    from ..training import train as run_training
+
+    flags = {
+        "data": data, "out": out, "model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "img_size": img_size, "val_fraction": val_fraction, "seed": seed, "device": device and device.value,
+        "workers": workers, "amp": amp, "augment": augment, "loss_off": loss_off,
+        "backbone_checkpoint": backbone_checkpoint, "init_weights": init_weights,
+    }
+    options: dict = {}
+    try:
+        from_file = read_config_file(config) if config else {}
+        run_dir = Path(out or from_file.get("out") or "runs/clinreadnet")
+        if resume:  # the run's own options first; the file and the flags may change some (e.g. epochs)
+            saved = run_dir / "config.json"
+            if not saved.is_file():
+                usage_error(f"--resume: no run to continue in {run_dir} (no config.json)")
+            try:
+                stored = json.loads(saved.read_text())
+                if not isinstance(stored, dict):
+                    raise ValueError("not a table of options")
+            except (OSError, ValueError) as exc:
+                usage_error(f"--resume: {saved} is damaged ({exc}); this run cannot resume: "
+                             "start a fresh run with a new --out")
+            options.update(stored)
+        options.update(from_file)
+        options.update({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None})
+        if input_path is not None:
+            options["model_overrides"] = {**options.get("model_overrides", {}), "input_path": input_path}
+        if "data" not in options:
+            usage_error("--data is required (an LDCTIQAG2023 folder or a CSV)")
+        cfg = TrainConfig.from_dict(options)
+    except ConfigError as exc:
+        usage_error(str(exc))
+
+    show = os.environ.get("RANK", "0") == "0"
+    progress = Progress(*Progress.get_default_columns(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                        console=stderr, transient=True, disable=not (show and stderr.is_terminal))
+    task = None
+
+    def on_event(kind: str, info: dict) -> None:
+        nonlocal task
+        if not show:
+            return
+        if kind == "start":
+            stderr.print(f"training {cfg.model} on {info['train']} images, validating on {info['val']}, "
+                         f"{info['steps']} steps/epoch, device {info['device']} x{info['world']}"
+                         + (", bf16 autocast" if info["amp"] else ""))
+        elif kind == "init":
+            stderr.print(f"starting from {info['weights']}: {info['copied']} tensors copied, "
+                         f"{len(info['fresh'])} freshly initialised" + (f" ({', '.join(info['fresh'][:4])}"
+                         + (", ..." if len(info["fresh"]) > 4 else "") + ")" if info["fresh"] else ""))
+        elif kind == "batch":
+            if task is None or info["step"] == 0:
+                if task is not None:
+                    progress.remove_task(task)
+                task = progress.add_task(f"epoch {info['epoch'] + 1}/{cfg.epochs}", total=info["steps"], info="")
+            progress.update(task, advance=1, info=f"loss {info['loss']:.3f} lr {info['lr']:.2e}")
+        elif kind == "epoch":
+            names = {"val_plcc": "PLCC", "val_srocc": "SROCC", "val_krocc": "KROCC", "val_score": "Score"}
+            val = " ".join(f"{name} {info[k]:.4f}" for k, name in names.items() if k in info)
+            stderr.print(f"epoch {info['epoch']}/{cfg.epochs}  loss {info['train_loss']:.4f}  lr {info['lr']:.2e}  "
+                         f"{val}{'  (best)' if info.get('best') else ''}  {info['train_seconds']:.0f} s")
+
+    try:
+        with progress:
+            result = run_training(cfg, resume=resume, on_event=on_event)
+    except (ConfigError, DatasetError) as exc:
+        usage_error(str(exc))
+    if show:
+        stderr.print(f"done: {escape(str(result.out / 'best.safetensors'))} (best validation Score {result.best_score:.4f})")
