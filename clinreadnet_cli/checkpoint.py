@@ -5,6 +5,7 @@ Only safetensors is read: no pickle, so a weights file cannot run code.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -38,6 +39,17 @@ def resolve_weights(value: str | Path | None) -> Path:
     if not Path(value).exists() and str(value) in NAMED_WEIGHTS:
         return NAMED_WEIGHTS[str(value)]
     return Path(value)
+
+
+def weights_identity(path: str | Path) -> dict:
+    """What records say about the weights that scored them: the shipped name or the file, and its SHA-256."""
+    path = Path(path)
+    names = [name for name, shipped in NAMED_WEIGHTS.items() if shipped.resolve() == path.resolve()]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"weights": names[0] if names else str(path), "weights_sha256": digest.hexdigest()}
 
 
 class WeightsError(ValueError):

@@ -5,19 +5,38 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 from typing import Iterable, TextIO
 
 from .readers import InputError
+from .readers.types import META_FIELDS
 from .scoring import SliceScore
 
 FIELDS = ["path", "series", "series_uid", "slice", "score", "grade", "class", "head_scores", "noise_hu",
-          "noise_note", "error"]
+          "noise_note", *META_FIELDS, "weights", "weights_sha256", "error"]
 FORMATS = ("json", "jsonl", "csv")
 
 
-def to_record(item: SliceScore | InputError) -> dict:
+def choose_format(requested: str | None, output: Path | None, stdout_is_terminal: bool) -> str:
+    """The output format: ``requested`` if given; else the ``output`` file's suffix; else a table on
+    a terminal and JSON Lines into a pipe or file. Raises ValueError where they disagree."""
+    if output is not None:
+        suffix = output.suffix.lower().lstrip(".")
+        if requested == "table":
+            raise ValueError(f"--output {output}: a table is for the terminal; pass --format json, jsonl or csv")
+        if suffix in FORMATS and requested not in (None, suffix):
+            raise ValueError(f"--output {output} says {suffix} but --format says {requested}; make them agree")
+        if suffix not in FORMATS and requested is None:
+            raise ValueError(f"cannot tell the format of {output} from its suffix; pass --format json, jsonl or csv")
+        return requested or suffix
+    if requested is not None:
+        return requested
+    return "table" if stdout_is_terminal else "jsonl"
+
+
+def to_record(item: SliceScore | InputError, weights: dict | None = None) -> dict:
     """A score record, or for a failed input ``{"path", "slice", "error"}`` and no score
-    (``slice`` is null when the whole file failed)."""
+    (``slice`` is null when the whole file failed). ``weights``: ``{"weights", "weights_sha256"}``."""
     if isinstance(item, InputError):
         return {"path": str(item.path), "slice": item.slice, "error": item.reason}
     return {
@@ -26,6 +45,8 @@ def to_record(item: SliceScore | InputError) -> dict:
         "head_scores": [round(h, 4) for h in item.head_scores],
         "noise_hu": None if item.noise.noise_hu is None else round(item.noise.noise_hu, 2),
         "noise_note": item.noise.note,
+        **{name: item.meta.get(name) for name in META_FIELDS},
+        **(weights or {}),
     }
 
 

@@ -6,10 +6,9 @@ not by the study: a 1,000-slice series is never held as float32 in one piece.
 
 from __future__ import annotations
 
-import statistics
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -36,16 +35,7 @@ class SliceScore:
     label: int  # arg-max class 0..20
     head_scores: list[float]
     noise: NoiseFigure  # the classical noise figure, beside (never inside) the score
-
-
-@dataclass
-class SeriesSummary:
-    series: str
-    series_uid: str | None
-    slices: int
-    mean: float
-    min: float
-    below_threshold: int
+    meta: dict = field(default_factory=dict)  # where the slice comes from (DICOM UIDs, acquisition), see SliceRef
 
 
 def resolve_device(name: str) -> torch.device:
@@ -135,25 +125,7 @@ def _run_batch(predict: Callable[[torch.Tensor], Prediction], device: torch.devi
             continue
         out.append(SliceScore(
             path=ref.path, series=s.label, series_uid=s.series_uid, slice=ref.index, score=scores[k],
-            grade=grade_name(scores[k]), label=labels[k], head_scores=heads[k], noise=item[1],
+            grade=grade_name(scores[k]), label=labels[k], head_scores=heads[k], noise=item[1], meta=ref.meta,
         ))
         k += 1
     return out
-
-
-def group_by_series(scores: Iterable[SliceScore]) -> list[list[SliceScore]]:
-    """Scores split into their series, in first-seen order (series without a UID are per file)."""
-    groups: dict[tuple, list[SliceScore]] = {}
-    for s in scores:
-        key = (s.series, s.series_uid) if s.series_uid else (s.series, s.path)
-        groups.setdefault(key, []).append(s)
-    return list(groups.values())
-
-
-def summarise(series_scores: list[SliceScore], threshold: float) -> SeriesSummary:
-    """Slice count, mean and min score, and slices below ``threshold`` of one series."""
-    values = [s.score for s in series_scores]
-    first = series_scores[0]
-    return SeriesSummary(series=first.series, series_uid=first.series_uid, slices=len(values),
-                         mean=statistics.fmean(values), min=min(values),
-                         below_threshold=sum(v < threshold for v in values))

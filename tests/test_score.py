@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 import tifffile
@@ -25,7 +26,8 @@ from .conftest import ct_phantom, tiny_config, unit_phantom
 
 runner = CliRunner()
 RECORD_KEYS = {"path", "series", "series_uid", "slice", "score", "grade", "class", "head_scores", "noise_hu",
-               "noise_note"}
+               "noise_note", "study_uid", "sop_uid", "instance_number", "z_mm", "slice_thickness_mm", "kvp", "mas",
+               "ctdivol_mgy", "kernel", "manufacturer", "weights", "weights_sha256"}
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +126,10 @@ def test_csv_and_jsonl_carry_the_same_records(study, weights):
 
 
 def test_table_shows_series_and_summary(study, weights):
-    result = run(study / "series", "--weights", weights, "--threshold", "4.1")
+    result = run(study / "series", "--weights", weights, "--threshold", "4.1", "--format", "table")
     assert result.exit_code == 0
     assert "IM0001.dcm" in result.stdout and "3 slices" in result.stdout and "3 below 4.1" in result.stdout
+    assert "class" not in result.stdout  # the raw class means nothing to a reader; score and grade say it
 
 
 def test_output_file_is_written_whole_or_not_at_all(study, weights, tmp_path, monkeypatch):
@@ -211,3 +214,51 @@ def test_decoding_runs_ahead_of_the_model_by_at_most_two_batches(weights):
     assert first.slice == 0
     assert len(loads) <= 3 * 4  # the batch scored plus at most two batches in flight
     assert sum(1 for _ in stream) == 199 and len(loads) == 200
+
+
+def test_output_format_follows_the_destination(study, weights, tmp_path):
+    piped = run(study / "series", "--weights", weights)  # the test runner's stdout is not a terminal
+    assert [json.loads(line)["slice"] for line in piped.stdout.splitlines()] == [0, 1, 2]
+    assert run(study / "series", "--weights", weights, "--output", tmp_path / "s.csv").exit_code == 0
+    assert (tmp_path / "s.csv").read_text().startswith("path,series,")
+    mismatch = run(study / "series", "--weights", weights, "--format", "json", "--output", tmp_path / "x.csv")
+    assert mismatch.exit_code == 2 and "make them agree" in mismatch.stderr and not (tmp_path / "x.csv").exists()
+    unknown = run(study / "series", "--weights", weights, "--output", tmp_path / "x.txt")
+    assert unknown.exit_code == 2 and "cannot tell the format" in unknown.stderr
+
+
+def test_a_missing_path_is_a_usage_error_before_the_model_loads(tmp_path):
+    result = run(tmp_path / "no-such-study", "--weights", tmp_path / "no-weights-either.safetensors")
+    assert result.exit_code == 2 and "no such file or folder" in result.stderr
+    assert "no weights" not in result.stderr  # paths are checked first
+
+
+def test_records_carry_the_dicom_acquisition_and_the_weights(tmp_path, weights):
+    import hashlib
+
+    paths = write_series(ct_phantom(2, 96), tmp_path / "s", thickness=1.25, z0=-40.0)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.KVP, ds.Exposure, ds.CTDIvol, ds.ConvolutionKernel = 100, 42, 3.1, "B30f"
+        ds.save_as(path)
+    records = [json.loads(line) for line in run(tmp_path / "s", "--weights", weights).stdout.splitlines()]
+    first = pydicom.dcmread(paths[0])
+    assert records[0]["study_uid"] == first.StudyInstanceUID and records[0]["sop_uid"] == first.SOPInstanceUID
+    assert [r["z_mm"] for r in records] == [-40.0, -38.75] and [r["instance_number"] for r in records] == [1, 2]
+    assert (records[0]["kvp"], records[0]["mas"], records[0]["ctdivol_mgy"], records[0]["kernel"]) == (100, 42, 3.1, "B30f")
+    assert records[0]["slice_thickness_mm"] == 1.25 and records[0]["manufacturer"] == "clinreadnet"
+    assert records[0]["weights"] == str(weights)
+    assert records[0]["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def test_quality_gate_exits_3_after_writing_every_record(study, weights, tmp_path):
+    passed = run(study / "series", "--weights", weights, "--fail-below", "0")
+    assert passed.exit_code == 0
+    failed = run(study / "series", "--weights", weights, "--fail-below-mean", "4.1", "--summary", tmp_path / "sum.csv")
+    assert failed.exit_code == 3 and "quality gate not met" in failed.stderr
+    assert len(failed.stdout.splitlines()) == 3  # every record written first
+    rows = list(csv.DictReader((tmp_path / "sum.csv").open()))
+    assert [r["level"] for r in rows] == ["series", "study"] and rows[0]["slices"] == "3"
+    scores = [json.loads(line)["score"] for line in failed.stdout.splitlines()]
+    assert float(rows[0]["mean"]) == pytest.approx(sum(scores) / 3, abs=1e-4)
+    assert float(rows[0]["min"]) == pytest.approx(min(scores), abs=1e-4)

@@ -1,7 +1,8 @@
 """What every command shares: the Typer app, the consoles, option choices, exit codes, messages.
 
 Data goes to stdout, messages and progress to stderr. Exit codes: 0 all good, 1 some inputs
-failed, 2 usage error or nothing to do, 130 interrupted (Ctrl-C).
+failed, 2 usage error or nothing to do, 3 quality gate not met (score --fail-below), 130
+interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_GATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 app = typer.Typer(
     name="clinreadnet",

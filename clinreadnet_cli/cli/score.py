@@ -13,6 +13,7 @@ from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
 from .app import (
+    EXIT_GATE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
@@ -43,9 +44,20 @@ def score(
     int8: bool = typer.Option(False, "--int8", help="CPU: dynamic int8 quantisation of the linear layers (faster)."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (pays off on long runs)."),
     threads: Optional[int] = typer.Option(None, min=1, help="torch compute threads (default: torch's choice)."),
-    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table for people; json, jsonl, csv for pipelines."),
-    output: Optional[Path] = typer.Option(None, help="Write the records to FILE (atomically) instead of stdout."),
+    fmt: Optional[OutputFormat] = typer.Option(
+        None, "--format", show_default=False,
+        help="table, json, jsonl or csv. Default: a table on a terminal, JSON Lines into a pipe or file, "
+             "the suffix of --output."),
+    output: Optional[Path] = typer.Option(None, help="Write the records to FILE (streamed, renamed into place at "
+                                                     "the end) instead of stdout."),
     threshold: float = typer.Option(2.0, help="Summary counts slices scoring below this (2 = fair)."),
+    fail_below: Optional[float] = typer.Option(
+        None, help="Quality gate: exit 3 if any slice scores below this (after writing every record)."),
+    fail_below_mean: Optional[float] = typer.Option(
+        None, help="Quality gate: exit 3 if any series' mean score is below this."),
+    summary: Optional[Path] = typer.Option(
+        None, help="Also write one row per series and per study (slices, mean, min, 10th percentile, slices below "
+                   "--threshold, worst slice) to FILE: JSON, or CSV by the suffix."),
     input_range: InputRangeChoice = typer.Option(
         InputRangeChoice.auto, help="auto: HU for DICOM/NIfTI/MHA/NRRD, [0,1] for float TIFF; or declare hu / unit."),
     limit: Optional[list[str]] = typer.Option(
@@ -56,18 +68,21 @@ def score(
     # Imported here so that --help, --version and `models` start without torch.
     from .. import report
     from ..atomic import output_problem, streaming_output
-    from ..checkpoint import WeightsError, load_model, resolve_weights
+    from ..checkpoint import WeightsError, load_model, resolve_weights, weights_identity
     from ..inference import resolve_options
     from ..readers import InputError, Limits, discover
-    from ..scoring import SliceScore, resolve_device, score_series
+    from ..scoring import resolve_device, score_series
+    from ..summary import SummaryCollector
 
-    if output is not None and fmt is OutputFormat.table:
-        suffix = output.suffix.lower().lstrip(".")
-        if suffix not in report.FORMATS:
-            usage_error(f"cannot tell the format of {output}; pass --format json, jsonl or csv")
-        fmt = OutputFormat(suffix)
+    try:
+        fmt = OutputFormat(report.choose_format(fmt and fmt.value, output, sys.stdout.isatty()))
+    except ValueError as exc:
+        usage_error(str(exc))
     if output is not None and (problem := output_problem(output)):
         usage_error(f"--output: {problem}")
+    missing = [str(p) for p in paths if not (p.exists() or p.is_symlink())]
+    if missing:  # a typo in the command, not a damaged input: nothing is loaded or scored
+        usage_error(f"no such file or folder: {', '.join(missing)}")
     try:
         limits = Limits.from_pairs(limit or [])
         torch_device = resolve_device(device.value)
@@ -91,6 +106,8 @@ def score(
     if not found.series and not found.errors:
         usage_error("nothing to score: no files found in " + ", ".join(map(str, paths)))
 
+    identity = weights_identity(weights_path)
+    summaries = SummaryCollector(threshold)
     scores: list = []  # kept for the table only; records stream out as they come
     failures, scored = len(found.errors), 0
     try:
@@ -110,43 +127,76 @@ def score(
                     if isinstance(item, InputError):
                         failures += 1
                         print_messages(errors=[item])
-                    elif writer is None:
-                        scores.append(item)
-                    scored += isinstance(item, SliceScore)
+                    else:
+                        scored += 1
+                        summaries.add(item)
+                        if writer is None:
+                            scores.append(item)
                     if writer is not None:
-                        writer.write(report.to_record(item))
+                        writer.write(report.to_record(item, identity))
             finally:  # also on Ctrl-C: a JSON array is closed over the records written so far
                 if writer is not None:
                     writer.close()
+        if summary is not None and scored:
+            write_summary(summary, summaries)
     except OSError as exc:  # the output could not be written (disk full, ...): the partial file is removed
-        usage_error(f"cannot write the records to {output or 'stdout'}: {exc.strerror or exc}")
+        usage_error(f"cannot write to {output or summary or 'stdout'}: {exc.strerror or exc}")
     except KeyboardInterrupt as exc:
         kept = f"; the records so far are in {exc.partial_path}" if hasattr(exc, "partial_path") else ""
         stderr.print(f"interrupted after {scored} slice(s){escape(kept)}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if fmt is OutputFormat.table:
-        _print_tables(scores, threshold)
+        _print_tables(scores, summaries)
     elif output is not None:
         stderr.print(f"wrote {scored} slice records and {failures} errors to {escape(str(output))}")
     if failures:
         stderr.print(f"[bold red]{failures} input(s) failed[/]; {scored} slice(s) scored")
+    gate = summaries.gate(fail_below, fail_below_mean)
+    if gate:
+        print_messages(errors=[f"quality gate not met: {reason}" for reason in gate])
+        raise typer.Exit(EXIT_GATE)
     raise typer.Exit(EXIT_PARTIAL if failures else EXIT_OK)
 
 
-def _print_tables(scores: list, threshold: float) -> None:
-    from ..scoring import group_by_series, summarise
+def write_summary(path: Path, summaries) -> None:
+    """One row per series, then one per study, as JSON or CSV by the file's suffix."""
+    import csv
+    import io
+    import json
 
-    for rows in group_by_series(scores):
-        summary = summarise(rows, threshold)
+    from ..atomic import write_text_atomic
+    from ..summary import SUMMARY_FIELDS
+
+    rows = [s.to_record() for s in summaries.series() + summaries.studies()]
+    if path.suffix.lower() == ".csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(path, buffer.getvalue())
+    else:
+        write_text_atomic(path, json.dumps(rows, indent=2) + "\n")
+
+
+def _print_tables(scores: list, summaries) -> None:
+    from ..summary import series_key
+
+    if not stdout.is_terminal:  # into a file or pipe: whole names, no wrapping
+        stdout.width = 1000
+    rows_by_series: dict[tuple, list] = {}
+    for s in scores:
+        rows_by_series.setdefault(series_key(s), []).append(s)
+    for summary, rows in zip(summaries.series(), rows_by_series.values()):
         uid = f"  [dim]{summary.series_uid}[/]" if summary.series_uid else ""
-        stdout.print(f"[bold]{escape(summary.series)}[/]{uid}", soft_wrap=True)
-        table = Table("file", "slice", "score", "grade", "class", "noise HU")
+        stdout.print(f"[bold]{escape(summary.label)}[/]{uid}", soft_wrap=True)
+        table = Table("file", "slice", "score", "grade", "noise HU")
         for s in rows:
             style = GRADE_STYLE[s.grade]
             noise = f"{s.noise.noise_hu:.1f}" if s.noise.noise_hu is not None else f"[dim]– {s.noise.note}[/]"
-            table.add_row(escape(s.path.name), str(s.slice), f"{s.score:.2f}", f"[{style}]{s.grade}[/]", str(s.label), noise)
+            table.add_row(escape(s.path.name), str(s.slice), f"{s.score:.2f}", f"[{style}]{s.grade}[/]", noise)
         stdout.print(table)
         stdout.print(
-            f"  {summary.slices} slice{'s' if summary.slices != 1 else ''} · mean {summary.mean:.2f} · min {summary.min:.2f} · "
-            f"{summary.below_threshold} below {threshold:g}\n"
+            f"  {summary.slices} slice{'s' if summary.slices != 1 else ''} · mean {summary.mean:.2f} · "
+            f"min {summary.min:.2f} · 10th percentile {summary.p10:.2f} · "
+            f"{summary.below_threshold} below {summary.threshold:g}\n"
         )

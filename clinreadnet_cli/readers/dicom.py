@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 import pydicom
+import pydicom.multival
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
@@ -70,6 +71,7 @@ class DicomImage:
     label: str
     patient_id: str | None
     spacings: list[tuple[float, float] | None]  # per frame, in frame_order
+    metas: list[dict]  # per frame, in frame_order: META_FIELDS
 
 
 def check_image(path: Path, ds: Dataset, limits: Limits, warn: Callable[[str], None]) -> DicomImage:
@@ -121,7 +123,45 @@ def check_image(path: Path, ds: Dataset, limits: Limits, warn: Callable[[str], N
     uid = str(ds.get("SeriesInstanceUID", "") or "") or None
     label = _label(ds, path.name if frames > 1 else (path.parent.name or path.name))
     spacings = [pixel_spacing(ds, f if frames > 1 else None) for f in frame_order]
-    return DicomImage(path, ds, frames, position, instance, frame_order, uid, label, _patient(ds), spacings)
+    shared = acquisition_meta(ds)
+    if frames == 1:
+        metas = [{**shared, "z_mm": _z(ds.get("ImagePositionPatient"))}]
+    else:
+        metas = [{**shared, "instance_number": f + 1, "z_mm": _z(frame_geometry(ds, f)[1])} for f in frame_order]
+    return DicomImage(path, ds, frames, position, instance, frame_order, uid, label, _patient(ds), spacings, metas)
+
+
+def acquisition_meta(ds: Dataset) -> dict:
+    """The record fields a DICOM file gives (META_FIELDS but z); None where absent or malformed."""
+    def text(keyword: str) -> str | None:
+        value = _safe(ds, keyword)
+        if value is None:
+            return None
+        value = "/".join(map(str, value)) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else str(value)
+        return value.strip() or None
+
+    mas = _number(_safe(ds, "Exposure"))
+    current, time_ms = _number(_safe(ds, "XRayTubeCurrent")), _number(_safe(ds, "ExposureTime"))
+    if mas is None and current is not None and time_ms is not None:
+        mas = current * time_ms / 1000.0
+    instance = _whole(_safe(ds, "InstanceNumber"))
+    return {"study_uid": text("StudyInstanceUID"), "sop_uid": text("SOPInstanceUID"), "instance_number": instance,
+            "slice_thickness_mm": _number(_safe(ds, "SliceThickness")), "kvp": _number(_safe(ds, "KVP")), "mas": mas,
+            "ctdivol_mgy": _number(_safe(ds, "CTDIvol")), "kernel": text("ConvolutionKernel"),
+            "manufacturer": text("Manufacturer")}
+
+
+def _safe(ds: Dataset, keyword: str):
+    """An element's value, or None where it is absent or cannot be decoded (a malformed tag is no error)."""
+    try:
+        return ds.get(keyword)
+    except Exception:
+        return None
+
+
+def _z(position) -> float | None:
+    values = _numbers(position, 3) if position is not None else None
+    return values[2] if values else None
 
 
 def _whole(value) -> int | None:
@@ -247,7 +287,8 @@ def _slice(image: DicomImage, frame_rank: int, index: int, value_range: ValueRan
     """The ``frame_rank``-th frame (anatomical order) of ``image`` as slice ``index`` of its series."""
     frame = image.frame_order[frame_rank] if image.frames > 1 else None
     return SliceRef(path=image.path, index=index, value_range=value_range,
-                    decode=lambda: load_hu(image.path, image.ds, frame), pixel_spacing_mm=image.spacings[frame_rank])
+                    decode=lambda: load_hu(image.path, image.ds, frame), pixel_spacing_mm=image.spacings[frame_rank],
+                    meta=image.metas[frame_rank])
 
 
 def _patient(ds: Dataset) -> str | None:

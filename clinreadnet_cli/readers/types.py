@@ -26,6 +26,11 @@ class InputError(Exception):
         return f"{self.path}:{where}: {self.reason}" if where else f"{self.path}: {self.reason}"
 
 
+# What a record says about where its slice comes from (DICOM; null where the file does not say).
+META_FIELDS = ("study_uid", "sop_uid", "instance_number", "z_mm", "slice_thickness_mm", "kvp", "mas", "ctdivol_mgy",
+               "kernel", "manufacturer")
+
+
 @dataclass
 class SliceRef:
     """One slice, decoded only when ``load()`` is called (in a worker thread)."""
@@ -35,6 +40,7 @@ class SliceRef:
     value_range: ValueRange
     decode: Callable[[], np.ndarray]  # -> 2-D float32 array (HU or [0, 1]); raises InputError on bad data
     pixel_spacing_mm: tuple[float, float] | None = None  # (between rows, between columns), when known
+    meta: dict = field(default_factory=dict)  # where it comes from: DICOM UIDs, position, acquisition (META_FIELDS)
 
     def load(self) -> np.ndarray:
         """The decoded slice, refused (InputError) when its content is damaged or not CT."""
