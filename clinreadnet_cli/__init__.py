@@ -1,3 +1,16 @@
-"""clinreadnet: no-reference CT image quality scores on the radiologists' 0-4 scale (ClinReadNet)."""
+"""clinreadnet: no-reference CT image quality scores on the radiologists' 0-4 scale (ClinReadNet).
+
+``score_array`` and ``score_paths`` (see ``clinreadnet_cli.api``) are imported on first use, so
+the command line starts without torch.
+"""
 
 __version__ = "0.1.0"
+__all__ = ["score_array", "score_paths", "Scorer"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'clinreadnet_cli' has no attribute {name!r}")

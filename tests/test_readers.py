@@ -165,13 +165,30 @@ def test_dicomdir_and_non_image_objects_are_skipped_with_a_note(tmp_path, hu):
     assert any("report.dcm" in n and "no image data" in n for n in found.notes)
 
 
-def test_non_ct_modality_is_an_error(tmp_path, hu):
-    (path,) = write_series(hu[:1], tmp_path)
-    ds = pydicom.dcmread(path)
-    ds.Modality = "MR"
-    ds.save_as(path)
-    (err,) = discover([tmp_path]).errors
-    assert err.path == path and "modality MR" in err.reason
+def test_what_a_study_export_holds_beside_the_axial_series_is_skipped_with_a_note(tmp_path, hu):
+    axial = write_series(hu[:2], tmp_path / "axial")
+    others = {}
+    for name, change in {
+        "mr.dcm": lambda ds: setattr(ds, "Modality", "MR"),
+        "scout.dcm": lambda ds: setattr(ds, "ImageType", ["ORIGINAL", "PRIMARY", "LOCALIZER"]),
+        "dose-screen.dcm": lambda ds: (setattr(ds, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.7"),
+                                       ds.file_meta.__setattr__("MediaStorageSOPClassUID", "1.2.840.10008.5.1.4.1.1.7")),
+        "coronal.dcm": lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 0, -1]),
+    }.items():
+        (path,) = write_series(hu[2:3], tmp_path / name.split(".")[0], names=[name])
+        ds = pydicom.dcmread(path)
+        change(ds)
+        ds.save_as(path)
+        others[name] = path
+    found = discover([tmp_path])
+    assert not found.errors and [len(s.slices) for s in found.series] == [2]
+    assert found.series[0].slices[0].path == axial[0]
+    notes = "\n".join(found.notes)
+    assert "mr.dcm: skipped, modality MR, not CT" in notes and "scout.dcm: skipped, localizer" in notes
+    assert "dose-screen.dcm: skipped, secondary capture" in notes
+    assert "coronal.dcm: skipped, coronal or oblique reformat, not axial (--all-orientations scores it)" in notes
+    with_reformats = discover([tmp_path], all_orientations=True)
+    assert sorted(len(s.slices) for s in with_reformats.series) == [1, 2]
 
 
 def test_missing_path_is_an_error():

@@ -60,6 +60,9 @@ def score(
                    "--threshold, worst slice) to FILE: JSON, or CSV by the suffix."),
     input_range: InputRangeChoice = typer.Option(
         InputRangeChoice.auto, help="auto: HU for DICOM/NIfTI/MHA/NRRD, [0,1] for float TIFF; or declare hu / unit."),
+    all_orientations: bool = typer.Option(
+        False, "--all-orientations", help="Also score coronal, sagittal and oblique reformats (skipped with a note "
+                                          "by default: the model was trained on axial slices)."),
     limit: Optional[list[str]] = typer.Option(
         None, help="Raise or lower an input cap, NAME=VALUE (repeatable): max_side, max_aspect, max_slices, "
                    "max_volume_mib. See the README's input rules."),
@@ -68,10 +71,9 @@ def score(
     # Imported here so that --help, --version and `models` start without torch.
     from .. import report
     from ..atomic import output_problem, streaming_output
-    from ..checkpoint import WeightsError, load_model, resolve_weights, weights_identity
-    from ..inference import resolve_options
+    from ..api import Scorer
+    from ..checkpoint import resolve_weights
     from ..readers import InputError, Limits, discover
-    from ..scoring import resolve_device, score_series
     from ..summary import SummaryCollector
 
     try:
@@ -83,12 +85,6 @@ def score(
     missing = [str(p) for p in paths if not (p.exists() or p.is_symlink())]
     if missing:  # a typo in the command, not a damaged input: nothing is loaded or scored
         usage_error(f"no such file or folder: {', '.join(missing)}")
-    try:
-        limits = Limits.from_pairs(limit or [])
-        torch_device = resolve_device(device.value)
-        options = resolve_options(torch_device, precision.value, int8, compile_model)
-    except ValueError as exc:
-        usage_error(str(exc))
     if threads:
         import torch
 
@@ -97,16 +93,17 @@ def score(
     if not weights_path.is_file():
         usage_error(f"no weights at {weights_path}; pass --weights FILE (a clinreadnet .safetensors file)")
     try:
-        model = load_model(weights_path)
-    except WeightsError as exc:
+        limits = Limits.from_pairs(limit or [])
+        scorer = Scorer(weights_path, device=device.value, precision=precision.value, int8=int8,
+                        compile_model=compile_model, batch_size=batch_size, workers=workers)
+    except ValueError as exc:  # WeightsError and ConfigError among them
         usage_error(str(exc))
 
-    found = discover(paths, input_range.value, limits)
+    found = discover(paths, input_range.value, limits, all_orientations)
     print_messages(found.notes, found.warnings, found.errors)
     if not found.series and not found.errors:
         usage_error("nothing to score: no files found in " + ", ".join(map(str, paths)))
 
-    identity = weights_identity(weights_path)
     summaries = SummaryCollector(threshold)
     scores: list = []  # kept for the table only; records stream out as they come
     failures, scored = len(found.errors), 0
@@ -122,8 +119,7 @@ def score(
                                                     console=stderr, transient=True, disable=not stderr.is_terminal))
             task = progress.add_task("scoring", total=sum(len(s.slices) for s in found.series))
             try:
-                for item in score_series(found.series, model, torch_device, batch_size=batch_size, workers=workers,
-                                         on_slice=lambda: progress.advance(task), options=options):
+                for item in scorer.stream(found.series, on_slice=lambda: progress.advance(task)):
                     if isinstance(item, InputError):
                         failures += 1
                         print_messages(errors=[item])
@@ -133,7 +129,7 @@ def score(
                         if writer is None:
                             scores.append(item)
                     if writer is not None:
-                        writer.write(report.to_record(item, identity))
+                        writer.write(report.to_record(item, scorer.identity))
             finally:  # also on Ctrl-C: a JSON array is closed over the records written so far
                 if writer is not None:
                     writer.close()

@@ -68,11 +68,14 @@ def _walk(paths: Iterable[Path], found: Discovery) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def discover(paths: Iterable[str | Path], input_range: InputRange = "auto", limits: Limits = DEFAULT_LIMITS) -> Discovery:
+def discover(paths: Iterable[str | Path], input_range: InputRange = "auto", limits: Limits = DEFAULT_LIMITS,
+             all_orientations: bool = False) -> Discovery:
     """Series to score, errors for inputs that cannot be scored, notes for inputs skipped on purpose.
 
     ``input_range``: ``auto`` takes DICOM/NIfTI/MHA/NRRD as HU and float TIFF as [0, 1];
-    ``hu`` or ``unit`` declares every input's values. Each file is read inside its own error
+    ``hu`` or ``unit`` declares every input's values. DICOM objects that are not axial CT slices
+    (other modalities, dose screens, scouts, reformats unless ``all_orientations``) are skipped
+    with a note. Each file is read inside its own error
     boundary: whatever goes wrong becomes one InputError for that file, and the rest go on.
     """
     found = Discovery()
@@ -81,7 +84,7 @@ def discover(paths: Iterable[str | Path], input_range: InputRange = "auto", limi
     images = []
     for path in files:
         try:
-            series = _read_file(path, input_range, volume_range, limits, found)
+            series = _read_file(path, input_range, volume_range, limits, all_orientations, found)
             if isinstance(series, Series):
                 found.series.append(series)
             elif series is not None:
@@ -97,7 +100,7 @@ def discover(paths: Iterable[str | Path], input_range: InputRange = "auto", limi
     return found
 
 
-def _read_file(path: Path, input_range: InputRange, volume_range: str, limits: Limits,
+def _read_file(path: Path, input_range: InputRange, volume_range: str, limits: Limits, all_orientations: bool,
                found: Discovery) -> Series | DicomImage | None:
     """One file's series (volume, TIFF), its checked DICOM image, or None when skipped with a note."""
     suffix = _suffix(path)
@@ -110,7 +113,7 @@ def _read_file(path: Path, input_range: InputRange, volume_range: str, limits: L
     if path.stat().st_size == 0:
         raise InputError(path, "empty file")
     ds = read_header(path)
-    reason = skip_reason(ds)
+    reason = skip_reason(ds, all_orientations)
     if reason:
         found.notes.append(f"{path}: skipped, {reason}")
         return None

@@ -25,6 +25,8 @@ from .types import InputError, Series, SliceRef
 
 MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR's SOP class
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame variants (.7.1-.7.4)
+AXIAL_MIN_COSINE = 0.8  # slice normal within ~37 degrees of the patient's S-I axis: axial (gantry tilt included)
 
 
 class NotDicom(Exception):
@@ -46,14 +48,32 @@ def read_header(path: Path) -> Dataset:
     return ds
 
 
-def skip_reason(ds: Dataset) -> str | None:
-    """Why a readable DICOM object is not an image to score, or None if it is one."""
-    sop_class = ds.file_meta.get("MediaStorageSOPClassUID", ds.get("SOPClassUID"))
+def skip_reason(ds: Dataset, all_orientations: bool = False) -> str | None:
+    """Why a readable DICOM object is not an axial CT slice to score, or None if it is one.
+
+    What a study export holds beside its axial series (indexes, reports, other modalities, dose
+    screens, scouts, reformats) is skipped with a note, not reported as an error.
+    """
+    sop_class = ds.file_meta.get("MediaStorageSOPClassUID", _safe(ds, "SOPClassUID"))
     if sop_class == MEDIA_DIRECTORY:
         return "DICOMDIR (a media index, not an image)"
     if "Rows" not in ds or "Columns" not in ds:
         name = getattr(sop_class, "name", sop_class) or "unknown SOP class"
         return f"no image data ({name})"
+    modality = _safe(ds, "Modality")
+    if modality and modality != "CT":
+        return f"modality {modality}, not CT"
+    if str(sop_class or "").startswith(SECONDARY_CAPTURE):
+        return "secondary capture (a screen such as a dose report), not a CT slice"
+    image_type = _safe(ds, "ImageType") or []
+    if "LOCALIZER" in [str(t).upper() for t in (image_type if not isinstance(image_type, str) else [image_type])]:
+        return "localizer (scout), not an axial slice"
+    orientation = _numbers(_safe(ds, "ImageOrientationPatient"), 6) if "ImageOrientationPatient" in ds else None
+    if orientation is not None and not all_orientations:
+        normal = np.cross(orientation[:3], orientation[3:])
+        if abs(normal[2]) < AXIAL_MIN_COSINE * np.linalg.norm(normal):
+            plane = ("sagittal", "coronal")[int(abs(normal[1]) > abs(normal[0]))]
+            return f"{plane} or oblique reformat, not axial (--all-orientations scores it)"
     return None
 
 
@@ -79,9 +99,6 @@ def check_image(path: Path, ds: Dataset, limits: Limits, warn: Callable[[str], N
 
     Geometry that cannot be parsed is a warning (the file falls back to file order), never an error.
     """
-    modality = ds.get("Modality")
-    if modality and modality != "CT":
-        raise InputError(path, f"modality {modality}: clinreadnet scores CT images only")
     samples = _whole(ds.get("SamplesPerPixel", 1))
     if samples != 1:
         raise InputError(path, f"{ds.get('SamplesPerPixel')!s} samples per pixel (colour image), not a grayscale CT slice")

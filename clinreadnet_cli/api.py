@@ -1,0 +1,85 @@
+"""Score CT slices from Python: the same records as ``clinreadnet score``.
+
+    from clinreadnet_cli import score_array, score_paths
+
+    record = score_array(hu_slice)                    # one 2-D slice in HU (numpy)
+    records = score_paths(["study/"], weights="sim-v1")  # files and folders, errors as records
+
+``Scorer`` keeps one model loaded for many calls; the two functions reuse one Scorer per
+weights and options. Nothing here writes files.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from .checkpoint import load_model, resolve_weights, weights_identity
+from .inference import resolve_options
+from .readers import DEFAULT_LIMITS, InputError, Limits, Series, SliceRef, discover
+from .report import to_record
+from .scoring import SliceScore, resolve_device, score_series
+
+
+class Scorer:
+    """A loaded model and how to run it. Raises WeightsError / ConfigError / ValueError on bad options."""
+
+    def __init__(self, weights: str | Path | None = None, device: str = "auto", precision: str = "auto",
+                 int8: bool = False, compile_model: bool = False, batch_size: int = 8, workers: int = 2):
+        path = resolve_weights(weights)
+        self.device = resolve_device(device)
+        self.options = resolve_options(self.device, precision, int8, compile_model)
+        self.model = load_model(path)
+        self.identity = weights_identity(path)  # {"weights", "weights_sha256"}, in every record
+        self.batch_size, self.workers = batch_size, workers
+
+    def stream(self, series: Iterable[Series],
+               on_slice: Callable[[], None] | None = None) -> Iterator[SliceScore | InputError]:
+        """One SliceScore per slice, or one InputError per failing input, in series/slice order."""
+        return score_series(series, self.model, self.device, batch_size=self.batch_size, workers=self.workers,
+                            on_slice=on_slice, options=self.options)
+
+    def records(self, paths: Iterable[str | Path], input_range: str = "auto", limits: Limits = DEFAULT_LIMITS,
+                all_orientations: bool = False) -> Iterator[dict]:
+        """Records for every slice under ``paths`` (files and folders), error records for what failed."""
+        found = discover(paths, input_range, limits, all_orientations)
+        for error in found.errors:
+            yield to_record(error)
+        for item in self.stream(found.series):
+            yield to_record(item, self.identity)
+
+    def score_array(self, image: np.ndarray, value_range: str = "hu", name: str = "array") -> dict:
+        """The record of one 2-D slice (HU, or ``value_range="unit"`` for windowed [0, 1] values).
+
+        Raises InputError where the slice cannot be scored (NaN, constant, not CT in HU, ...).
+        """
+        array = np.asarray(image, dtype=np.float32)
+        series = Series(label=name, series_uid=None,
+                        slices=[SliceRef(path=Path(name), index=0, value_range=value_range, decode=lambda: array)])
+        (item,) = list(self.stream([series]))
+        if isinstance(item, InputError):
+            raise item
+        return to_record(item, self.identity)
+
+
+@lru_cache(maxsize=4)
+def _scorer(weights: str | None, device: str, precision: str) -> Scorer:
+    return Scorer(weights, device=device, precision=precision)
+
+
+def score_array(image: np.ndarray, weights: str | Path | None = None, value_range: str = "hu",
+                device: str = "auto", precision: str = "auto") -> dict:
+    """Score one 2-D slice; see ``Scorer.score_array``."""
+    return _scorer(None if weights is None else str(weights), device, precision).score_array(image, value_range)
+
+
+def score_paths(paths: Iterable[str | Path] | str | Path, weights: str | Path | None = None, input_range: str = "auto",
+                device: str = "auto", precision: str = "auto") -> list[dict]:
+    """Score files and folders; see ``Scorer.records``."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    scorer = _scorer(None if weights is None else str(weights), device, precision)
+    return list(scorer.records(paths, input_range))
