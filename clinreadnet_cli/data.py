@@ -135,19 +135,40 @@ def _from_csv(path: Path) -> list[LabelledSlice]:
 
 
 def load_labelled(source: str | Path, split: str = "train") -> list[LabelledSlice]:
-    """Every labelled slice of a dataset. ``split`` picks the layout in a folder holding both:
-    ``test`` reads images/ + test.json, anything else image/ + train.json."""
+    """Every labelled slice of one split of a dataset: ``test`` reads images/ + test.json; ``train``
+    and ``val`` read image/ + train.json; ``all`` whichever the folder holds. The layout may sit
+    in ``source`` or in a folder below it (``ldct/`` holding ``LDCTIQAG2023_train/``). A split the
+    data does not have is an error, never a substitute."""
     source = Path(source)
     if source.is_file() and source.suffix.lower() == ".csv":
         return _from_csv(source)
     if not source.is_dir():
         raise DatasetError(f"{source}: no such dataset (a folder in the LDCTIQAG2023 layout or a .csv)")
-    has_train, has_test = (source / "train.json").is_file(), (source / "test.json").is_file()
-    if split == "test" and has_test or (has_test and not has_train):
-        return _from_layout(source, ("images",), "test.json")
-    if has_train:
-        return _from_layout(source, ("image", "images"), "train.json")
-    raise DatasetError(f"{source}: neither train.json + image/ nor test.json + images/ found")
+    if split == "all":
+        names = [n for n in ("train.json", "test.json") if (source / n).is_file()] or ["train.json", "test.json"]
+    else:
+        names = ["test.json" if split == "test" else "train.json"]
+    root, labels_name = find_layout(source, names)
+    image_dirs = ("images",) if labels_name == "test.json" else ("image", "images")
+    return _from_layout(root, image_dirs, labels_name)
+
+
+def find_layout(source: Path, labels_names: list[str]) -> tuple[Path, str]:
+    """The folder holding one of ``labels_names``: ``source`` itself, else the one folder below it
+    (up to two levels) that does. Raises DatasetError when there is none or more than one."""
+    for name in labels_names:
+        if (source / name).is_file():
+            return source, name
+    below = sorted({(p.parent, name) for name in labels_names for depth in ("*", "*/*")
+                    for p in source.glob(f"{depth}/{name}")})
+    if len(below) == 1:
+        return below[0]
+    wanted = " or ".join(labels_names)
+    if below:
+        raise DatasetError(f"{source}: {len(below)} datasets with {wanted} below it "
+                           f"({', '.join(str(p) for p, _ in below[:4])}); pass one of them")
+    split = "test" if labels_names == ["test.json"] else "training"
+    raise DatasetError(f"{source}: no {split} split ({wanted} beside its image folder) in it or below it")
 
 
 # --- split --------------------------------------------------------------------------------

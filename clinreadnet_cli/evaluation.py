@@ -11,11 +11,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoint import load_model
+from .checkpoint import load_model, resolve_weights
 from .config import ClinReadNetConfig
 from .data import DatasetError, LabelledSlice, SliceDataset, load_labelled, read_manifest, slice_ref
-from .noise import measure_noise
 from .metrics import correlation_metrics
+from .noise import measure_noise
+from .training import LATEST
 
 SPLITS = ("test", "val", "train", "all")
 
@@ -25,6 +26,38 @@ class ImagePrediction:
     item: LabelledSlice
     score: float
     label: int  # arg-max class
+
+
+@dataclass
+class EvaluationInputs:
+    data: Path
+    weights: Path
+    split_file: Path | None
+    run: Path | None  # the training run they come from, if any
+
+
+def resolve_inputs(data: Path | None, weights: str | Path | None, split: str, split_file: Path | None,
+                   run: Path | None, runs_folder: Path = Path("runs")) -> EvaluationInputs:
+    """What ``evaluate`` reads. Given ``--data`` (and for test/all ``--weights``, default the shipped
+    weights), those; otherwise a training run: ``run``, else the newest one named in
+    ``runs/latest.json``, gives the data, its best weights and its split."""
+    needs_run = data is None or (weights is None and split in ("val", "train")) or run is not None
+    if not needs_run:
+        weights_path = resolve_weights(weights)
+        return EvaluationInputs(Path(data), weights_path, split_file or weights_path.parent / "split.json", None)
+    if run is None:
+        latest = runs_folder / LATEST
+        try:
+            run = Path(json.loads(latest.read_text())["run"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise DatasetError(f"no --data given and no training run to take it from ({latest} not found or "
+                               "damaged); pass --data (and --weights), or --run DIR") from None
+    try:
+        run_data = json.loads((run / "config.json").read_text())["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DatasetError(f"{run}: not a training run folder (no readable config.json)") from None
+    return EvaluationInputs(Path(data or run_data), resolve_weights(weights) if weights else run / "best.safetensors",
+                            split_file or run / "split.json", run)
 
 
 def select_split(data: str | Path, split: str, split_file: Path | None) -> list[LabelledSlice]:

@@ -1,18 +1,21 @@
 """Training with the paper's protocol (§4.3, Tab. 1), resumable, single process or torchrun/DDP.
 
 NAdam (lr 1e-4), cosine annealing with warm restarts to 0 (stepped every batch), batch 8,
-80 epochs, rotation ±15°, affine scale 0.95-1.20, horizontal and vertical flips; the checkpoint
-kept as ``best`` is the one with the highest validation Score.
+80 epochs, rotation ±15°, affine scale 0.95-1.20, horizontal and vertical flips. The checkpoint
+kept as ``best`` is the one with the highest signed PLCC + SROCC + KROCC on validation (the
+challenge's Score adds absolute values, which would reward a model that ranks quality backwards).
 
 A run directory holds: config.json (the resolved training config), split.json (train and
-validation keys), metrics.jsonl (one line per epoch), best.safetensors and last.safetensors
-(weights the score command loads) and last_state.safetensors (model, optimizer, scheduler and
-RNG state for --resume). Checkpoints and configs are written atomically; the metrics log is
-appended one line per finished epoch.
+validation keys), metrics.jsonl (one line per epoch), best.safetensors (the weights the score
+command loads) and last_state.safetensors (model, optimizer, scheduler and RNG state for
+--resume). Nothing is written until the data, split and model are ready; checkpoints and
+configs are written atomically; the metrics log is appended one line per finished epoch. The
+parent folder's latest.json names the newest run (``evaluate`` uses it by default).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -217,8 +220,14 @@ def predict_scores(model: ClinReadNet, loader: DataLoader, device: torch.device)
     return [score for images, _ in loader for score in model.predict(images.to(device)).score.tolist()]
 
 
-def train(cfg: TrainConfig, resume: bool = False, on_event: Event | None = None) -> RunResult:
-    """Train as ``cfg`` says; with ``resume`` continue the run in ``cfg.out`` from its last epoch."""
+RUN_FILES = ("config.json", "split.json", "metrics.jsonl", "best.safetensors", "last_state.safetensors")
+LATEST = "latest.json"  # beside the run folders: {"run": ..., "data": ...} of the newest run
+
+
+def train(cfg: TrainConfig, resume: bool = False, on_event: Event | None = None, overwrite: bool = False) -> RunResult:
+    """Train as ``cfg`` says; with ``resume`` continue the run in ``cfg.out`` from its last epoch.
+
+    A folder that already holds a run is refused unless ``resume`` or ``overwrite``."""
     emit = on_event or (lambda kind, data: None)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -227,14 +236,19 @@ def train(cfg: TrainConfig, resume: bool = False, on_event: Event | None = None)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     out = Path(cfg.out)
     try:
-        return _train(cfg, resume, emit, out, device, world, rank)
+        return _train(cfg, resume, overwrite, emit, out, device, world, rank)
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, resume: bool, emit: Event, out: Path, device, world: int, rank: int) -> RunResult:
+def _train(cfg: TrainConfig, resume: bool, overwrite: bool, emit: Event, out: Path, device, world: int,
+           rank: int) -> RunResult:
     torch.manual_seed(cfg.seed + rank)
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if existing and not (resume or overwrite):
+        raise ConfigError(f"{out} already holds a training run ({', '.join(existing)}); pass --resume to continue "
+                          "it or --overwrite to start it again")
     items = {i.key: i for i in load_labelled(cfg.data)}
     split_path = out / "split.json"
     if resume:
@@ -253,10 +267,12 @@ def _train(cfg: TrainConfig, resume: bool, emit: Event, out: Path, device, world
     missing = [k for k in split["train"] + split["val"] if k not in items]
     if missing:
         raise DatasetError(f"{split_path}: {len(missing)} split image(s) not in {cfg.data}, e.g. {missing[0]!r}")
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-        write_text_atomic(split_path, json.dumps(split, indent=2) + "\n")
+    train_items: list[LabelledSlice] = [items[k] for k in split["train"]]
+    val_items: list[LabelledSlice] = [items[k] for k in split["val"]]
+    val_classes = len({i.label for i in val_items})
+    if len(val_items) < 2 or val_classes < 2:
+        raise DatasetError(f"{cfg.data}: the validation set holds {len(val_items)} image(s) of {val_classes} "
+                           "class(es), so its correlations are undefined; use more data or a larger --val-fraction")
 
     model_cfg = cfg.model_config()
     model = create_model(model_cfg, backbone_checkpoint=cfg.backbone_checkpoint)
@@ -265,8 +281,16 @@ def _train(cfg: TrainConfig, resume: bool, emit: Event, out: Path, device, world
         emit("init", {"weights": cfg.init_weights, "copied": copied, "fresh": fresh})
     model = model.to(device)
     loss_fn = create_loss(model_cfg).to(device)
-    train_items: list[LabelledSlice] = [items[k] for k in split["train"]]
-    val_items: list[LabelledSlice] = [items[k] for k in split["val"]]
+    # Everything is ready: only now does the run folder get written.
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite and not resume:
+            for name in existing:
+                (out / name).unlink()
+        write_text_atomic(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        write_text_atomic(split_path, json.dumps(split, indent=2) + "\n")
+        write_text_atomic(out.parent / LATEST, json.dumps({"run": str(out.resolve()),
+                                                          "data": str(Path(cfg.data).resolve())}, indent=2) + "\n")
     train_set = SliceDataset(train_items, model_cfg, augmentation() if cfg.augment else None, cfg.input_range)
     # One sampler for one or many processes: its shuffle is seeded by (seed, epoch), so a resumed
     # run sees the same order as an uninterrupted one.
@@ -283,10 +307,25 @@ def _train(cfg: TrainConfig, resume: bool, emit: Event, out: Path, device, world
     start, best = 0, float("-inf")
     if resume:
         start, best = load_state(out / "last_state.safetensors", model, optimizer, scheduler)
+    try:
+        return _epochs(cfg, model, loss_fn, loader, val_loader, sampler, optimizer, scheduler, start, best, emit, out,
+                       device, world, rank, len(train_items), [i.score for i in val_items])
+    except BaseException:
+        if rank == 0 and not resume and not (out / "last_state.safetensors").exists():
+            for name in ("config.json", "split.json"):  # failed before its first epoch: leave nothing half-made
+                (out / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def _epochs(cfg: TrainConfig, model, loss_fn, loader, val_loader, sampler, optimizer, scheduler, start: int,
+            best: float, emit: Event, out: Path, device, world: int, rank: int, n_train: int,
+            val_targets: list[float]) -> RunResult:
     net = DistributedDataParallel(model) if world > 1 else model
     steps = len(loader)
     history: list[dict] = []
-    emit("start", {"train": len(train_items), "val": len(val_items), "steps": steps, "start_epoch": start,
+    emit("start", {"train": n_train, "val": len(val_targets), "steps": steps, "start_epoch": start,
                    "epochs": cfg.epochs, "device": str(device), "world": world, "amp": cfg.amp})
     for epoch in range(start, cfg.epochs):
         sampler.set_epoch(epoch)
@@ -308,16 +347,19 @@ def _train(cfg: TrainConfig, resume: bool, emit: Event, out: Path, device, world
         record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"],
                   "train_seconds": time.perf_counter() - began}
         if rank == 0:
-            if val_items:
-                predicted = predict_scores(model, val_loader, device)
-                record.update({f"val_{k}": v for k, v in
-                               correlation_metrics(predicted, [i.score for i in val_items]).items()})
-            score = record.get("val_score", float("nan"))
-            improved = not val_items or (score == score and score > best)
+            predicted = predict_scores(model, val_loader, device)
+            record.update({f"val_{k}": v for k, v in
+                           correlation_metrics(predicted, val_targets).items()})
+            # Signed: a model that ranks quality backwards must not look good (see the module docstring).
+            selection = record["val_plcc"] + record["val_srocc"] + record["val_krocc"]
+            record["val_selection"] = selection
+            if selection < 0:
+                emit("warning", {"message": f"epoch {epoch + 1}: validation correlations are negative "
+                                            f"(PLCC {record['val_plcc']:.3f}): the model ranks quality backwards"})
+            improved = selection == selection and selection > best
             if improved:
-                best = score if val_items else best
+                best = selection
                 save_weights(model, out / "best.safetensors")
-            save_weights(model, out / "last.safetensors")
             save_state(out / "last_state.safetensors", model, optimizer, scheduler, epoch + 1, best)
             record["best"] = improved
             with (out / "metrics.jsonl").open("a", encoding="utf-8") as log:

@@ -22,7 +22,7 @@ from clinreadnet_cli.data import DatasetError, LabelledSlice, load_labelled, sco
 from clinreadnet_cli.dicom_export import write_series
 from clinreadnet_cli.metrics import correlation_metrics
 
-from .conftest import TINY, ct_phantom
+from .conftest import TINY, ct_phantom, unit_phantom
 
 runner = CliRunner()
 TINY_TOML = f"""
@@ -154,10 +154,15 @@ def test_two_epoch_run_writes_checkpoints_logs_and_config(ldct, tmp_path):
     result = train("--data", ldct / "train", "--config", ldct / "tiny.toml", "--epochs", 2, "--out", out, "--seed", 3)
     assert result.exit_code == 0, result.stderr
     assert {p.name for p in out.iterdir()} == {
-        "config.json", "split.json", "metrics.jsonl", "best.safetensors", "last.safetensors", "last_state.safetensors"}
+        "config.json", "split.json", "metrics.jsonl", "best.safetensors", "last_state.safetensors"}
+    assert json.loads((tmp_path / "latest.json").read_text())["run"] == str(out.resolve())
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
-    assert all(set(r) >= {"train_loss", "lr", "val_plcc", "val_srocc", "val_krocc", "val_score"} for r in log)
+    assert all(set(r) >= {"train_loss", "lr", "val_plcc", "val_srocc", "val_krocc", "val_score", "val_selection"}
+               for r in log)
+    best_epoch = max(log, key=lambda r: r["val_selection"])  # signed, unlike the challenge's Score
+    assert best_epoch["best"] and best_epoch["val_selection"] == pytest.approx(
+        best_epoch["val_plcc"] + best_epoch["val_srocc"] + best_epoch["val_krocc"])
     saved = json.loads((out / "config.json").read_text())
     assert saved["epochs"] == 2 and saved["seed"] == 3 and saved["img_size"] == 64 and saved["lr"] == 1e-4
     split = json.loads((out / "split.json").read_text())
@@ -174,8 +179,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(ldct, tmp_path):
     assert train(*common, "--epochs", 1, "--out", tmp_path / "paused").exit_code == 0
     resumed = train("--resume", "--out", tmp_path / "paused", "--epochs", 2)
     assert resumed.exit_code == 0, resumed.stderr
-    a, b = _tensors(tmp_path / "straight" / "last.safetensors"), _tensors(tmp_path / "paused" / "last.safetensors")
-    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    a = _tensors(tmp_path / "straight" / "last_state.safetensors")
+    b = _tensors(tmp_path / "paused" / "last_state.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a if k.startswith("model."))
     log = [json.loads(line) for line in (tmp_path / "paused" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
 
@@ -188,7 +194,7 @@ def test_config_file_yaml_and_flags_override_it(ldct, tmp_path):
     assert result.exit_code == 0, result.stderr
     saved = json.loads((out / "config.json").read_text())
     assert saved["epochs"] == 1 and saved["batch_size"] == 4 and saved["loss_off"] == ["entropy"]
-    with safe_open(str(out / "last.safetensors"), framework="pt") as f:
+    with safe_open(str(out / "best.safetensors"), framework="pt") as f:
         stored = json.loads(f.metadata()["config"])
     assert stored["name"] == "clinreadnet-no-sobel" and stored["loss"]["entropy"] is False
     assert stored["soqn"]["sobel_branch"] is False
@@ -269,3 +275,48 @@ def test_a_broken_run_folder_is_one_line_saying_what_to_do(ldct, tmp_path, damag
     result = train("--resume", "--out", out, "--epochs", 2)
     assert result.exit_code == 2 and message in result.stderr and "start a fresh run" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_card_commands_run_as_written(ldct, tmp_path, monkeypatch):
+    """`clinreadnet train --data ldct/` then `clinreadnet evaluate --split test`, nothing else."""
+    monkeypatch.chdir(tmp_path)
+    trained = train("--data", ldct, "--config", ldct / "tiny.toml", "--epochs", 1)  # the parent of the layouts
+    assert trained.exit_code == 0, trained.stderr
+    assert (tmp_path / "runs" / "clinreadnet" / "best.safetensors").is_file()
+    evaluated = runner.invoke(app, ["evaluate", "--split", "test", "--format", "json"])
+    assert evaluated.exit_code == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["images"] == 8  # ldct/test, found below the run's data
+    assert "runs/clinreadnet/best.safetensors" in evaluated.stderr and "training run" in evaluated.stderr
+    val = runner.invoke(app, ["evaluate", "--split", "val", "--format", "json"])
+    assert val.exit_code == 0 and json.loads(val.stdout)["images"] == 5
+
+
+def test_evaluate_never_substitutes_another_split(ldct, tmp_path):
+    result = runner.invoke(app, ["evaluate", "--data", str(ldct / "train"), "--split", "test"])
+    assert result.exit_code == 2 and "no test split" in result.stderr
+    nothing = runner.invoke(app, ["evaluate", "--run", str(tmp_path / "no-run")])
+    assert nothing.exit_code == 2 and "not a training run folder" in nothing.stderr
+
+
+def test_train_refuses_a_used_run_folder_and_leaves_nothing_half_made(ldct, tmp_path):
+    out = tmp_path / "run"
+    common = ["--data", ldct / "train", "--config", ldct / "tiny.toml", "--epochs", 1, "--out", out]
+    assert train(*common).exit_code == 0
+    again = train(*common)
+    assert again.exit_code == 2 and "already holds a training run" in again.stderr and "--overwrite" in again.stderr
+    assert train(*common, "--overwrite").exit_code == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # started over, not appended
+    broken = train("--data", ldct / "train", "--config", ldct / "tiny.toml", "--out", tmp_path / "new",
+                   "--backbone-checkpoint", tmp_path / "missing.safetensors")
+    assert broken.exit_code == 2 and "missing.safetensors" in broken.stderr and "Traceback" not in broken.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_validation_set_without_two_classes_is_an_error(tmp_path):
+    root = tmp_path / "flat"
+    (root / "image").mkdir(parents=True)
+    for i, image in enumerate(unit_phantom(10, 64)):
+        tifffile.imwrite(root / "image" / f"{i:04d}.tif", image)
+    (root / "train.json").write_text(json.dumps({f"{i:04d}.tif": 3.0 for i in range(10)}))
+    result = train("--data", root, "--epochs", 1, "--out", tmp_path / "run", "--img-size", 64)
+    assert result.exit_code == 2 and "1 class(es)" in result.stderr and not (tmp_path / "run").exists()

@@ -11,7 +11,7 @@ from timm.models.swin_transformer import checkpoint_filter_fn
 import torch
 from torch import nn
 
-from ..config import ClinReadNetConfig
+from ..config import ClinReadNetConfig, ConfigError
 from .heads import MultiHeadClassifier, argmax_class, average_probabilities, expected_score, head_probabilities
 from .mtmsa import use_mtmsa
 from .soqn import SOQN
@@ -60,9 +60,9 @@ def create_backbone(cfg: ClinReadNetConfig, checkpoint: str | Path | None = None
     if checkpoint is not None:
         path = Path(checkpoint)
         if path.suffix != ".safetensors":
-            raise ValueError(f"{path}: backbone checkpoints are read from .safetensors files only (no pickles)")
+            raise ConfigError(f"{path}: backbone checkpoints are read from .safetensors files only (no pickles)")
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: backbone checkpoint not found")
+            raise ConfigError(f"{path}: backbone checkpoint not found")
         try:
             load_pretrained(
                 backbone, pretrained_cfg={**backbone.pretrained_cfg, "file": str(path)},
@@ -70,7 +70,7 @@ def create_backbone(cfg: ClinReadNetConfig, checkpoint: str | Path | None = None
             )
         except (RuntimeError, KeyError) as exc:
             reason = str(exc).strip().splitlines()[0]
-            raise ValueError(f"{path}: not a Swin checkpoint that fits config {cfg.name!r} ({reason})") from None
+            raise ConfigError(f"{path}: not a Swin checkpoint that fits config {cfg.name!r} ({reason})") from None
     return backbone
 
 

@@ -7,18 +7,26 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from .app import Device, ListFormat, app, stdout, usage_error
+from .app import Device, ListFormat, app, stderr, stdout, usage_error
 
 
 @app.command()
 def evaluate(
-    data: Path = typer.Option(..., help="Labelled data: LDCTIQAG2023 folder or a CSV of path,score."),
-    split: str = typer.Option("test", help="test | val | train | all (val/train use the run's split.json)."),
-    weights: Optional[Path] = typer.Option(None, help="Weights file or shipped weights by name (sim-v1). "
-                                                      "Default: sim-v1."),
-    split_file: Optional[Path] = typer.Option(None, help="split.json of the run (default: beside --weights)."),
+    data: Optional[Path] = typer.Option(
+        None, help="Labelled data: an LDCTIQAG2023 folder (or a folder holding one) or a CSV of path,score. "
+                   "Default: the data of the newest training run (runs/latest.json)."),
+    split: str = typer.Option("test", help="test (images/ + test.json), val or train (the run's split.json), or "
+                                           "all. A split the data does not have is an error."),
+    weights: Optional[Path] = typer.Option(
+        None, help="Weights file or shipped weights by name (sim-v1). Default: the run's best.safetensors when "
+                   "the data comes from a run or the split is val/train, else sim-v1."),
+    run: Optional[Path] = typer.Option(None, help="A training run folder to take data, weights and split from. "
+                                                  "Default: the newest run (runs/latest.json)."),
+    split_file: Optional[Path] = typer.Option(None, help="split.json of the run (default: the run's, or beside "
+                                                         "--weights)."),
     device: Device = typer.Option(Device.auto),
     batch_size: int = typer.Option(8, min=1),
     workers: int = typer.Option(2, min=0),
@@ -30,19 +38,26 @@ def evaluate(
     import io
 
     from ..atomic import write_text_atomic
-    from ..checkpoint import WeightsError, read_config, resolve_weights
+    from ..checkpoint import WeightsError, read_config
     from ..data import DatasetError
     from ..evaluation import evaluate as run_evaluation
-    from ..evaluation import noise_baseline, select_split, simulation_checks
+    from ..evaluation import noise_baseline, resolve_inputs, select_split, simulation_checks
     from ..metrics import correlation_metrics
     from ..scoring import resolve_device
 
-    weights_path = resolve_weights(weights)
+    try:
+        inputs = resolve_inputs(data, weights, split, split_file, run)
+    except DatasetError as exc:
+        usage_error(str(exc))
+    data, weights_path = inputs.data, inputs.weights
     if not weights_path.is_file():
         usage_error(f"no weights at {weights_path}; pass --weights FILE")
+    if inputs.run is not None:
+        stderr.print(f"evaluating {escape(str(weights_path))} on the {split} split of {escape(str(data))} "
+                     f"(training run {escape(str(inputs.run))})")
     try:
         torch_device = resolve_device(device.value)
-        items = select_split(data, split, split_file or weights_path.parent / "split.json")
+        items = select_split(data, split, inputs.split_file)
         metrics, preds = run_evaluation(weights_path, items, torch_device, batch_size=batch_size, workers=workers)
         noise = noise_baseline(items, read_config(weights_path))
         measured = [(-n, p.item.score) for n, p in zip(noise, preds) if n == n]

@@ -70,8 +70,8 @@ def score(
     """Score every CT slice of the given files and folders (0 bad ... 4 excellent)."""
     # Imported here so that --help, --version and `models` start without torch.
     from .. import report
-    from ..atomic import output_problem, streaming_output
     from ..api import Scorer
+    from ..atomic import output_problem, streaming_output
     from ..checkpoint import resolve_weights
     from ..readers import InputError, Limits, discover
     from ..summary import SummaryCollector

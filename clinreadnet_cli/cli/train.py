@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.progress import MofNCompleteColumn, Progress, TextColumn
 
-from .app import Device, app, stderr, usage_error
+from .app import Device, app, print_messages, stderr, usage_error
 
 
 @app.command()
@@ -20,6 +20,8 @@ def train(
     out: Optional[Path] = typer.Option(None, help="Run directory (default runs/clinreadnet)."),
     config: Optional[Path] = typer.Option(None, help="TOML or YAML file of training options; flags override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished epoch."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start again in an --out that already holds a run "
+                                                              "(its files are replaced)."),
     model: Optional[str] = typer.Option(None, help="Named model config (see `clinreadnet models`)."),
     epochs: Optional[int] = typer.Option(None, min=1),
     batch_size: Optional[int] = typer.Option(None, min=1),
@@ -40,6 +42,7 @@ def train(
 ) -> None:
     """Train a model on the LDCTIQAG2023 layout (image/*.tif + train.json) or a CSV of path,score."""
     from ..config import ConfigError
+    from ..checkpoint import WeightsError
     from ..data import DatasetError
     from ..training import TrainConfig, read_config_file
     from ..training import train as run_training
@@ -89,6 +92,8 @@ def train(
             stderr.print(f"training {cfg.model} on {info['train']} images, validating on {info['val']}, "
                          f"{info['steps']} steps/epoch, device {info['device']} x{info['world']}"
                          + (", bf16 autocast" if info["amp"] else ""))
+        elif kind == "warning":
+            print_messages(warnings=[info["message"]])
         elif kind == "init":
             stderr.print(f"starting from {info['weights']}: {info['copied']} tensors copied, "
                          f"{len(info['fresh'])} freshly initialised" + (f" ({', '.join(info['fresh'][:4])}"
@@ -107,8 +112,9 @@ def train(
 
     try:
         with progress:
-            result = run_training(cfg, resume=resume, on_event=on_event)
-    except (ConfigError, DatasetError) as exc:
+            result = run_training(cfg, resume=resume, on_event=on_event, overwrite=overwrite)
+    except (ConfigError, DatasetError, WeightsError) as exc:
         usage_error(str(exc))
     if show:
-        stderr.print(f"done: {escape(str(result.out / 'best.safetensors'))} (best validation Score {result.best_score:.4f})")
+        stderr.print(f"done: {escape(str(result.out / 'best.safetensors'))} (best validation PLCC + SROCC + KROCC "
+                     f"{result.best_score:.4f}); `clinreadnet evaluate --split val` evaluates it")
