@@ -46,7 +46,11 @@ def simulate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in --out."),
 ) -> None:
     """Simulate low-dose and sparse-view CT from normal-dose slices, with proxy quality labels."""
-    from ..simulate import Acquisition, existing_dataset, find_sources, simulate_dataset
+    try:
+        from ..simulate import Acquisition, existing_dataset, find_sources, simulate_dataset
+    except ImportError as exc:  # the tomography toolkits are an extra
+        usage_error(f"simulate needs the tomography toolkits ({exc.name} is missing): "
+                    "pip install 'clinreadnet[simulate]'")
 
     view_counts = []
     for item in (v.strip() for v in views.split(",") if v.strip()):

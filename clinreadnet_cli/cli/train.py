@@ -16,29 +16,37 @@ from .app import Device, app, print_messages, stderr, usage_error
 
 @app.command()
 def train(
-    data: Optional[Path] = typer.Option(None, help="Training data: LDCTIQAG2023 folder (image/ + train.json) or a CSV."),
-    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/clinreadnet)."),
-    config: Optional[Path] = typer.Option(None, help="TOML or YAML file of training options; flags override it."),
+    data: Optional[Path] = typer.Option(
+        None, help="Labelled images: a folder in the LDCTIQAG2023 layout (image/ + train.json), or one holding "
+                   "it (ldct/ with LDCTIQAG2023_train/), or a CSV of path,score[,group]."),
+    out: Optional[Path] = typer.Option(None, help="Run folder for checkpoints and logs. Default: runs/clinreadnet."),
+    config: Optional[Path] = typer.Option(None, help="TOML or YAML file of these options; flags override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished epoch."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start again in an --out that already holds a run "
                                                               "(its files are replaced)."),
-    model: Optional[str] = typer.Option(None, help="Named model config (see `clinreadnet models`)."),
-    epochs: Optional[int] = typer.Option(None, min=1),
-    batch_size: Optional[int] = typer.Option(None, min=1),
-    lr: Optional[float] = typer.Option(None),
-    img_size: Optional[int] = typer.Option(None, help="Network input size (default 224)."),
-    input_path: Optional[str] = typer.Option(None, help="How a slice becomes the input: decimate (default), crop, "
-                                                        "resize (weights v1). See docs/model.md."),
-    val_fraction: Optional[float] = typer.Option(None, help="Share of the data held out for validation (0.2)."),
-    seed: Optional[int] = typer.Option(None),
-    device: Optional[Device] = typer.Option(None),
-    workers: Optional[int] = typer.Option(None, min=0, help="DataLoader worker processes."),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (CUDA, or CPUs with AVX512-BF16/AMX)."),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Tab. 1 augmentation."),
-    loss_off: Optional[list[str]] = typer.Option(None, help="Switch off an HRPS term (repeatable)."),
-    backbone_checkpoint: Optional[Path] = typer.Option(None, help="Local Swin-T .safetensors to start from."),
+    model: Optional[str] = typer.Option(None, help="Model configuration by name (`clinreadnet models`). "
+                                                   "Default: clinreadnet."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Passes over the training images. Default: 80 (paper)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Images per optimiser step. Default: 8 (paper)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate of NAdam. Default: 1e-4 (paper)."),
+    img_size: Optional[int] = typer.Option(None, help="Network input size in pixels. Default: 224."),
+    input_path: Optional[str] = typer.Option(None, help="How a slice becomes the input: decimate, crop or resize "
+                                                        "(weights v1). Default: decimate. See docs/model.md."),
+    val_fraction: Optional[float] = typer.Option(None, help="Share of the images held out for validation, whole "
+                                                            "patients where known. Default: 0.2."),
+    seed: Optional[int] = typer.Option(None, help="Seeds the split, the initialisation and the shuffling. Default: 0."),
+    device: Optional[Device] = typer.Option(None, help="auto picks CUDA when present. Default: auto."),
+    workers: Optional[int] = typer.Option(None, min=0, help="Processes reading images. Default: 2."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (bf16 autocast): on CUDA, or "
+                                                                    "CPUs with AVX512-BF16/AMX. Default: off."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random rotation, scale and flips "
+                                                                                "(paper Tab. 1). Default: on."),
+    loss_off: Optional[list[str]] = typer.Option(None, help="Switch off one term of the loss [HRPS]: cross_entropy, "
+                                                            "fine_rps, coarse_rps, entropy (repeatable). Default: none."),
+    backbone_checkpoint: Optional[Path] = typer.Option(None, help="Start the Swin-T backbone from a local "
+                                                                  ".safetensors checkpoint. Default: random."),
     init_weights: Optional[str] = typer.Option(None, help="Fine-tune from clinreadnet weights: a file or a name "
-                                                          "(sim-v1); tensors that fit are copied."),
+                                                          "(sim-v1); tensors that fit are copied. Default: none."),
 ) -> None:
     """Train a model on the LDCTIQAG2023 layout (image/*.tif + train.json) or a CSV of path,score."""
     from ..config import ConfigError
