@@ -20,11 +20,12 @@ from .config import ClinReadNetConfig, ConfigError
 
 FORMAT = "clinreadnet-weights/1"
 _WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-# Shipped weights by name (``--weights sim-v1``); each file's own header says how to feed it.
+# Shipped weights by name, architecture.training (``--weights clinreadnet.sim-v1``, or ``sim-v1`` for
+# short); each file's own header says how to build and feed its model.
 NAMED_WEIGHTS = {
-    "sim-v1": _WEIGHTS_DIR / "clinreadnet-sim.safetensors",
+    "clinreadnet.sim-v1": _WEIGHTS_DIR / "clinreadnet-sim.safetensors",
 }
-SHIPPED_WEIGHTS = NAMED_WEIGHTS["sim-v1"]
+SHIPPED_WEIGHTS = NAMED_WEIGHTS["clinreadnet.sim-v1"]
 
 
 def default_weights() -> Path:
@@ -33,11 +34,13 @@ def default_weights() -> Path:
 
 
 def resolve_weights(value: str | Path | None) -> Path:
-    """A weights file: a path, or the name of shipped weights (``sim-v1``); None: the default."""
+    """A weights file: a path, or the name of shipped weights (``clinreadnet.sim-v1`` or ``sim-v1``);
+    None: the default."""
     if value is None:
         return default_weights()
-    if not Path(value).exists() and str(value) in NAMED_WEIGHTS:
-        return NAMED_WEIGHTS[str(value)]
+    name = str(value) if str(value) in NAMED_WEIGHTS else f"clinreadnet.{value}"
+    if not Path(value).exists() and name in NAMED_WEIGHTS:
+        return NAMED_WEIGHTS[name]
     return Path(value)
 
 

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_default_weights_keep_the_input_path_they_were_trained_with(monkeypatch):
     monkeypatch.delenv("CLINREADNET_WEIGHTS", raising=False)
-    assert default_weights() == SHIPPED_WEIGHTS == NAMED_WEIGHTS["sim-v1"]
+    assert default_weights() == SHIPPED_WEIGHTS == NAMED_WEIGHTS["clinreadnet.sim-v1"]
     v1 = read_config(SHIPPED_WEIGHTS)  # stored before input_path and the MTMSA switches existed
     assert v1.name == "clinreadnet" and v1.input_path == "resize"
     assert not v1.mtmsa.log_temperatures and not v1.mtmsa.mixing_sharpness

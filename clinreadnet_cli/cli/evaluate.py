@@ -21,8 +21,8 @@ def evaluate(
     split: str = typer.Option("test", help="test (images/ + test.json), val or train (the run's split.json), or "
                                            "all. A split the data does not have is an error."),
     weights: Optional[Path] = typer.Option(
-        None, help="Weights file or shipped weights by name (sim-v1). Default: the run's best.safetensors when "
-                   "the data comes from a run or the split is val/train, else sim-v1."),
+        None, help="Weights file or shipped weights by name (clinreadnet.sim-v1, or sim-v1). Default: the run's best.safetensors when "
+                   "the data comes from a run or the split is val/train, else clinreadnet.sim-v1."),
     run: Optional[Path] = typer.Option(None, help="A training run folder to take data, weights and split from. "
                                                   "Default: the newest run (runs/latest.json)."),
     split_file: Optional[Path] = typer.Option(None, help="split.json of the run (default: the run's, or beside "

@@ -35,7 +35,7 @@ GRADE_STYLE = {"bad": "bold red", "poor": "red", "fair": "yellow", "good": "gree
 def score(
     paths: list[Path] = typer.Argument(..., help="DICOM / NIfTI / MHA / NRRD / TIFF files or folders (searched recursively)."),
     weights: Optional[Path] = typer.Option(None, help="Weights file (.safetensors) or shipped weights by name "
-                                                      "(sim-v1). Default: sim-v1."),
+                                                      "(clinreadnet.sim-v1, or sim-v1). Default: clinreadnet.sim-v1."),
     device: Device = typer.Option(Device.auto, help="auto picks CUDA when present."),
     batch_size: int = typer.Option(8, min=1, help="Slices per model call; bounds memory."),
     workers: int = typer.Option(2, min=1, help="Background threads decoding slices."),

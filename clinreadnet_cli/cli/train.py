@@ -46,7 +46,7 @@ def train(
     backbone_checkpoint: Optional[Path] = typer.Option(None, help="Start the Swin-T backbone from a local "
                                                                   ".safetensors checkpoint. Default: random."),
     init_weights: Optional[str] = typer.Option(None, help="Fine-tune from clinreadnet weights: a file or a name "
-                                                          "(sim-v1); tensors that fit are copied. Default: none."),
+                                                          "(clinreadnet.sim-v1); tensors that fit are copied. Default: none."),
 ) -> None:
     """Train a model on the LDCTIQAG2023 layout (image/*.tif + train.json) or a CSV of path,score."""
     from ..config import ConfigError
