@@ -65,6 +65,7 @@ class TrainConfig:
     loss_off: tuple[str, ...] = ()  # HRPS terms to switch off (Tab. 8): cross_entropy, fine_rps, ...
     backbone_checkpoint: str | None = None
     init_weights: str | None = None  # a clinreadnet weights file or name to fine-tune from
+    half_weights: bool = False  # best.safetensors in fp16: half the size, loaded back as fp32
     input_range: str = "auto"
     model_overrides: dict[str, Any] = field(default_factory=dict)  # config fields, e.g. {"drop_path_rate": 0.2}
 
@@ -359,7 +360,7 @@ def _epochs(cfg: TrainConfig, model, loss_fn, loader, val_loader, sampler, optim
             improved = selection == selection and selection > best
             if improved:
                 best = selection
-                save_weights(model, out / "best.safetensors")
+                save_weights(model, out / "best.safetensors", torch.float16 if cfg.half_weights else None)
             save_state(out / "last_state.safetensors", model, optimizer, scheduler, epoch + 1, best)
             record["best"] = improved
             with (out / "metrics.jsonl").open("a", encoding="utf-8") as log:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import tifffile
 from safetensors import safe_open
 from scipy import stats
@@ -320,3 +321,13 @@ def test_a_validation_set_without_two_classes_is_an_error(tmp_path):
     (root / "train.json").write_text(json.dumps({f"{i:04d}.tif": 3.0 for i in range(10)}))
     result = train("--data", root, "--epochs", 1, "--out", tmp_path / "run", "--img-size", 64)
     assert result.exit_code == 2 and "1 class(es)" in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_half_weights_halve_the_best_checkpoint(ldct, tmp_path):
+    common = ["--data", ldct / "train", "--config", ldct / "tiny.toml", "--epochs", 1]
+    assert train(*common, "--out", tmp_path / "full").exit_code == 0
+    assert train(*common, "--out", tmp_path / "half", "--half-weights").exit_code == 0
+    full, half = (tmp_path / d / "best.safetensors" for d in ("full", "half"))
+    assert {t.dtype for t in _tensors(half).values() if t.is_floating_point()} == {torch.float16}
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    assert runner.invoke(app, ["score", str(ldct / "test"), "--weights", str(half)]).exit_code == 0

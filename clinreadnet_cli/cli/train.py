@@ -45,6 +45,9 @@ def train(
                                                             "fine_rps, coarse_rps, entropy (repeatable). Default: none."),
     backbone_checkpoint: Optional[Path] = typer.Option(None, help="Start the Swin-T backbone from a local "
                                                                   ".safetensors checkpoint. Default: random."),
+    half_weights: Optional[bool] = typer.Option(None, "--half-weights/--full-weights",
+                                                help="Store best.safetensors in fp16: half the size, loaded back "
+                                                     "as fp32. Default: full (fp32)."),
     init_weights: Optional[str] = typer.Option(None, help="Fine-tune from clinreadnet weights: a file or a name "
                                                           "(clinreadnet.sim-v1); tensors that fit are copied. Default: none."),
 ) -> None:
@@ -59,7 +62,7 @@ def train(
         "data": data, "out": out, "model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "img_size": img_size, "val_fraction": val_fraction, "seed": seed, "device": device and device.value,
         "workers": workers, "amp": amp, "augment": augment, "loss_off": loss_off,
-        "backbone_checkpoint": backbone_checkpoint, "init_weights": init_weights,
+        "backbone_checkpoint": backbone_checkpoint, "init_weights": init_weights, "half_weights": half_weights,
     }
     options: dict = {}
     try:
