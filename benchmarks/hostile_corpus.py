@@ -38,9 +38,10 @@ def main() -> None:
                              capture_output=True, text=True)
         seconds = time.perf_counter() - start
     records = [json.loads(line) for line in run.stdout.splitlines()]
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = {
         "entries": entries, "exit_code": run.returncode, "seconds": round(seconds, 1),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
         "slices_scored": sum("score" in r for r in records), "error_records": sum("error" in r for r in records),
         "expected_scored": sum(sum(e.scored.values()) + sum(n for n, _ in e.partly.values()) for e in expected),
         "expected_errors": sum(len(e.errors) + len(e.partly) for e in expected),
