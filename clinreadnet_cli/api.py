@@ -20,7 +20,7 @@ import numpy as np
 from .checkpoint import load_model, resolve_weights, weights_identity
 from .inference import resolve_options
 from .readers import DEFAULT_LIMITS, InputError, Limits, Series, SliceRef, discover
-from .report import to_record
+from .records import to_record
 from .scoring import SliceScore, resolve_device, score_series
 
 

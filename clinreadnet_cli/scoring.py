@@ -24,6 +24,11 @@ from .preprocess import prepare_slice
 from .readers import InputError, Series, SliceRef
 
 
+# A slice whose heads disagree by this much (SD of their scores) is flagged uncertain; see the
+# model card for what the spread means on held-out data.
+UNCERTAIN_HEAD_SD = 0.35
+
+
 @dataclass
 class SliceScore:
     path: Path
@@ -34,8 +39,14 @@ class SliceScore:
     grade: str
     label: int  # arg-max class 0..20
     head_scores: list[float]
+    head_sd: float  # spread of the four heads' scores: the model's own uncertainty
+    entropy: float  # of the head-averaged distribution over the classes, 0 (one class) .. 1 (flat)
     noise: NoiseFigure  # the classical noise figure, beside (never inside) the score
     meta: dict = field(default_factory=dict)  # where the slice comes from (DICOM UIDs, acquisition), see SliceRef
+
+    @property
+    def uncertain(self) -> bool:
+        return self.head_sd >= UNCERTAIN_HEAD_SD
 
 
 def resolve_device(name: str) -> torch.device:
@@ -117,6 +128,7 @@ def _run_batch(predict: Callable[[torch.Tensor], Prediction], device: torch.devi
         batch = batch.pin_memory()  # lets predict() copy it to the GPU without blocking
     pred = predict(batch)
     scores, labels, heads = pred.score.tolist(), pred.label.tolist(), pred.head_scores.tolist()
+    spreads, entropies = pred.head_sd.tolist(), pred.entropy.tolist()
     out: list[SliceScore | InputError] = []
     k = 0
     for s, ref, item in items:
@@ -125,7 +137,8 @@ def _run_batch(predict: Callable[[torch.Tensor], Prediction], device: torch.devi
             continue
         out.append(SliceScore(
             path=ref.path, series=s.label, series_uid=s.series_uid, slice=ref.index, score=scores[k],
-            grade=grade_name(scores[k]), label=labels[k], head_scores=heads[k], noise=item[1], meta=ref.meta,
+            grade=grade_name(scores[k]), label=labels[k], head_scores=heads[k], head_sd=spreads[k],
+            entropy=entropies[k], noise=item[1], meta=ref.meta,
         ))
         k += 1
     return out

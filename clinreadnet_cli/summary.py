@@ -1,8 +1,9 @@
-"""Per-series and per-study summaries of slice scores, gathered as the scores stream past.
+"""Per-series and per-study summaries of slice records, gathered as the records stream past.
 
-Only each slice's score and where it sits are kept (not images or records), so a summary of a
-whole archive costs a few bytes per slice. Used by the table footer, ``--summary FILE`` and the
-quality gate (``--fail-below``, ``--fail-below-mean``).
+Only each slice's score and where it sits are kept, so a summary of a whole archive costs a few
+bytes per slice. Used by the table footer, ``--summary FILE``, the quality gate (``--fail-below``,
+``--fail-below-mean``) and the study report. Works on records (dicts, as ``records.to_record``
+makes them or a JSONL file holds them), so it needs no model.
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from .scoring import SliceScore
 
 
 @dataclass
@@ -50,10 +48,10 @@ class _Group:
     scores: list[float] = field(default_factory=list)
     worst: tuple[float, str, int] = (math.inf, "", -1)
 
-    def add(self, score: float, path: Path, index: int) -> None:
+    def add(self, score: float, path: str, index: int) -> None:
         self.scores.append(score)
         if score < self.worst[0]:
-            self.worst = (score, str(path), index)
+            self.worst = (score, path, index)
 
     def summary(self, level: str, threshold: float) -> Summary:
         values = sorted(self.scores)
@@ -70,24 +68,23 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
-def series_key(item: SliceScore) -> tuple:
+def series_key(record: dict) -> tuple:
     """Slices of one series share it: the DICOM series UID, else the file (volumes, TIFFs)."""
-    return (item.series, item.series_uid) if item.series_uid else (item.series, str(item.path))
+    return (record["series"], record["series_uid"]) if record.get("series_uid") else (record["series"], record["path"])
 
 
 class SummaryCollector:
-    """Feed it every SliceScore; ask for series and study summaries at any time."""
+    """Feed it every slice record; ask for series and study summaries at any time."""
 
     def __init__(self, threshold: float = 2.0):
         self.threshold = threshold
         self._series: dict[tuple, _Group] = {}
         self._studies: dict[str | None, _Group] = {}
 
-    def add(self, item: SliceScore) -> None:
-        study = item.meta.get("study_uid")
-        self._series.setdefault(series_key(item), _Group(item.series, study, item.series_uid)).add(item.score, item.path, item.slice)
-        self._studies.setdefault(study, _Group(study or "files without a study", study, None)).add(
-            item.score, item.path, item.slice)
+    def add(self, record: dict) -> None:
+        study, where = record.get("study_uid"), (record["score"], record["path"], record["slice"])
+        self._series.setdefault(series_key(record), _Group(record["series"], study, record.get("series_uid"))).add(*where)
+        self._studies.setdefault(study, _Group(study or "files without a study", study, None)).add(*where)
 
     def series(self) -> list[Summary]:
         return [g.summary("series", self.threshold) for g in self._series.values()]

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from clinreadnet_cli import report
+from clinreadnet_cli import records as record_io
 from clinreadnet_cli.archs import create_model
 from clinreadnet_cli.checkpoint import save_weights
 from clinreadnet_cli.cli import app
@@ -114,7 +114,7 @@ def test_csv_and_jsonl_carry_the_same_records(study, weights):
     rows = list(csv.DictReader(io.StringIO(run(study, "--weights", weights, "--format", "csv").stdout)))
     lines = [json.loads(line) for line in run(study, "--weights", weights, "--format", "jsonl").stdout.splitlines()]
     assert lines == as_json
-    assert list(rows[0]) == report.FIELDS
+    assert list(rows[0]) == record_io.FIELDS
     assert len(rows) == len(as_json)
     for row, rec in zip(rows, as_json):
         assert row["path"] == rec["path"]
@@ -143,7 +143,7 @@ def test_output_file_is_written_whole_or_not_at_all(study, weights, tmp_path, mo
         self.stream.write(json.dumps(record)[:10])  # half a record...
         raise OSError(28, "No space left on device")  # ...then the disk fills up
 
-    monkeypatch.setattr(report.RecordWriter, "write", failing_write)
+    monkeypatch.setattr(record_io.RecordWriter, "write", failing_write)
     result = run(study / "series", "--weights", weights, "--output", out)
     assert result.exit_code == 2 and "No space left on device" in result.stderr
     assert out.read_text() == before  # the old file is untouched

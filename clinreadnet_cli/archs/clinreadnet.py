@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,15 @@ class Prediction:
     @property
     def head_scores(self) -> torch.Tensor:  # (B, H) each head's own 0-4 score
         return expected_score(self.head_probs)
+
+    @property
+    def head_sd(self) -> torch.Tensor:  # (B,) how much the four heads disagree, in score points
+        return self.head_scores.std(dim=1, unbiased=False)
+
+    @property
+    def entropy(self) -> torch.Tensor:  # (B,) of the averaged distribution, / log(classes): 0 sure .. 1 flat
+        p = self.probs.clamp_min(1e-12)
+        return -(p * p.log()).sum(dim=1) / math.log(p.shape[1])
 
 
 def create_backbone(cfg: ClinReadNetConfig, checkpoint: str | Path | None = None) -> nn.Module:
@@ -87,22 +97,28 @@ class ClinReadNet(nn.Module):
             use_mtmsa(self.backbone.layers[-1], cfg.mtmsa)
         self.head = MultiHeadClassifier(sum(widths), cfg.classifier_heads, cfg.num_classes, cfg.drop_rate)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, 96+192+384+768): GAP of every stage output, concatenated."""
+    def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(B, C, H, W) in [0, 1] -> (per-head logits, every stage's feature map (B, h, w, C) as pooled)."""
         x = self.backbone.patch_embed((x - 0.5) / 0.5)  # windowed [0, 1] slice -> zero-centred [-1, 1]
-        pooled = []
+        maps = []
         last = len(self.backbone.layers) - 1
         for i, stage in enumerate(self.backbone.layers):
             x = stage(x)
             if str(i) in self.soqn:
                 x = self.soqn[str(i)](x)  # in line: the next stage receives SOQN's output
-            out = self.backbone.norm(x) if i == last else x  # timm's final norm belongs to stage 4
-            pooled.append(out.mean(dim=(1, 2)))
-        return torch.cat(pooled, dim=1)
+            maps.append(self.backbone.norm(x) if i == last else x)  # timm's final norm belongs to stage 4
+        pooled = torch.cat([m.mean(dim=(1, 2)) for m in maps], dim=1)  # (B, 96+192+384+768)
+        return self.head(pooled), maps
+
+    def feature_modules(self) -> list[nn.Module]:
+        """The module whose output is each stage's feature map in ``forward_intermediates`` (for hooks: CAMs)."""
+        last = len(self.backbone.layers) - 1
+        return [self.backbone.norm if i == last else self.soqn[str(i)] if str(i) in self.soqn else stage
+                for i, stage in enumerate(self.backbone.layers)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> per-head logits (B, heads, classes), in training and in eval."""
-        return self.head(self.forward_features(x))
+        return self.forward_intermediates(x)[0]
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> Prediction:

@@ -69,7 +69,7 @@ def score(
 ) -> None:
     """Score every CT slice of the given files and folders (0 bad ... 4 excellent)."""
     # Imported here so that --help, --version and `models` start without torch.
-    from .. import report
+    from .. import records
     from ..api import Scorer
     from ..atomic import output_problem, streaming_output
     from ..checkpoint import resolve_weights
@@ -77,7 +77,7 @@ def score(
     from ..summary import SummaryCollector
 
     try:
-        fmt = OutputFormat(report.choose_format(fmt and fmt.value, output, sys.stdout.isatty()))
+        fmt = OutputFormat(records.choose_format(fmt and fmt.value, output, sys.stdout.isatty()))
     except ValueError as exc:
         usage_error(str(exc))
     if output is not None and (problem := output_problem(output)):
@@ -112,9 +112,9 @@ def score(
             writer = None
             if fmt is not OutputFormat.table:
                 stream = sys.stdout if output is None else stack.enter_context(streaming_output(output))
-                writer = report.RecordWriter(stream, fmt.value)
+                writer = records.RecordWriter(stream, fmt.value)
                 for err in found.errors:
-                    writer.write(report.to_record(err))
+                    writer.write(records.to_record(err))
             progress = stack.enter_context(Progress(*Progress.get_default_columns(), MofNCompleteColumn(),
                                                     console=stderr, transient=True, disable=not stderr.is_terminal))
             task = progress.add_task("scoring", total=sum(len(s.slices) for s in found.series))
@@ -123,13 +123,14 @@ def score(
                     if isinstance(item, InputError):
                         failures += 1
                         print_messages(errors=[item])
-                    else:
+                    record = records.to_record(item, scorer.identity)
+                    if "score" in record:
                         scored += 1
-                        summaries.add(item)
+                        summaries.add(record)
                         if writer is None:
-                            scores.append(item)
+                            scores.append(record)
                     if writer is not None:
-                        writer.write(report.to_record(item, scorer.identity))
+                        writer.write(record)
             finally:  # also on Ctrl-C: a JSON array is closed over the records written so far
                 if writer is not None:
                     writer.close()
@@ -174,22 +175,22 @@ def write_summary(path: Path, summaries) -> None:
         write_text_atomic(path, json.dumps(rows, indent=2) + "\n")
 
 
-def _print_tables(scores: list, summaries) -> None:
+def _print_tables(records: list[dict], summaries) -> None:
     from ..summary import series_key
 
     if not stdout.is_terminal:  # into a file or pipe: whole names, no wrapping
         stdout.width = 1000
-    rows_by_series: dict[tuple, list] = {}
-    for s in scores:
-        rows_by_series.setdefault(series_key(s), []).append(s)
+    rows_by_series: dict[tuple, list[dict]] = {}
+    for r in records:
+        rows_by_series.setdefault(series_key(r), []).append(r)
     for summary, rows in zip(summaries.series(), rows_by_series.values()):
         uid = f"  [dim]{summary.series_uid}[/]" if summary.series_uid else ""
         stdout.print(f"[bold]{escape(summary.label)}[/]{uid}", soft_wrap=True)
         table = Table("file", "slice", "score", "grade", "noise HU")
-        for s in rows:
-            style = GRADE_STYLE[s.grade]
-            noise = f"{s.noise.noise_hu:.1f}" if s.noise.noise_hu is not None else f"[dim]– {s.noise.note}[/]"
-            table.add_row(escape(s.path.name), str(s.slice), f"{s.score:.2f}", f"[{style}]{s.grade}[/]", noise)
+        for r in rows:
+            noise = f"{r['noise_hu']:.1f}" if r["noise_hu"] is not None else f"[dim]– {r['noise_note']}[/]"
+            table.add_row(escape(Path(r["path"]).name), str(r["slice"]), f"{r['score']:.2f}",
+                          f"[{GRADE_STYLE[r['grade']]}]{r['grade']}[/]", noise)
         stdout.print(table)
         stdout.print(
             f"  {summary.slices} slice{'s' if summary.slices != 1 else ''} · mean {summary.mean:.2f} · "

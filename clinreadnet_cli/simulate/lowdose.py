@@ -148,3 +148,15 @@ def simulate_slice(hu: np.ndarray, pixel_mm: float, acquisition: Acquisition,
                     image=hu + difference if mode == "add-difference" else image,
                     degradation_hu=rms, degradation=rms / noise_unit))
     return result
+
+
+def degraded_in(hu: np.ndarray, pixel_mm: float, region: np.ndarray, dose: float, views: int,
+                rng: np.random.Generator, full_views: int = 1000) -> np.ndarray:
+    """``hu`` with the degradation of one acquisition (add-difference) added inside ``region`` only.
+
+    Used to check where quality maps look: the rest of the slice keeps its own image.
+    """
+    acquisition = Acquisition(doses=tuple(sorted({1.0, dose})), views=tuple(sorted({full_views, views})),
+                              full_views=full_views)
+    degradation = simulate_slice(hu, pixel_mm, acquisition, rng).image(dose, views) - hu
+    return hu + degradation * region

@@ -12,8 +12,8 @@ from .readers import InputError
 from .readers.types import META_FIELDS
 from .scoring import SliceScore
 
-FIELDS = ["path", "series", "series_uid", "slice", "score", "grade", "class", "head_scores", "noise_hu",
-          "noise_note", *META_FIELDS, "weights", "weights_sha256", "error"]
+FIELDS = ["path", "series", "series_uid", "slice", "score", "grade", "class", "head_scores", "head_sd", "entropy",
+          "uncertain", "noise_hu", "noise_note", *META_FIELDS, "weights", "weights_sha256", "error"]
 FORMATS = ("json", "jsonl", "csv")
 
 
@@ -42,7 +42,8 @@ def to_record(item: SliceScore | InputError, weights: dict | None = None) -> dic
     return {
         "path": str(item.path), "series": item.series, "series_uid": item.series_uid, "slice": item.slice,
         "score": round(item.score, 4), "grade": item.grade, "class": item.label,
-        "head_scores": [round(h, 4) for h in item.head_scores],
+        "head_scores": [round(h, 4) for h in item.head_scores], "head_sd": round(item.head_sd, 4),
+        "entropy": round(item.entropy, 4), "uncertain": item.uncertain,
         "noise_hu": None if item.noise.noise_hu is None else round(item.noise.noise_hu, 2),
         "noise_note": item.noise.note,
         **{name: item.meta.get(name) for name in META_FIELDS},
