@@ -26,6 +26,7 @@ class ImagePrediction:
     item: LabelledSlice
     score: float
     label: int  # arg-max class
+    head_sd: float  # the four heads' disagreement (the record's uncertainty)
 
 
 @dataclass
@@ -60,6 +61,21 @@ def resolve_inputs(data: Path | None, weights: str | Path | None, split: str, sp
                             split_file or run / "split.json", run)
 
 
+def error_by_uncertainty(predictions: list[ImagePrediction], bins: int = 10) -> list[dict]:
+    """Does the uncertainty mean something? Images in ``bins`` equal groups by head_sd, lowest first:
+    each group's head_sd range, mean absolute error and share of errors above one grade (0.5)."""
+    if len(predictions) < bins:
+        return []
+    ordered = sorted(predictions, key=lambda p: p.head_sd)
+    rows = []
+    for group in np.array_split(np.arange(len(ordered)), bins):
+        chosen = [ordered[i] for i in group]
+        errors = np.array([abs(p.score - p.item.score) for p in chosen])
+        rows.append({"head_sd_from": chosen[0].head_sd, "head_sd_to": chosen[-1].head_sd, "images": len(chosen),
+                     "mean_abs_error": float(errors.mean()), "share_error_above_0.5": float((errors > 0.5).mean())})
+    return rows
+
+
 def select_split(data: str | Path, split: str, split_file: Path | None) -> list[LabelledSlice]:
     """The labelled slices of ``split``: ``test`` and ``all`` read the dataset as it is;
     ``train`` and ``val`` take the keys a training run wrote to its split.json."""
@@ -86,8 +102,8 @@ def evaluate(weights: Path, items: list[LabelledSlice], device: torch.device, ba
     predictions: list[ImagePrediction] = []
     for images, _ in loader:
         pred = model.predict(images.to(device))  # eval mode, inference_mode
-        for score, label in zip(pred.score.tolist(), pred.label.tolist()):
-            predictions.append(ImagePrediction(item=items[len(predictions)], score=score, label=label))
+        for score, label, spread in zip(pred.score.tolist(), pred.label.tolist(), pred.head_sd.tolist()):
+            predictions.append(ImagePrediction(item=items[len(predictions)], score=score, label=label, head_sd=spread))
     metrics = correlation_metrics([p.score for p in predictions], [p.item.score for p in predictions])
     return metrics, predictions
 

@@ -228,12 +228,18 @@ def test_evaluate_reproduces_scipy_on_its_predictions(ldct, tmp_path):
         reported = json.loads(result.stdout)
         rows = list(csv.DictReader(preds.open()))
         assert reported["images"] == len(rows) == count
-        assert set(rows[0]) == {"path", "label", "prediction", "class", "noise_hu"}
+        assert set(rows[0]) == {"path", "label", "prediction", "class", "head_sd", "noise_hu"}
         p, y = [float(r["prediction"]) for r in rows], [float(r["label"]) for r in rows]
         assert set(reported["noise_hu_baseline"]) == {"plcc", "srocc", "krocc", "score", "images"}
         assert reported["plcc"] == pytest.approx(stats.pearsonr(p, y).statistic, abs=1e-12)
         assert reported["srocc"] == pytest.approx(stats.spearmanr(p, y).statistic, abs=1e-12)
         assert reported["krocc"] == pytest.approx(stats.kendalltau(p, y).statistic, abs=1e-12)
+        deciles = reported["error_by_uncertainty"]  # ten groups by head_sd, lowest first
+        if count >= 10:
+            assert len(deciles) == 10 and sum(d["images"] for d in deciles) == count
+            assert all(a["head_sd_to"] <= b["head_sd_from"] for a, b in zip(deciles, deciles[1:]))
+            errors = np.abs(np.array(p) - np.array(y))
+            assert np.mean([d["mean_abs_error"] for d in deciles]) == pytest.approx(errors.mean(), rel=0.1)
     split = json.loads((out / "split.json").read_text())
     val_rows = list(csv.DictReader((tmp_path / "val.csv").open()))
     assert [Path(r["path"]).name for r in val_rows] == split["val"]  # the run's own validation images

@@ -41,7 +41,7 @@ def evaluate(
     from ..checkpoint import WeightsError, read_config
     from ..data import DatasetError
     from ..evaluation import evaluate as run_evaluation
-    from ..evaluation import noise_baseline, resolve_inputs, select_split, simulation_checks
+    from ..evaluation import error_by_uncertainty, noise_baseline, resolve_inputs, select_split, simulation_checks
     from ..metrics import correlation_metrics
     from ..scoring import resolve_device
 
@@ -68,14 +68,16 @@ def evaluate(
     if predictions is not None:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["path", "label", "prediction", "class", "noise_hu"])
+        writer.writerow(["path", "label", "prediction", "class", "head_sd", "noise_hu"])
         for p, n in zip(preds, noise):
-            writer.writerow([str(p.item.path), p.item.score, repr(p.score), p.label, "" if n != n else f"{n:.3f}"])
+            writer.writerow([str(p.item.path), p.item.score, repr(p.score), p.label, f"{p.head_sd:.4f}",
+                             "" if n != n else f"{n:.3f}"])
         write_text_atomic(predictions, buffer.getvalue())
     if fmt is ListFormat.json:
         extra = {"ordering": ordering} if ordering else {}
         typer.echo(json.dumps({"split": split, "images": len(preds), **metrics,
-                               "noise_hu_baseline": {**baseline, "images": len(measured)}, **extra}, indent=2))
+                               "noise_hu_baseline": {**baseline, "images": len(measured)}, **extra,
+                               "error_by_uncertainty": error_by_uncertainty(preds)}, indent=2))
         return
     table = Table("metric", "model", "noise_hu (baseline)", title=f"{split} split, {len(preds)} images")
     for name in ("plcc", "srocc", "krocc", "score"):
