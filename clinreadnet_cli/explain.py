@@ -41,15 +41,17 @@ def quality_maps(model: ClinReadNet, images: torch.Tensor, stage: int = DEFAULT_
         raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
     model = model.eval()
     layer = model.feature_modules()[stage]
-    # Gradients are needed from the score back to the target layer's output only: with every other
-    # parameter frozen, autograd records nothing before that layer and computes no weight gradients.
+    # Gradients are needed from the score back to the target layer's output only: every parameter
+    # is frozen and that output alone is made to require grad (registered before grad-cam's own hook),
+    # so autograd records nothing before it and computes no weight gradients.
     trainable = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
-    layer.requires_grad_(True)
+    handle = layer.register_forward_hook(lambda module, inputs, output: output.requires_grad_(True))
     try:
         with CAM_METHODS[method](model=model, target_layers=[layer], reshape_transform=_nchw) as cam:
             maps = cam(input_tensor=images.float(), targets=[Badness() for _ in range(len(images))])
     finally:
+        handle.remove()
         for parameter, flag in zip(model.parameters(), trainable):
             parameter.requires_grad_(flag)
     return np.asarray(maps, dtype=np.float32)
