@@ -4,12 +4,13 @@
 the command line starts without torch.
 """
 
-__version__ = "0.1.0"
-__all__ = ["score_array", "score_paths", "Scorer"]
+from .version import __version__
+
+__all__ = ["__version__", "score_array", "score_paths", "Scorer"]
 
 
 def __getattr__(name: str):
-    if name in __all__:
+    if name in ("score_array", "score_paths", "Scorer"):
         from . import api
 
         return getattr(api, name)

@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from . import __version__
+from .version import __version__
 from .archs import ClinReadNet, create_model
 from .atomic import atomic_path
 from .config import ClinReadNetConfig, ConfigError

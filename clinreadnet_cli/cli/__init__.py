@@ -8,7 +8,7 @@ import warnings
 
 import typer
 
-from .. import __version__
+from ..version import __version__
 from . import evaluate, models, report, score, simulate, train  # noqa: F401  (each registers its command)
 from .app import app
 

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..api import Scorer
 from ..config import get_config
 from ..explain import quality_maps
