@@ -25,7 +25,8 @@ from clinreadnet_cli.scoring import score_series
 from .conftest import ct_phantom, tiny_config, unit_phantom
 
 runner = CliRunner()
-RECORD_KEYS = {"path", "series", "series_uid", "slice", "score", "grade", "class", "head_scores", "noise_hu",
+RECORD_KEYS = {"path", "series", "series_uid", "slice", "score", "grade", "class", "head_scores", "head_sd", "entropy",
+               "uncertain", "noise_hu",
                "noise_note", "study_uid", "sop_uid", "instance_number", "z_mm", "slice_thickness_mm", "kvp", "mas",
                "ctdivol_mgy", "kernel", "manufacturer", "weights", "weights_sha256"}
 
