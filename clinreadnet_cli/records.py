@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import TextIO
 
 from .readers import InputError
 from .readers.types import META_FIELDS
@@ -85,13 +84,3 @@ class RecordWriter:
         if self.fmt == "json":
             self.stream.write("\n]\n" if self.count else "]\n")
         self.stream.flush()
-
-
-def render(records: Iterable[dict], fmt: str) -> str:
-    """All ``records`` as one text in ``fmt``."""
-    buffer = io.StringIO()
-    writer = RecordWriter(buffer, fmt)
-    for record in records:
-        writer.write(record)
-    writer.close()
-    return buffer.getvalue()
