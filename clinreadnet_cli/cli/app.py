@@ -72,3 +72,11 @@ def print_messages(notes=(), warnings=(), errors=()) -> None:
         stderr.print(f"[yellow]warning:[/] {escape(str(warning))}")
     for err in errors:
         stderr.print(f"[bold red]error:[/] {escape(str(err))}")
+
+
+def require_paths(paths) -> None:
+    """A path on the command line that does not exist is a typo, not a damaged input: a usage error,
+    before anything is loaded or scored (a broken link does exist: it becomes an error record)."""
+    missing = [str(p) for p in paths if not (p.exists() or p.is_symlink())]
+    if missing:
+        usage_error(f"no such file or folder: {', '.join(missing)}")

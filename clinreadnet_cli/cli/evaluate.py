@@ -40,8 +40,9 @@ def evaluate(
     from ..atomic import write_text_atomic
     from ..checkpoint import WeightsError, read_config
     from ..data import DatasetError
+    from ..evaluation import error_by_uncertainty
     from ..evaluation import evaluate as run_evaluation
-    from ..evaluation import error_by_uncertainty, noise_baseline, resolve_inputs, select_split, simulation_checks
+    from ..evaluation import noise_baseline, resolve_inputs, select_split, simulation_checks
     from ..metrics import correlation_metrics
     from ..scoring import resolve_device
 

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.progress import MofNCompleteColumn, Progress
 
-from .app import EXIT_OK, EXIT_PARTIAL, Device, app, print_messages, stderr, usage_error
+from .app import EXIT_OK, EXIT_PARTIAL, Device, app, print_messages, require_paths, stderr, usage_error
 
 
 @app.command()
@@ -49,9 +49,7 @@ def report(
     else:
         if not paths:
             usage_error("nothing to report on: give files or folders (or --records FILE.jsonl)")
-        missing = [str(p) for p in paths if not (p.exists() or p.is_symlink())]
-        if missing:
-            usage_error(f"no such file or folder: {', '.join(missing)}")
+        require_paths(paths)
         from ..api import Scorer
 
         try:

@@ -23,6 +23,7 @@ from .app import (
     Precision,
     app,
     print_messages,
+    require_paths,
     stderr,
     stdout,
     usage_error,
@@ -82,9 +83,7 @@ def score(
         usage_error(str(exc))
     if output is not None and (problem := output_problem(output)):
         usage_error(f"--output: {problem}")
-    missing = [str(p) for p in paths if not (p.exists() or p.is_symlink())]
-    if missing:  # a typo in the command, not a damaged input: nothing is loaded or scored
-        usage_error(f"no such file or folder: {', '.join(missing)}")
+    require_paths(paths)
     if threads:
         import torch
 

@@ -52,8 +52,8 @@ def train(
                                                           "(clinreadnet.sim-v1); tensors that fit are copied. Default: none."),
 ) -> None:
     """Train a model on the LDCTIQAG2023 layout (image/*.tif + train.json) or a CSV of path,score."""
-    from ..config import ConfigError
     from ..checkpoint import WeightsError
+    from ..config import ConfigError
     from ..data import DatasetError
     from ..training import TrainConfig, read_config_file
     from ..training import train as run_training
