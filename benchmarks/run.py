@@ -13,6 +13,10 @@ Sections (all on data generated from ../shared/data/ct_sources; nothing large is
             end-to-end rate / model-only rate)
   memory    peak RSS of the `clinreadnet score` command on 300- and 1,200-slice series
   training  one epoch of the train command on 800 images (+ 200 validation)
+  archive   score-archive with the local engine and with Ray (1 and 2 actors) on an archive of
+            --archive SERIES SLICES, whole commands against the model-only rate; records that
+            differ between the engines; peak RSS at SERIES and SERIES/5; plain `score` on a
+            --study-slices study, start-up included
 Measures only; nothing here passes or fails on a time.
 """
 
@@ -27,6 +31,7 @@ import torch
 
 from common import write_json
 
+import archive
 import forward
 import scoring
 import training
@@ -36,7 +41,7 @@ from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference
 from clinreadnet_cli.preprocess import prepare_slice
 from clinreadnet_cli.readers import discover
 
-SECTIONS = ("forward", "options", "scoring", "memory", "training")
+SECTIONS = ("forward", "options", "scoring", "memory", "training", "archive")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -91,6 +96,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="batch of the CPU runs (CUDA: 64)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train-images", type=int, default=1000)
+    parser.add_argument("--archive", type=int, nargs=2, default=[50, 40], metavar=("SERIES", "SLICES"))
+    parser.add_argument("--study-slices", type=int, default=240)
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="archive: weights to score with (default: the shipped ones)")
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
 
@@ -121,8 +130,9 @@ def main() -> None:
         if "scoring" in args.only or "memory" in args.only:
             scoring.build_series(tmp / "short", short)
         if "scoring" in args.only:  # weights v2's input path, then v1's
-            for path_model in (model, create_model("clinreadnet", input_path="resize").eval()):
-                report(scoring.throughput(tmp / "short", path_model, device, args.batch, workers=2,
+            resize = save_weights(create_model("clinreadnet", input_path="resize").eval(), tmp / "resize.safetensors")
+            for path_weights in (weights, resize):
+                report(scoring.throughput(tmp / "short", path_weights, device, args.batch, workers=2,
                                           options=InferenceOptions.default_for(device)))
         if "memory" in args.only:
             scoring.build_series(tmp / "long", long)
@@ -131,6 +141,9 @@ def main() -> None:
             report([{"benchmark": "memory", "measure": f"score command, {n}-slice series: peak RSS",
                      "value": rss, "unit": "MiB", "ratio": rss / peaks[short][0], "wall_s": wall}
                     for n, (rss, wall) in peaks.items()])
+        if "archive" in args.only:
+            report(archive.archive_rows(tmp, args.weights or default_weights(), *args.archive, args.batch,
+                                        torch.get_num_threads(), args.study_slices))
     if "training" in args.only:
         report(training.epoch_throughput("clinreadnet", args.train_images, 224, args.batch, workers=2,
                                          device=device.type))

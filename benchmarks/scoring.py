@@ -14,12 +14,13 @@ import torch
 
 from common import SOURCES
 
+from clinreadnet_cli.api import Scorer
+from clinreadnet_cli.checkpoint import load_model
 from clinreadnet_cli.dicom_export import write_series
 from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference
 from clinreadnet_cli.noise import measure_noise
 from clinreadnet_cli.preprocess import prepare_slice
 from clinreadnet_cli.readers import discover
-from clinreadnet_cli.scoring import score_series
 
 
 def build_series(out: Path, n: int) -> Path:
@@ -29,62 +30,82 @@ def build_series(out: Path, n: int) -> Path:
     return out
 
 
-def throughput(series_dir: Path, model, device: torch.device, batch: int, workers: int,
-               options: InferenceOptions) -> list[dict]:
-    series = discover([series_dir]).series
-    n = sum(len(s.slices) for s in series)
-
-    start = time.perf_counter()
-    tensors = []
-    for ref in (ref for s in series for ref in s.slices):  # as the workflow's decode threads do
-        image = ref.load()
-        tensors.append(prepare_slice(image, ref.value_range, model.config))
-        measure_noise(image, ref.value_range)
-    decode = time.perf_counter() - start
-
-    predict = prepare_for_inference(model, device, options)
+def model_only(tensors: list[torch.Tensor], predict, batch: int) -> float:
+    """Seconds the model alone takes over ``tensors`` (prepared slices), after one warm-up batch."""
     batches = torch.stack(tensors).split(batch)
     predict(batches[0])  # warm-up
     start = time.perf_counter()
     for b in batches:
         predict(b).score.tolist()  # .tolist() waits for the device, as the workflow does
-    model_only = time.perf_counter() - start
-    del tensors, batches
+    return time.perf_counter() - start
+
+
+def throughput(series_dir: Path, weights: Path, device: torch.device, batch: int, workers: int,
+               options: InferenceOptions) -> list[dict]:
+    """Decode only, model only and the workflow end to end (decoding processes beside the model)."""
+    model = load_model(weights)
+    series = discover([series_dir]).series
+    n = sum(len(s.slices) for s in series)
 
     start = time.perf_counter()
-    scored = sum(1 for _ in score_series(discover([series_dir]).series, model, device, batch_size=batch,
-                                          workers=workers, options=options))
+    tensors = []
+    for ref in (ref for s in series for ref in s.slices):
+        image = ref.load()
+        tensors.append(prepare_slice(image, ref.value_range, model.config))
+        measure_noise(image, ref.value_range)
+    decode = time.perf_counter() - start
+
+    model_seconds = model_only(tensors, prepare_for_inference(model, device, options), batch)
+    del tensors
+
+    scorer = Scorer(weights, device=device.type, precision=options.precision, batch_size=batch, workers=workers)
+    start = time.perf_counter()
+    scored = sum(1 for _ in scorer.records([series_dir]))
     end_to_end = time.perf_counter() - start
     assert scored == n
     label = f"{n}-slice DICOM series, {model.config.input_path} {model.config.img_size}²"
     return [
         {"benchmark": "scoring", "measure": f"{label}: decode only", "value": n / decode, "unit": "slices/s"},
-        {"benchmark": "scoring", "measure": f"{label}: model only", "value": n / model_only, "unit": "slices/s"},
+        {"benchmark": "scoring", "measure": f"{label}: model only", "value": n / model_seconds, "unit": "slices/s"},
         {"benchmark": "scoring", "measure": f"{label}: end to end (score workflow)", "value": n / end_to_end,
-         "unit": "slices/s", "ratio": model_only / end_to_end},  # end-to-end rate / model-only rate
+         "unit": "slices/s", "ratio": model_seconds / end_to_end},  # end-to-end rate / model-only rate
     ]
 
 
 def command_peak_rss(series_dir: Path, weights: Path, device: str, batch: int, extra: list[str]) -> tuple[float, float]:
-    """(peak resident memory in MiB, wall seconds) of one ``clinreadnet score`` process.
-
-    Read from the process's own high-water mark (VmHWM in /proc, Linux), polled until it exits:
-    rusage's ru_maxrss would not do, because a child starts from the high-water mark of the
-    parent it was forked from, and this benchmark process is large.
-    """
+    """(peak resident memory in MiB, wall seconds) of one ``clinreadnet score`` process."""
     command = [sys.executable, "-m", "clinreadnet_cli", "score", str(series_dir), "--weights", str(weights),
                "--format", "jsonl", "--device", device, "--batch-size", str(batch), *extra]
+    return process_peak_rss(command)
+
+
+def process_peak_rss(command: list[str]) -> tuple[float, float]:
+    """(peak resident memory in MiB of the process and its decoding children, wall seconds).
+
+    Read from each process's own high-water mark (VmHWM in /proc, Linux), polled until it exits:
+    rusage's ru_maxrss would not do, because a child starts from the high-water mark of the
+    parent it was forked from, and this benchmark process is large. Children count as the sum of
+    their peaks (an upper bound of what they held together).
+    """
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    status, peak_kib = Path(f"/proc/{process.pid}/status"), 0
+    peaks: dict[int, int] = {}
     while process.poll() is None:
-        try:
-            line = next(x for x in status.read_text().splitlines() if x.startswith("VmHWM:"))
-            peak_kib = max(peak_kib, int(line.split()[1]))
-        except (OSError, StopIteration):  # exiting: its memory map is already gone
-            pass
+        for pid in [process.pid, *_children(process.pid)]:
+            try:
+                line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmHWM:"))
+                peaks[pid] = max(peaks.get(pid, 0), int(line.split()[1]))
+            except (OSError, StopIteration):  # exiting: its memory map is already gone
+                pass
         time.sleep(0.02)
     wall = time.perf_counter() - start
-    if process.returncode != 0:
+    if process.returncode not in (0, 1):
         raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}")
-    return peak_kib / 1024, wall
+    return sum(peaks.values()) / 1024, wall
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []

@@ -18,10 +18,12 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .checkpoint import load_model, resolve_weights, weights_identity
-from .inference import resolve_options
-from .readers import DEFAULT_LIMITS, InputError, Limits, Series, SliceRef, discover
+from .engine.base import DecodeSettings, Item, plan_units
+from .engine.local import DecodePool, in_unit_order
+from .inference import prepare_for_inference, resolve_options
+from .readers import DEFAULT_LIMITS, InputError, Limits, Series, SliceRef
 from .records import to_record
-from .scoring import SliceScore, resolve_device, score_series
+from .scoring import SliceScore, resolve_device, score_batch, score_series
 
 
 class Scorer:
@@ -35,21 +37,32 @@ class Scorer:
         self.model = load_model(path)
         self.identity = weights_identity(path)  # {"weights", "weights_sha256"}, in every record
         self.batch_size, self.workers = batch_size, workers
+        self.predict = prepare_for_inference(self.model, self.device, self.options)
+
+    def settings(self, input_range: str = "auto", limits: Limits = DEFAULT_LIMITS,
+                 all_orientations: bool = False) -> DecodeSettings:
+        """How decoding processes must prepare slices for this model."""
+        return DecodeSettings(self.model.config, self.batch_size, input_range, limits, all_orientations)
+
+    def score_items(self, items: list[Item]) -> list[SliceScore | InputError]:
+        """One decoded batch (``engine.base.Batch.items``) through the model."""
+        return score_batch(self.predict, items, self.model.config, self.device)
 
     def stream(self, series: Iterable[Series],
                on_slice: Callable[[], None] | None = None) -> Iterator[SliceScore | InputError]:
-        """One SliceScore per slice, or one InputError per failing input, in series/slice order."""
-        return score_series(series, self.model, self.device, batch_size=self.batch_size, workers=self.workers,
-                            on_slice=on_slice, options=self.options)
+        """One SliceScore per slice, or one InputError per failing input, in series/slice order,
+        decoded in this process (series already in memory)."""
+        return score_series(series, self.model, self.device, batch_size=self.batch_size, on_slice=on_slice,
+                            options=self.options)
 
     def records(self, paths: Iterable[str | Path], input_range: str = "auto", limits: Limits = DEFAULT_LIMITS,
                 all_orientations: bool = False) -> Iterator[dict]:
-        """Records for every slice under ``paths`` (files and folders), error records for what failed."""
-        found = discover(paths, input_range, limits, all_orientations)
-        for error in found.errors:
-            yield to_record(error)
-        for item in self.stream(found.series):
-            yield to_record(item, self.identity)
+        """Records for every slice under ``paths`` (files and folders), error records for what failed;
+        decoded in ``workers`` processes, in series/slice order."""
+        units = plan_units(paths, all_orientations).units
+        with DecodePool(self.settings(input_range, limits, all_orientations), self.workers) as pool:
+            for _, batch in in_unit_order(score_events(pool, units, self)):
+                yield from (to_record(item, self.identity) for item in batch)
 
     def score_array(self, image: np.ndarray, value_range: str = "hu", name: str = "array") -> dict:
         """The record of one 2-D slice (HU, or ``value_range="unit"`` for windowed [0, 1] values).
@@ -63,6 +76,17 @@ class Scorer:
         if isinstance(item, InputError):
             raise item
         return to_record(item, self.identity)
+
+
+def score_events(pool: DecodePool, units, scorer: Scorer, on_warning: Callable[[str], None] = lambda text: None):
+    """(unit index, scored items | END) as the pool's batches come through the model."""
+    for tag, batch in pool.events(units):
+        if batch is None:
+            yield tag, None
+            continue
+        for text in batch.warnings:
+            on_warning(text)
+        yield tag, scorer.score_items(batch.items)
 
 
 @lru_cache(maxsize=4)

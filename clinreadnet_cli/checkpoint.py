@@ -8,15 +8,18 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .version import __version__
-from .archs import ClinReadNet, create_model
 from .atomic import atomic_path
 from .config import ClinReadNetConfig, ConfigError
+
+if TYPE_CHECKING:  # torch and the model are imported where tensors are handled; names and headers need neither
+    import torch
+
+    from .archs import ClinReadNet
 
 FORMAT = "clinreadnet-weights/1"
 _WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -64,6 +67,8 @@ def save_weights(model: ClinReadNet, path: str | Path, dtype: torch.dtype | None
 
     ``dtype=torch.float16`` halves the file; floating tensors are cast back to fp32 on load.
     """
+    from safetensors.torch import save_file
+
     path = Path(path)
     tensors = {}
     for name, tensor in model.state_dict().items():
@@ -80,7 +85,7 @@ def save_weights(model: ClinReadNet, path: str | Path, dtype: torch.dtype | None
 def read_config(path: str | Path) -> ClinReadNetConfig:
     """The config stored in a weights file (reads the header only)."""
     path = Path(path)
-    metadata = _open(path, lambda f: f.metadata()) or {}
+    metadata = _open(path, lambda f: f.metadata(), framework="numpy") or {}
     if metadata.get("format") != FORMAT or "config" not in metadata:
         raise WeightsError(f"{path}: not a clinreadnet weights file (no '{FORMAT}' config in its header)")
     try:
@@ -91,6 +96,8 @@ def read_config(path: str | Path) -> ClinReadNetConfig:
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> ClinReadNet:
     """Rebuild the model a weights file describes and load its tensors (eval mode)."""
+    from .archs import create_model
+
     cfg = read_config(path)
     try:
         model = create_model(cfg)
@@ -102,6 +109,8 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Cl
 
 def load_weights(model: ClinReadNet, path: str | Path) -> None:
     """Load a weights file into ``model``; its stored config must match the model's."""
+    import torch
+
     path = Path(path)
     stored = read_config(path)
     if stored != model.config:
@@ -136,6 +145,8 @@ def initialise_from(model: ClinReadNet, path: str | Path) -> tuple[int, list[str
     (input path, MTMSA parameterisation): every tensor whose name and shape match is copied, and
     temperatures stored as T become log T. The rest keep their fresh initialisation.
     """
+    import torch
+
     path = Path(path)
     read_config(path)  # a clinreadnet weights file, not any safetensors
     tensors = _open(path, lambda f: {k: f.get_tensor(k) for k in f.keys()})
@@ -155,11 +166,11 @@ def initialise_from(model: ClinReadNet, path: str | Path) -> tuple[int, list[str
     return copied, fresh
 
 
-def _open(path: Path, read):
+def _open(path: Path, read, framework: str = "pt"):
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework=framework) as f:
             return read(f)
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None

@@ -12,13 +12,16 @@ slice (HU or already-windowed [0, 1]) -> intensity window -> clip to [0, 1] -> p
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .config import ClinReadNetConfig
+
+if TYPE_CHECKING:
+    import torch
+
+# numpy only (torch just for v1's resize), so that decoding processes start without importing torch.
 
 ValueRange = Literal["hu", "unit"]
 DECIMATED_SIDE = 256  # a 512² slice is read every second pixel
@@ -30,22 +33,22 @@ def window_hu(hu: np.ndarray, width: float, level: float) -> np.ndarray:
     return np.clip((hu.astype(np.float32, copy=False) - low) / width, 0.0, 1.0)
 
 
-def pad_to_square(image: torch.Tensor) -> torch.Tensor:
+def pad_to_square(image: np.ndarray) -> np.ndarray:
     """Centre a (..., H, W) image on a square canvas of zeros (the bottom of the window)."""
     h, w = image.shape[-2:]
     if h == w:
         return image
     size = max(h, w)
     top, left = (size - h) // 2, (size - w) // 2
-    return F.pad(image, (left, size - w - left, top, size - h - top))
+    return np.pad(image, [(0, 0)] * (image.ndim - 2) + [(top, size - h - top), (left, size - w - left)])
 
 
-def centre_crop_or_pad(image: torch.Tensor, size: int) -> torch.Tensor:
+def centre_crop_or_pad(image: np.ndarray, size: int) -> np.ndarray:
     """The central size x size of a square (..., N, N) image, zero-padded where N < size."""
     side = image.shape[-1]
     if side < size:
         before = (size - side) // 2
-        return F.pad(image, (before, size - side - before, before, size - side - before))
+        return np.pad(image, [(0, 0)] * (image.ndim - 2) + [(before, size - side - before)] * 2)
     start = (side - size) // 2
     return image[..., start:start + size, start:start + size]
 
@@ -54,21 +57,36 @@ def decimation_step(side: int) -> int:
     return max(1, round(side / DECIMATED_SIDE))
 
 
-def prepare_slice(image: np.ndarray, value_range: ValueRange, cfg: ClinReadNetConfig) -> torch.Tensor:
-    """A 2-D slice -> the network's (1, S, S) float32 input in [0, 1]."""
+def sample_slice(image: np.ndarray, value_range: ValueRange, cfg: ClinReadNetConfig) -> np.ndarray:
+    """A 2-D slice -> (1, S, S) float32 in [0, 1], numpy only: windowed, squared and sampled by the
+    input path; S is the input size except on the ``resize`` path, whose resize is ``model_input``'s."""
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D slice, got shape {image.shape}")
     if value_range == "hu":
         unit = window_hu(image, cfg.window_width, cfg.window_level)
     else:
         unit = np.clip(image.astype(np.float32, copy=False), 0.0, 1.0)
-    tensor = pad_to_square(torch.from_numpy(np.ascontiguousarray(unit)))
+    square = pad_to_square(unit)
     if cfg.input_path == "decimate":
-        step = decimation_step(tensor.shape[-1])
-        tensor = centre_crop_or_pad(tensor[::step, ::step], cfg.img_size).contiguous()
+        step = decimation_step(square.shape[-1])
+        square = centre_crop_or_pad(square[::step, ::step], cfg.img_size)
     elif cfg.input_path == "crop":
-        tensor = centre_crop_or_pad(tensor, cfg.img_size).contiguous()
-    elif tensor.shape[-1] != cfg.img_size:
-        tensor = F.interpolate(tensor[None, None], size=(cfg.img_size, cfg.img_size), mode="bilinear",
-                               antialias=True, align_corners=False)[0, 0].clamp_(0.0, 1.0)
-    return tensor.unsqueeze(0)
+        square = centre_crop_or_pad(square, cfg.img_size)
+    return np.ascontiguousarray(square, dtype=np.float32)[None]
+
+
+def model_input(sampled: np.ndarray, cfg: ClinReadNetConfig) -> "torch.Tensor":
+    """``sample_slice``'s output as the network's (1, S, S) input tensor (the ``resize`` path resizes here)."""
+    import torch
+    import torch.nn.functional as F
+
+    tensor = torch.from_numpy(sampled)
+    if tensor.shape[-1] != cfg.img_size:
+        tensor = F.interpolate(tensor[None], size=(cfg.img_size, cfg.img_size), mode="bilinear", antialias=True,
+                               align_corners=False)[0].clamp_(0.0, 1.0)
+    return tensor
+
+
+def prepare_slice(image: np.ndarray, value_range: ValueRange, cfg: ClinReadNetConfig) -> "torch.Tensor":
+    """A 2-D slice -> the network's (1, S, S) float32 input in [0, 1]."""
+    return model_input(sample_slice(image, value_range, cfg), cfg)

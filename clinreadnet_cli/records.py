@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from .readers import InputError
 from .readers.types import META_FIELDS
-from .scoring import SliceScore
+
+if TYPE_CHECKING:
+    from .scoring import SliceScore
 
 FIELDS = ["path", "series", "series_uid", "slice", "score", "grade", "class", "head_scores", "head_sd", "entropy",
           "uncertain", "noise_hu", "noise_note", *META_FIELDS, "weights", "weights_sha256", "error"]

@@ -200,9 +200,9 @@ def test_window_pad_and_resize():
     cfg = tiny_config()  # W350/L40, 128 px
     edges = window_hu(np.array([-135.0, 40.0, 215.0, -1000.0, 3000.0]), cfg.window_width, cfg.window_level)
     assert edges.tolist() == pytest.approx([0.0, 0.5, 1.0, 0.0, 1.0])
-    wide = torch.ones(1, 40, 100)
+    wide = np.ones((1, 40, 100), dtype=np.float32)
     square = pad_to_square(wide)
-    assert square.shape == (1, 100, 100) and square[0, 30:70].eq(1).all() and square[0, :30].eq(0).all()
+    assert square.shape == (1, 100, 100) and (square[0, 30:70] == 1).all() and (square[0, :30] == 0).all()
     out = prepare_slice(np.full((300, 200), 215.0), "hu", tiny_config(input_path="resize"))  # weights v1's path
     assert out.shape == (1, 128, 128) and out.dtype == torch.float32
     assert float(out.min()) == 0.0 and float(out.max()) == pytest.approx(1.0)

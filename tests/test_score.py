@@ -196,7 +196,7 @@ def test_unusable_weights_file_exits_2(study, tmp_path):
     assert result.exit_code == 2 and str(bad) in result.stderr
 
 
-def test_decoding_runs_ahead_of_the_model_by_at_most_two_batches(weights):
+def test_in_process_decoding_holds_one_batch(weights):
     """Memory is bounded by the batch: slices are decoded as the model consumes them."""
     from clinreadnet_cli.checkpoint import load_model
 
@@ -210,10 +210,10 @@ def test_decoding_runs_ahead_of_the_model_by_at_most_two_batches(weights):
 
     series = Series(label="long", series_uid=None)
     series.slices = [SliceRef(Path("x"), k, "unit", loader(k)) for k in range(200)]
-    stream = score_series([series], load_model(weights), torch.device("cpu"), batch_size=4, workers=2)
+    stream = score_series([series], load_model(weights), torch.device("cpu"), batch_size=4)
     first = next(stream)
     assert first.slice == 0
-    assert len(loads) <= 3 * 4  # the batch scored plus at most two batches in flight
+    assert len(loads) == 4  # the batch scored, nothing more
     assert sum(1 for _ in stream) == 199 and len(loads) == 200
 
 

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import MofNCompleteColumn, Progress
+from rich.progress import Progress, TextColumn
 from rich.table import Table
 
 from .app import (
@@ -39,7 +39,7 @@ def score(
                                                       "(clinreadnet.sim-v1, or sim-v1). Default: clinreadnet.sim-v1."),
     device: Device = typer.Option(Device.auto, help="auto picks CUDA when present."),
     batch_size: int = typer.Option(8, min=1, help="Slices per model call; bounds memory."),
-    workers: int = typer.Option(2, min=1, help="Background threads decoding slices."),
+    workers: int = typer.Option(2, min=1, help="Processes decoding slices beside the model."),
     precision: Precision = typer.Option(
         Precision.auto, help="auto: fp32 on CPU, bf16 autocast on CUDA. bf16 on a CPU with AVX512-BF16 is faster."),
     int8: bool = typer.Option(False, "--int8", help="CPU: dynamic int8 quantisation of the linear layers (faster)."),
@@ -69,12 +69,14 @@ def score(
                    "max_volume_mib. See the README's input rules."),
 ) -> None:
     """Score every CT slice of the given files and folders (0 bad ... 4 excellent)."""
-    # Imported here so that --help, --version and `models` start without torch.
+    # torch is imported only once the decoding processes have started (they fork without it), so
+    # that its import and the model's loading overlap the first slices' decoding.
     from .. import records
-    from ..api import Scorer
     from ..atomic import output_problem, streaming_output
-    from ..checkpoint import resolve_weights
-    from ..readers import InputError, Limits, discover
+    from ..checkpoint import read_config, resolve_weights
+    from ..engine.base import DecodeSettings, plan_units
+    from ..engine.local import DecodePool, in_unit_order
+    from ..readers import InputError, Limits
     from ..summary import SummaryCollector
 
     try:
@@ -84,52 +86,52 @@ def score(
     if output is not None and (problem := output_problem(output)):
         usage_error(f"--output: {problem}")
     require_paths(paths)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     weights_path = resolve_weights(weights)
     if not weights_path.is_file():
         usage_error(f"no weights at {weights_path}; pass --weights FILE (a clinreadnet .safetensors file)")
     try:
         limits = Limits.from_pairs(limit or [])
-        scorer = Scorer(weights_path, device=device.value, precision=precision.value, int8=int8,
-                        compile_model=compile_model, batch_size=batch_size, workers=workers)
+        settings = DecodeSettings(read_config(weights_path), batch_size, input_range.value, limits, all_orientations)
     except ValueError as exc:  # WeightsError and ConfigError among them
         usage_error(str(exc))
 
-    found = discover(paths, input_range.value, limits, all_orientations)
-    print_messages(found.notes, found.warnings, found.errors)
-    if not found.series and not found.errors:
+    plan = plan_units(paths, all_orientations)
+    print_messages(plan.notes)
+    if not plan.units:
         usage_error("nothing to score: no files found in " + ", ".join(map(str, paths)))
 
     summaries = SummaryCollector(threshold)
     scores: list = []  # kept for the table only; records stream out as they come
-    failures, scored = len(found.errors), 0
+    failures, scored = 0, 0
     try:
         with contextlib.ExitStack() as stack:
+            pool = stack.enter_context(DecodePool(settings, workers))
+            scorer = _load_scorer(weights_path, device, precision, int8, compile_model, batch_size, workers, threads)
+            from ..api import score_events
+
             writer = None
             if fmt is not OutputFormat.table:
                 stream = sys.stdout if output is None else stack.enter_context(streaming_output(output))
                 writer = records.RecordWriter(stream, fmt.value)
-                for err in found.errors:
-                    writer.write(records.to_record(err))
-            progress = stack.enter_context(Progress(*Progress.get_default_columns(), MofNCompleteColumn(),
+            progress = stack.enter_context(Progress(*Progress.get_default_columns()[:1], TextColumn("{task.completed} slices"),
                                                     console=stderr, transient=True, disable=not stderr.is_terminal))
-            task = progress.add_task("scoring", total=sum(len(s.slices) for s in found.series))
+            task = progress.add_task("scoring", total=None)
+            events = score_events(pool, plan.units, scorer, on_warning=lambda text: print_messages(warnings=[text]))
             try:
-                for item in scorer.stream(found.series, on_slice=lambda: progress.advance(task)):
-                    if isinstance(item, InputError):
-                        failures += 1
-                        print_messages(errors=[item])
-                    record = records.to_record(item, scorer.identity)
-                    if "score" in record:
-                        scored += 1
-                        summaries.add(record)
-                        if writer is None:
-                            scores.append(record)
-                    if writer is not None:
-                        writer.write(record)
+                for _, items in in_unit_order(events):
+                    for item in items:
+                        if isinstance(item, InputError):
+                            failures += 1
+                            print_messages(errors=[item])
+                        record = records.to_record(item, scorer.identity)
+                        if "score" in record:
+                            scored += 1
+                            progress.advance(task)
+                            summaries.add(record)
+                            if writer is None:
+                                scores.append(record)
+                        if writer is not None:
+                            writer.write(record)
             finally:  # also on Ctrl-C: a JSON array is closed over the records written so far
                 if writer is not None:
                     writer.close()
@@ -152,6 +154,21 @@ def score(
         print_messages(errors=[f"quality gate not met: {reason}" for reason in gate])
         raise typer.Exit(EXIT_GATE)
     raise typer.Exit(EXIT_PARTIAL if failures else EXIT_OK)
+
+
+def _load_scorer(weights_path, device, precision, int8, compile_model, batch_size, workers, threads):
+    """The model (imports torch); a bad option is a usage error."""
+    from ..api import Scorer
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        return Scorer(weights_path, device=device.value, precision=precision.value, int8=int8,
+                      compile_model=compile_model, batch_size=batch_size, workers=workers)
+    except ValueError as exc:  # WeightsError and ConfigError among them
+        usage_error(str(exc))
 
 
 def write_summary(path: Path, summaries) -> None:

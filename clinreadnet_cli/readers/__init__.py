@@ -16,7 +16,8 @@ from .tiff import TIFF_SUFFIXES, tiff_series
 from .types import Discovery, InputError, Series, SliceRef
 from .volume import VOLUME_SUFFIXES, volume_series
 
-__all__ = ["DEFAULT_LIMITS", "Discovery", "InputError", "InputRange", "Limits", "Series", "SliceRef", "discover"]
+__all__ = ["DEFAULT_LIMITS", "Discovery", "InputError", "InputRange", "Limits", "Series", "SliceRef", "discover",
+           "file_suffix", "walk_files"]
 
 InputRange = Literal["auto", "hu", "unit"]
 SUPPORTED = "DICOM, NIfTI, MHA/MHD, NRRD or TIFF"
@@ -28,12 +29,12 @@ DETACHED_DATA_SUFFIXES = (".raw", ".zraw", ".img")  # pixel files that belong to
 DOCUMENT_SUFFIXES = {".md", ".txt", ".json", ".csv", ".tsv", ".xml", ".html", ".pdf", ".yaml", ".yml", ".log"}
 
 
-def _suffix(path: Path) -> str:
+def file_suffix(path: Path) -> str:
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
-def _walk(paths: Iterable[Path], found: Discovery) -> list[Path]:
+def walk_files(paths: Iterable[Path], found: Discovery) -> list[Path]:
     """Regular files under ``paths``. Links are followed to regular files only; directory links are
     not followed (no loops); FIFOs, sockets and devices are skipped with a note, never opened."""
     files: list[Path] = []
@@ -53,7 +54,7 @@ def _walk(paths: Iterable[Path], found: Discovery) -> list[Path]:
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in sorted(n for n in names if not n.startswith(".")):
                     file = Path(root) / name
-                    if _suffix(file) in DOCUMENT_SUFFIXES:
+                    if file_suffix(file) in DOCUMENT_SUFFIXES:
                         found.notes.append(f"{file}: skipped, not an image")
                     else:
                         consider(file, named=False)
@@ -63,8 +64,8 @@ def _walk(paths: Iterable[Path], found: Discovery) -> list[Path]:
         else:
             consider(path, named=True)
     # Detached pixel files (.raw next to .mhd) are read through their header, not on their own.
-    stems = {(f.parent, f.stem) for f in files if _suffix(f) in (".mhd", ".nhdr", ".hdr")}
-    files = [f for f in files if not (_suffix(f) in DETACHED_DATA_SUFFIXES and (f.parent, f.stem) in stems)]
+    stems = {(f.parent, f.stem) for f in files if file_suffix(f) in (".mhd", ".nhdr", ".hdr")}
+    files = [f for f in files if not (file_suffix(f) in DETACHED_DATA_SUFFIXES and (f.parent, f.stem) in stems)]
     return list(dict.fromkeys(files))
 
 
@@ -79,7 +80,7 @@ def discover(paths: Iterable[str | Path], input_range: InputRange = "auto", limi
     boundary: whatever goes wrong becomes one InputError for that file, and the rest go on.
     """
     found = Discovery()
-    files = _walk((Path(p) for p in paths), found)
+    files = walk_files((Path(p) for p in paths), found)
     volume_range = "unit" if input_range == "unit" else "hu"
     images = []
     for path in files:
@@ -103,7 +104,7 @@ def discover(paths: Iterable[str | Path], input_range: InputRange = "auto", limi
 def _read_file(path: Path, input_range: InputRange, volume_range: str, limits: Limits, all_orientations: bool,
                found: Discovery) -> Series | DicomImage | None:
     """One file's series (volume, TIFF), its checked DICOM image, or None when skipped with a note."""
-    suffix = _suffix(path)
+    suffix = file_suffix(path)
     if suffix in VOLUME_SUFFIXES:
         return volume_series(path, volume_range, limits)
     if suffix in TIFF_SUFFIXES:

@@ -21,6 +21,9 @@ class InputError(Exception):
         self.reason = reason
         self.slice = slice
 
+    def __reduce__(self):  # crosses process boundaries (decoding processes, Ray tasks) intact
+        return (InputError, (self.path, self.reason, self.slice))
+
     def __str__(self) -> str:
         where = f" slice {self.slice}" if self.slice is not None else ""
         return f"{self.path}:{where}: {self.reason}" if where else f"{self.path}: {self.reason}"

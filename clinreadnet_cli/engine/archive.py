@@ -1,0 +1,147 @@
+"""The resumable archive job: plan the units, skip what the results folder has finished, score the
+rest on an engine, keep the folder consistent. ``clinreadnet score-archive`` is a thin caller."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..checkpoint import read_config, weights_identity
+from ..readers import DEFAULT_LIMITS, Limits
+from .base import ArchiveStore, DecodeSettings, Plan, Unit, plan_units, unit_entry
+from .local import END, DecodePool
+
+ENGINES = ("local", "ray")
+SHARD_SECONDS = 60.0  # the local engine commits a shard at least this often (a kill loses at most that)
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    """How to build the model where it runs (this process, or each Ray actor)."""
+
+    weights: Path
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None  # torch compute threads; None: torch's choice (Ray: the actor's CPUs)
+    batch_size: int = 8
+
+    def build(self):
+        from ..api import Scorer
+
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        return Scorer(self.weights, device=self.device, precision=self.precision, batch_size=self.batch_size)
+
+
+@dataclass(frozen=True)
+class ArchiveOptions:
+    engine: str = "local"
+    workers: int = 2  # local: decoding processes; ray: inference actors
+    input_range: str = "auto"
+    limits: Limits = DEFAULT_LIMITS
+    all_orientations: bool = False
+    retry_failed: bool = False
+    overwrite: bool = False
+    threshold: float = 2.0  # the per-series table counts slices below it
+    units_per_task: int = 16  # ray: units per commit (a kill loses at most one such chunk)
+    shard_records: int = 4096  # local: records per committed shard (or SHARD_SECONDS, whichever first)
+
+
+@dataclass
+class ArchiveResult:
+    planned: int
+    already: int  # units finished by an earlier run and skipped
+    entries: list[dict] = field(default_factory=list)  # this run's finished units
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    series_rows: int = 0
+
+    @property
+    def failed(self) -> int:
+        return sum(e["status"] == "failed" for e in self.entries)
+
+    @property
+    def slices(self) -> int:
+        return sum(e["slices"] for e in self.entries)
+
+
+def run_info(spec: ScorerSpec, options: ArchiveOptions) -> dict:
+    """What must not change between runs into one results folder (records would not compare)."""
+    return {"weights_sha256": weights_identity(spec.weights)["weights_sha256"], "input_range": options.input_range,
+            "all_orientations": options.all_orientations, "limits": dataclasses.asdict(options.limits)}
+
+
+def plan_archive(roots: Iterable[str | Path], out: str | Path, spec: ScorerSpec,
+                 options: ArchiveOptions) -> tuple[Plan, ArchiveStore, list[Unit]]:
+    """The plan, the opened results folder and the units still to score. Raises ArchiveError,
+    WeightsError."""
+    plan = plan_units(roots, options.all_orientations)
+    store = ArchiveStore(out, run_info(spec, options), overwrite=options.overwrite)
+    return plan, store, store.todo(plan.units, options.retry_failed)
+
+
+def score_archive(plan: Plan, store: ArchiveStore, todo: list[Unit], spec: ScorerSpec, options: ArchiveOptions,
+                  on_unit: Callable[[dict], None] = lambda entry: None,
+                  on_warning: Callable[[str], None] = lambda text: None) -> ArchiveResult:
+    """Score ``todo`` into ``store``; ``on_unit`` hears of each finished unit (its manifest entry)."""
+    start = time.perf_counter()
+    result = ArchiveResult(planned=len(plan.units), already=len(plan.units) - len(todo), notes=plan.notes)
+
+    def finished(entry: dict) -> None:
+        result.entries.append(entry)
+        on_unit(entry)
+
+    settings = DecodeSettings(read_config(spec.weights), spec.batch_size, options.input_range, options.limits,
+                              options.all_orientations)
+    if todo:
+        if options.engine == "ray":
+            from .ray import run_ray
+
+            run_ray(todo, settings, spec, store, options, finished)
+        else:
+            run_local(todo, settings, spec, store, options, finished, on_warning)
+    store.reconcile()
+    result.series_rows = store.write_series_table()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def run_local(todo: list[Unit], settings: DecodeSettings, spec: ScorerSpec, store: ArchiveStore,
+              options: ArchiveOptions, on_unit: Callable[[dict], None], on_warning: Callable[[str], None]) -> None:
+    """Decoding processes started first (before torch), the model in this process, shards committed
+    every ``options.shard_records`` records or SHARD_SECONDS."""
+    with DecodePool(settings, options.workers) as pool:
+        scorer = spec.build()  # torch is imported here, after the workers have forked without it
+        from ..api import score_events
+        from ..records import to_record
+
+        records: dict[int, list[dict]] = defaultdict(list)
+        started: dict[int, float] = {}
+        shard: list[dict] = []
+        entries: list[dict] = []
+        last_commit = time.monotonic()
+        for tag, items in score_events(pool, todo, scorer, on_warning):
+            unit = todo[tag]
+            started.setdefault(tag, time.perf_counter())
+            if items is END:
+                entry = unit_entry(unit, records[tag], time.perf_counter() - started.pop(tag), options.threshold)
+                shard += records.pop(tag)
+                entries.append(entry)
+                on_unit(entry)
+                if len(shard) >= options.shard_records or time.monotonic() - last_commit >= SHARD_SECONDS:
+                    _commit(store, shard, entries)
+                    shard, entries, last_commit = [], [], time.monotonic()
+                continue
+            records[tag] += [{**to_record(item, scorer.identity), "unit": unit.id} for item in items]
+        if entries:
+            _commit(store, shard, entries)
+
+
+def _commit(store: ArchiveStore, records: list[dict], entries: list[dict]) -> None:
+    store.commit(store.write_shard(records), entries)

@@ -1,0 +1,353 @@
+"""What both engines share: the unit of work, decoding a unit into batches, and the results folder
+(manifest of finished units, Parquet record shards, per-series table).
+
+Nothing here imports torch, so decoding processes and Ray tasks start light; the model side of a
+batch is ``scoring.score_batch``.
+
+A unit is one DICOM series (every file of one SeriesInstanceUID) or one other file (a NIfTI/MHA/
+NRRD volume, a TIFF). Its slices are batched within the unit, so a slice is scored in the same
+batch whichever engine runs it and whatever else is scored beside it: records are identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ..atomic import atomic_path, write_text_atomic
+from ..config import ClinReadNetConfig
+from ..noise import NoiseFigure, measure_noise
+from ..preprocess import sample_slice
+from ..readers import DEFAULT_LIMITS, Discovery, InputError, Limits, Series, SliceRef, discover, file_suffix, walk_files
+from ..readers.dicom import read_header, skip_reason
+from ..readers.tiff import TIFF_SUFFIXES
+from ..readers.volume import VOLUME_SUFFIXES
+from ..records import FIELDS
+from ..summary import SummaryCollector
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One series to score, resumed or retried as a whole."""
+
+    key: str  # "series:<SeriesInstanceUID>" or "file:<path>": stable across runs over the same archive
+    paths: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha1(self.key.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Plan:
+    units: list[Unit]
+    notes: list[str]  # inputs skipped on purpose (reports, localizers, other modalities, ...)
+
+
+def plan_units(paths: Iterable[str | Path], all_orientations: bool = False) -> Plan:
+    """The units under ``paths``: DICOM files grouped by SeriesInstanceUID from their headers (no
+    pixel data), every other file on its own. What cannot be read becomes a unit of its own, so
+    that decoding it reports the error as ``score`` does. Only paths are kept, a few hundred bytes
+    per file."""
+    found = Discovery()
+    files = walk_files((Path(p) for p in paths), found)
+    series: dict[str, list[str]] = defaultdict(list)
+    singles = [error.path for error in found.errors]
+    for path in files:
+        uid = _series_uid(path, all_orientations, found.notes)
+        if uid is None:
+            singles.append(path)
+        elif uid:
+            series[uid].append(str(path))
+    units = [Unit(f"series:{uid}", tuple(sorted(members))) for uid, members in series.items()]
+    units += [Unit(f"file:{path}", (str(path),)) for path in dict.fromkeys(singles)]
+    return Plan(sorted(units, key=lambda u: (u.paths[0], u.key)), found.notes)
+
+
+def _series_uid(path: Path, all_orientations: bool, notes: list[str]) -> str | None:
+    """The SeriesInstanceUID of a single-frame axial CT file, "" if it is skipped (with a note), None
+    for a file that is its own unit (other formats, multi-frame, unreadable)."""
+    if file_suffix(path) in VOLUME_SUFFIXES or file_suffix(path) in TIFF_SUFFIXES:
+        return None
+    try:
+        ds = read_header(path)
+    except Exception:  # not DICOM or damaged: decoding the unit says which
+        return None
+    reason = skip_reason(ds, all_orientations)
+    if reason:
+        notes.append(f"{path}: skipped, {reason}")
+        return ""
+    frames = str(ds.get("NumberOfFrames", "1") or "1").strip()
+    return str(ds.get("SeriesInstanceUID", "") or "") or None if frames in ("1", "") else None
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """What decoding needs to know, picklable for worker processes and Ray tasks."""
+
+    cfg: ClinReadNetConfig  # window, input path, input size (from the weights' header)
+    batch_size: int = 8
+    input_range: str = "auto"
+    limits: Limits = DEFAULT_LIMITS
+    all_orientations: bool = False
+
+
+@dataclass
+class PreparedSlice:
+    """A decoded slice ready for the model, and where it comes from."""
+
+    path: Path
+    series: str
+    series_uid: str | None
+    slice: int
+    pixels: np.ndarray  # (1, S, S) float32 from preprocess.sample_slice
+    noise: NoiseFigure
+    meta: dict = field(default_factory=dict)
+
+
+Item = PreparedSlice | InputError
+
+
+@dataclass
+class Batch:
+    """Up to batch_size prepared slices of one unit, with the unit's failures in their place."""
+
+    items: list[Item]
+    warnings: list[str] = field(default_factory=list)  # inputs read with a fallback (first batch of a unit)
+
+
+def prepare(ref: SliceRef, series: Series, cfg: ClinReadNetConfig) -> PreparedSlice:
+    """Decode, check and sample one slice. Raises InputError naming the file and slice."""
+    try:
+        image = ref.load()
+        pixels = sample_slice(image, ref.value_range, cfg)
+        noise = measure_noise(image, ref.value_range)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(ref.path, f"{type(exc).__name__}: {exc}", slice=ref.index) from None
+    return PreparedSlice(path=ref.path, series=series.label, series_uid=series.series_uid, slice=ref.index,
+                         pixels=pixels, noise=noise, meta=ref.meta)
+
+
+def series_batches(series: Iterable[Series], cfg: ClinReadNetConfig, batch_size: int,
+                   errors: Iterable[InputError] = (), warnings: Iterable[str] = ()) -> Iterator[Batch]:
+    """Batches of up to ``batch_size`` prepared slices, in series and slice order; ``errors`` first.
+    A volume that cannot be read fails once, not once per slice."""
+    items: list[Item] = list(errors)
+    reported: set[tuple[Path, str]] = set()
+    pending_warnings = list(warnings)
+    ready = 0
+    for s in series:
+        for ref in s.slices:
+            try:
+                items.append(prepare(ref, s, cfg))
+                ready += 1
+            except InputError as exc:
+                if (exc.path, exc.reason) not in reported:
+                    reported.add((exc.path, exc.reason))
+                    items.append(exc)
+            if ready == batch_size:
+                yield Batch(items, pending_warnings)
+                items, pending_warnings, ready = [], [], 0
+    if items or pending_warnings:
+        yield Batch(items, pending_warnings)
+
+
+def decode_unit(unit: Unit, settings: DecodeSettings) -> Iterator[Batch]:
+    """Read a unit's files (headers checked as ``score`` checks them) and yield its batches."""
+    found = discover(unit.paths, settings.input_range, settings.limits, settings.all_orientations)
+    yield from series_batches(found.series, settings.cfg, settings.batch_size, found.errors, found.warnings)
+
+
+# --- the results folder -------------------------------------------------------------------------
+
+RECORD_COLUMNS = [*FIELDS, "unit"]  # score's record fields, plus the unit that wrote the row
+MANIFEST = "manifest.jsonl"
+RUN_INFO = "run.json"
+SERIES_TABLE = "series.parquet"
+RECORDS = "records"
+
+
+class ArchiveError(ValueError):
+    """A results folder that cannot be used for this run (other weights, damaged, not ours)."""
+
+
+def record_schema():
+    import pyarrow as pa
+
+    text, number, whole = pa.string(), pa.float64(), pa.int64()
+    types = {"slice": whole, "class": whole, "instance_number": whole, "uncertain": pa.bool_(),
+             "head_scores": pa.list_(number), "score": number, "head_sd": number, "entropy": number,
+             "noise_hu": number, "z_mm": number, "slice_thickness_mm": number, "kvp": number, "mas": number,
+             "ctdivol_mgy": number}
+    return pa.schema([(name, types.get(name, text)) for name in RECORD_COLUMNS])
+
+
+def records_table(records: list[dict]):
+    """Records (as ``records.to_record`` makes them, plus ``unit``) as an Arrow table of the fixed schema."""
+    import pyarrow as pa
+
+    return pa.Table.from_pylist(records, schema=record_schema())
+
+
+def unit_entry(unit: Unit, records: list[dict], seconds: float, threshold: float = 2.0) -> dict:
+    """The manifest line of a finished unit: failed when any of its inputs failed, with the
+    summary of each of its series."""
+    scored = [r for r in records if r.get("error") is None]
+    summaries = SummaryCollector(threshold)
+    for record in scored:
+        summaries.add(record)
+    errors = len(records) - len(scored)
+    return {"unit": unit.id, "key": unit.key, "status": "failed" if errors else "done",
+            "slices": len(scored), "errors": errors, "seconds": round(seconds, 3),
+            "series": [s.to_record() for s in summaries.series()]}
+
+
+class ArchiveStore:
+    """A results folder: ``run.json`` (weights and settings), ``manifest.jsonl`` (one line per
+    finished unit, appended), ``records/part-<group>-<k>.parquet`` (record shards) and
+    ``series.parquet`` (one row per series).
+
+    The manifest is the truth: a unit is finished when its line is there, and its records are the
+    rows of its line's shard group. Shards are written to a staging folder and renamed in before the
+    manifest line is appended; rows that no manifest line owns (a run killed in between, a retried
+    unit's old rows) are removed when the folder is opened and when a run ends, so each record is
+    there exactly once.
+    """
+
+    def __init__(self, out: str | Path, run_info: dict, overwrite: bool = False):
+        self.out = Path(out)
+        if self.out.exists() and not self.out.is_dir():
+            raise ArchiveError(f"{self.out} exists and is not a folder")
+        if overwrite:
+            self._clear()
+        info_path = self.out / RUN_INFO
+        if info_path.exists():
+            try:
+                stored = json.loads(info_path.read_text())
+            except (OSError, ValueError) as exc:
+                raise ArchiveError(f"{info_path} is damaged ({exc}); use a new --out or --overwrite") from None
+            changed = [k for k in run_info if stored.get(k) != run_info[k]]
+            if changed:
+                raise ArchiveError(f"{self.out} holds results of another run ({', '.join(changed)} differ); "
+                                   "use a new --out, or --overwrite to start again")
+        else:
+            if self.out.is_dir() and any(self.out.iterdir()):
+                raise ArchiveError(f"{self.out} is not empty and is not a results folder; give a new or empty --out")
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(info_path, json.dumps(run_info, indent=2) + "\n")
+        (self.out / RECORDS).mkdir(exist_ok=True)
+        self.entries = self._read_manifest()
+        self.reconcile()
+
+    # the manifest
+    def _read_manifest(self) -> dict[str, dict]:
+        entries: dict[str, dict] = {}
+        path = self.out / MANIFEST
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                    entries[entry["unit"]] = entry  # the last line of a unit wins (a retry)
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a kill: that unit is scored again
+        return entries
+
+    def status(self, unit: Unit) -> str | None:
+        entry = self.entries.get(unit.id)
+        return entry["status"] if entry else None
+
+    def todo(self, units: Iterable[Unit], retry_failed: bool) -> list[Unit]:
+        skip = {"done", "failed"} - ({"failed"} if retry_failed else set())
+        return [u for u in units if self.status(u) not in skip]
+
+    # shards
+    def staging(self) -> Path:
+        """A fresh folder for shard files of one commit (removed if the run dies before it)."""
+        folder = self.out / ".staging" / uuid.uuid4().hex[:12]
+        folder.mkdir(parents=True)
+        return folder
+
+    def write_shard(self, records: list[dict]) -> Path:
+        """One staged Parquet file of ``records``."""
+        import pyarrow.parquet as pq
+
+        folder = self.staging()
+        path = folder / "part.parquet"
+        pq.write_table(records_table(records), path)
+        return folder
+
+    def commit(self, staged: Path, entries: list[dict]) -> None:
+        """Move the staged shard files into ``records/`` and append the units' manifest lines."""
+        group = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        for k, file in enumerate(sorted(staged.glob("*.parquet"))):
+            os.replace(file, self.out / RECORDS / f"part-{group}-{k:03d}.parquet")
+        shutil.rmtree(staged, ignore_errors=True)
+        lines = "".join(json.dumps({**entry, "group": group}) + "\n" for entry in entries)
+        with open(self.out / MANIFEST, "a", encoding="utf-8") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        for entry in entries:
+            self.entries[entry["unit"]] = {**entry, "group": group}
+
+    def reconcile(self) -> None:
+        """Keep in ``records/`` only the rows their unit's manifest line points to."""
+        import pyarrow.parquet as pq
+
+        shutil.rmtree(self.out / ".staging", ignore_errors=True)
+        for file in sorted((self.out / RECORDS).glob("*.parquet")):
+            group = file.stem[len("part-"):].rsplit("-", 1)[0]
+            units = pq.read_table(file, columns=["unit"]).column("unit").to_pylist()
+            keep = [self.entries.get(u, {}).get("group") == group for u in units]
+            if all(keep):
+                continue
+            if not any(keep):
+                file.unlink()
+                continue
+            import pyarrow as pa
+
+            table = pq.read_table(file).filter(pa.array(keep))
+            with atomic_path(file) as tmp:
+                pq.write_table(table, tmp)
+
+    def write_series_table(self) -> int:
+        """``series.parquet``: one row per series of every finished unit; returns the row count."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = [{**row, "unit": entry["unit"], "unit_status": entry["status"]}
+                for entry in self.entries.values() for row in entry.get("series", [])]
+        table = pa.Table.from_pylist(rows, schema=_series_schema())
+        with atomic_path(self.out / SERIES_TABLE) as tmp:
+            pq.write_table(table, tmp)
+        return len(rows)
+
+    def _clear(self) -> None:
+        """--overwrite: remove what a run writes here, and nothing else."""
+        for name in (MANIFEST, RUN_INFO, SERIES_TABLE):
+            (self.out / name).unlink(missing_ok=True)
+        for name in (RECORDS, ".staging"):
+            shutil.rmtree(self.out / name, ignore_errors=True)
+
+
+def _series_schema():
+    import pyarrow as pa
+
+    from ..summary import SUMMARY_FIELDS
+
+    number, whole = pa.float64(), pa.int64()
+    types = {"slices": whole, "mean": number, "min": number, "p10": number, "below_threshold": whole,
+             "threshold": number, "worst_slice": whole}
+    return pa.schema([(name, types.get(name, pa.string())) for name in [*SUMMARY_FIELDS, "unit", "unit_status"]])

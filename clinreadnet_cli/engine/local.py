@@ -1,0 +1,176 @@
+"""One machine: worker processes decode units while this process runs the model.
+
+Workers take units from a queue and put back batches of prepared slices; the queue of batches is
+bounded (``prefetch`` batches), so memory does not grow with the archive, and a worker that dies
+(a reader library crashing on a hostile file) costs its unit, not the run. Start the pool before
+importing torch and the workers fork without it: their start-up then overlaps the model's.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import multiprocessing.connection as mp_connection
+import os
+import queue
+import signal
+import sys
+import threading
+from collections import defaultdict, deque
+from typing import Iterator, Sequence
+
+from ..readers import InputError
+from .base import Batch, DecodeSettings, Unit, decode_unit
+
+END = None  # marks a unit's last batch in the event stream
+POLL_SECONDS = 1.0  # how often a silent queue makes us check that the workers are alive
+
+
+def _worker(tasks, conn, settings: DecodeSettings, parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    if "torch" in sys.modules:  # forked from a process that has torch: keep its thread pool out
+        import torch
+
+        torch.set_num_threads(1)
+    while True:
+        try:
+            task = tasks.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            if os.getppid() != parent:  # the main process is gone (killed, or ended by a closed pipe)
+                os._exit(0)
+            continue
+        if task is None:
+            return
+        tag, unit = task
+        # conn.send returns once the message is in the pipe: batches sent survive a later crash
+        try:
+            for batch in decode_unit(unit, settings):
+                conn.send(("batch", tag, batch))
+        except Exception as exc:  # a reader failing in a way of its own: this unit only
+            conn.send(("batch", tag, Batch([InputError(unit.paths[0], f"cannot read ({type(exc).__name__}: {exc})")])))
+        conn.send(("end", tag, None))
+
+
+class DecodePool:
+    """``workers`` decoding processes; ``events(units)`` yields (unit index, Batch | END).
+
+    Each worker has its own task queue and its own pipe back, so this process knows which units a
+    worker holds and which of its batches arrived: when one dies (a reader library crashing on a
+    hostile file), the unit it was reading fails, the ones queued behind it go to its successor,
+    and no other worker's messages are touched. A thread here drains the pipes into a queue of at
+    most ``prefetch`` batches: memory stays flat however large the archive.
+    """
+
+    def __init__(self, settings: DecodeSettings, workers: int = 2, prefetch: int = 32, units_ahead: int = 2):
+        methods = mp.get_all_start_methods()
+        self._context = mp.get_context("fork" if "fork" in methods and sys.platform == "linux" else "spawn")
+        self.settings = settings
+        self.units_ahead = units_ahead  # units queued per worker beyond the one it reads
+        self._inbox: queue.Queue = queue.Queue(maxsize=max(2, prefetch))
+        self._lock = threading.Lock()
+        self._pipes: dict = {}  # receiving end -> worker index
+        self._closed = False
+        self._workers = [self._start(w) for w in range(max(1, workers))]
+        self._receiver = threading.Thread(target=self._receive, name="clinreadnet-receive", daemon=True)
+        self._receiver.start()
+
+    def _start(self, w: int):
+        tasks = self._context.Queue()
+        receiving, sending = self._context.Pipe(duplex=False)
+        process = self._context.Process(target=_worker, args=(tasks, sending, self.settings, os.getpid()),
+                                        daemon=True, name="clinreadnet-decode")
+        process.start()
+        sending.close()  # only the worker writes: its death closes the pipe, which is how we notice
+        with self._lock:
+            self._pipes[receiving] = w
+        return process, tasks
+
+    def _receive(self) -> None:
+        while not self._closed:
+            with self._lock:
+                pipes = dict(self._pipes)
+            for pipe in mp_connection.wait(list(pipes), timeout=POLL_SECONDS):
+                try:
+                    kind, tag, payload = pipe.recv()
+                except (EOFError, OSError):  # the worker died; everything it sent whole came before this
+                    with self._lock:
+                        del self._pipes[pipe]
+                    pipe.close()
+                    kind, tag, payload = "died", None, None
+                self._deliver((kind, pipes[pipe], tag, payload))
+
+    def _deliver(self, message) -> None:
+        while not self._closed:
+            try:
+                return self._inbox.put(message, timeout=POLL_SECONDS)
+            except queue.Full:
+                continue
+
+    def events(self, units: Sequence[Unit]) -> Iterator[tuple[int, Batch | None]]:
+        """Every unit's batches in order, then END for it; units run in parallel, each on one worker."""
+        waiting = iter(range(len(units)))
+        held: list[deque[int]] = [deque() for _ in self._workers]  # per worker: its units, oldest first
+
+        def hand_out(w: int) -> None:
+            while len(held[w]) <= self.units_ahead and (tag := next(waiting, None)) is not None:
+                held[w].append(tag)
+                self._workers[w][1].put((tag, units[tag]))
+
+        for w in range(len(self._workers)):
+            hand_out(w)
+        remaining = len(units)
+        while remaining:
+            kind, w, tag, payload = self._inbox.get()
+            if kind == "batch":
+                yield tag, payload
+                continue
+            if kind == "died":
+                dead, _ = self._workers[w]
+                dead.join(timeout=5)
+                self._workers[w] = self._start(w)
+                if not held[w]:
+                    continue
+                tag = held[w].popleft()
+                reason = f"the decoding process died (exit code {dead.exitcode}) while reading this input"
+                yield tag, Batch([InputError(units[tag].paths[0], reason)])
+                for queued in held[w]:
+                    self._workers[w][1].put((queued, units[queued]))
+            else:
+                held[w].popleft()
+            hand_out(w)
+            remaining -= 1
+            yield tag, END
+
+    def close(self) -> None:
+        """Stop the workers: they hold nothing that is not already delivered or given up."""
+        self._closed = True
+        for process, tasks in self._workers:
+            process.terminate()
+            tasks.cancel_join_thread()
+        for process, _ in self._workers:
+            process.join(timeout=5)
+        self._receiver.join(timeout=5)
+
+    def __enter__(self) -> "DecodePool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def in_unit_order(events: Iterator[tuple[int, list | None]]) -> Iterator[tuple[int, list]]:
+    """Re-order per-unit results into unit order, streaming the earliest unfinished unit as it
+    comes and holding the others back until their turn."""
+    held: dict[int, list] = defaultdict(list)
+    finished: set[int] = set()
+    head = 0
+    for tag, items in events:
+        if items is END:
+            finished.add(tag)
+        elif tag == head:
+            yield tag, items
+        else:
+            held[tag].extend(items)
+        while head in finished:
+            head += 1
+            if held.get(head):
+                yield head, held.pop(head)

@@ -1,0 +1,201 @@
+"""score-archive: units, the results folder, resuming, and the two engines giving the same records."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import SimpleITK as sitk
+import tifffile
+import torch
+from typer.testing import CliRunner
+
+from clinreadnet_cli.archs import create_model
+from clinreadnet_cli.checkpoint import read_config, save_weights
+from clinreadnet_cli.cli import app
+from clinreadnet_cli.dicom_export import write_series
+from clinreadnet_cli.engine import local
+from clinreadnet_cli.engine.archive import ArchiveOptions, ScorerSpec, plan_archive, score_archive
+from clinreadnet_cli.engine.base import ArchiveError, ArchiveStore, DecodeSettings, plan_units
+
+from .conftest import ct_phantom, tiny_config, unit_phantom
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return save_weights(create_model(tiny_config()), tmp_path_factory.mktemp("w") / "tiny.safetensors")
+
+
+def make_archive(root: Path, series: int = 6, slices: int = 3) -> Path:
+    """``series`` DICOM series in study folders, a NIfTI volume, a TIFF, a damaged file, paperwork."""
+    for k in range(series):
+        write_series(ct_phantom(slices, 64, seed=k), root / f"study{k // 2}" / f"series{k}")
+    sitk.WriteImage(sitk.GetImageFromArray(ct_phantom(2, 64, seed=99).astype(np.int16)), str(root / "vol.nii.gz"))
+    tifffile.imwrite(root / "slice.tif", unit_phantom(1)[0])
+    (root / "study0" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 300)
+    (root / "README.md").write_text("# archive\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    return make_archive(tmp_path_factory.mktemp("archive"))
+
+
+def read_records(out: Path) -> list[dict]:
+    rows = [r for f in sorted((out / "records").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    return sorted(rows, key=lambda r: (r["path"], r["slice"] if r["slice"] is not None else -1))
+
+
+def archive_cli(*args):
+    return runner.invoke(app, ["score-archive", *map(str, args)])
+
+
+def test_units_are_dicom_series_and_single_files(archive):
+    plan = plan_units([archive])
+    kinds = sorted(u.key.split(":")[0] for u in plan.units)
+    assert kinds.count("series") == 6 and kinds.count("file") == 3  # + volume, TIFF, damaged file
+    assert all(len(u.paths) == 3 for u in plan.units if u.key.startswith("series:"))
+    assert any("README.md" in note for note in plan.notes)
+    assert [u.id for u in plan_units([archive]).units] == [u.id for u in plan.units]  # stable across runs
+
+
+def test_archive_records_are_score_records(archive, weights, tmp_path):
+    out = tmp_path / "results"
+    result = archive_cli(archive, "--out", out, "--weights", weights)
+    assert result.exit_code == 1, result.stderr  # the damaged file fails its unit
+    assert "1 series failed" in result.stderr
+    rows = read_records(out)
+    scored = runner.invoke(app, ["score", str(archive), "--weights", str(weights), "--format", "jsonl"])
+    expected = sorted((json.loads(line) for line in scored.stdout.splitlines()),
+                      key=lambda r: (r["path"], r["slice"] if r["slice"] is not None else -1))
+    assert len(rows) == len(expected) == 6 * 3 + 2 + 1 + 1
+    for row, record in zip(rows, expected):
+        assert {k: v for k, v in row.items() if k != "unit" and (v is not None or k in record)} == record
+    table = pq.read_table(out / "series.parquet").to_pylist()
+    assert len(table) == 6 + 2 and {r["slices"] for r in table} == {3, 2, 1}
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(e["status"] for e in manifest) == ["done"] * 8 + ["failed"]
+
+
+def test_rerun_skips_finished_and_retries_failed_on_request(archive, weights, tmp_path):
+    out = tmp_path / "results"
+    archive_cli(archive, "--out", out, "--weights", weights)
+    before = read_records(out)
+    again = archive_cli(archive, "--out", out, "--weights", weights)
+    assert "0 to score" in again.stderr and again.exit_code == 1  # the failed series is still failed
+    assert read_records(out) == before
+    retried = archive_cli(archive, "--out", out, "--weights", weights, "--retry-failed")
+    assert "1 to score" in retried.stderr
+    after = read_records(out)
+    assert len(after) == len(before)  # the failed unit's error record replaced, not repeated
+    assert [r for r in after if r["error"]] and len([r for r in after if r["error"]]) == 1
+
+
+def test_other_weights_or_a_foreign_folder_are_refused(archive, weights, tmp_path):
+    out = tmp_path / "results"
+    archive_cli(archive, "--out", out, "--weights", weights)
+    other = save_weights(create_model(tiny_config()), tmp_path / "other.safetensors")
+    refused = archive_cli(archive, "--out", out, "--weights", other)
+    assert refused.exit_code == 2 and "weights_sha256" in refused.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("...")
+    foreign = archive_cli(archive, "--out", tmp_path / "mine", "--weights", weights)
+    assert foreign.exit_code == 2 and "not a results folder" in foreign.stderr
+    assert (tmp_path / "mine" / "thesis.tex").exists()
+    assert archive_cli(archive, "--out", out, "--weights", other, "--overwrite").exit_code == 1
+
+
+def test_rows_no_manifest_line_owns_are_dropped_on_open(archive, weights, tmp_path):
+    """A run killed between renaming a shard in and appending its manifest lines."""
+    out = tmp_path / "results"
+    archive_cli(archive, "--out", out, "--weights", weights)
+    rows = read_records(out)
+    info = json.loads((out / "run.json").read_text())
+    orphan = ArchiveStore(out, info).write_shard(rows[:4])
+    os.replace(orphan / "part.parquet", out / "records" / "part-20990101T000000-deadbeef-000.parquet")
+    ArchiveStore(out, info)  # opening the folder again, as a rerun does
+    assert read_records(out) == rows
+
+
+def test_killed_run_resumes_with_every_record_exactly_once(weights, tmp_path):
+    root = make_archive(tmp_path / "big", series=16, slices=4)
+    out = tmp_path / "results"
+    command = [sys.executable, "-m", "clinreadnet_cli", "score-archive", str(root), "--out", str(out),
+               "--weights", str(weights), "--shard-records", "4", "--workers", "1"]
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    manifest = out / "manifest.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if manifest.exists() and len(manifest.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(manifest.read_text().splitlines())
+    assert 4 <= finished < 19, "the kill should land halfway"
+    subprocess.run(command, check=False, stderr=subprocess.DEVNULL)
+    rows = read_records(out)
+    keys = [(r["path"], r["slice"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 16 * 4 + 2 + 1 + 1
+    assert len(pq.read_table(out / "series.parquet")) == 16 + 2
+
+
+def test_a_crashing_decoder_costs_its_unit_only(archive, weights, monkeypatch):
+    """A reader library that kills its process (a hostile file) fails one unit; the pool goes on."""
+    real = local.decode_unit
+
+    def crashing(unit, settings):
+        if "series3" in unit.paths[0]:
+            os._exit(11)
+        return real(unit, settings)
+
+    monkeypatch.setattr(local, "decode_unit", crashing)  # the forked workers inherit it
+    units = plan_units([archive]).units
+    settings = DecodeSettings(read_config(weights), batch_size=2)
+    with local.DecodePool(settings, workers=2) as pool:
+        events = list(pool.events(units))
+    ends = [tag for tag, batch in events if batch is local.END]
+    assert sorted(ends) == list(range(len(units)))
+    crashed = [batch for tag, batch in events if batch is not local.END and "series3" in units[tag].paths[0]]
+    assert len(crashed) == 1 and "decoding process died" in crashed[0].items[0].reason
+    decoded = sum(1 for _, batch in events if batch is not local.END for item in batch.items if hasattr(item, "pixels"))
+    assert decoded == 5 * 3 + 2 + 1
+
+
+def test_ray_engine_gives_the_same_records(archive, weights, tmp_path):
+    ray = pytest.importorskip("ray")
+    spec = ScorerSpec(weights, device="cpu", threads=1)
+    threads = torch.get_num_threads()
+    outs = {}
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        for engine in ("local", "ray"):
+            options = ArchiveOptions(engine=engine, workers=1, units_per_task=16)
+            plan, store, todo = plan_archive([archive], tmp_path / engine, spec, options)
+            result = score_archive(plan, store, todo, spec, options)
+            assert result.failed == 1 and len(result.entries) == 9
+            outs[engine] = read_records(tmp_path / engine)
+    finally:
+        ray.shutdown()
+        torch.set_num_threads(threads)
+    strip = [{k: v for k, v in r.items() if k != "unit"} for r in outs["local"]]
+    assert strip == [{k: v for k, v in r.items() if k != "unit"} for r in outs["ray"]]
+    assert len(outs["ray"]) == 6 * 3 + 4
+
+
+def test_store_refuses_a_file_as_out(tmp_path, weights):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ArchiveError):
+        ArchiveStore(tmp_path / "f", {"weights_sha256": "x"})
