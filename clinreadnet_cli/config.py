@@ -70,6 +70,29 @@ class MTMSAConfig:
         object.__setattr__(self, "temperatures", ordered)
 
 
+BAM_KINDS = ("channel", "spatial")
+POOLINGS = {
+    "stages": "each stage's map averaged and concatenated (ClinReadNet's multi-stage pooling)",
+    "last": "the last stage's map averaged (Swin-T as published)",
+}
+HEAD_PARTITIONS = ("contiguous", "shuffled")
+
+
+@dataclass(frozen=True)
+class BAMConfig:
+    """One branch of BAM (Park et al. 2018) on stage 4's output, in place of (S)W-MTMSA (Tab. 7)."""
+
+    kind: str = "channel"  # channel | spatial
+    reduction: int = 16  # BAM's r: the branch's bottleneck is C / r wide
+    dilation: int = 4  # BAM's d: the spatial branch's two 3 x 3 convolutions
+
+    def __post_init__(self) -> None:
+        if self.kind not in BAM_KINDS:
+            raise ConfigError(f"BAM kind must be one of {', '.join(BAM_KINDS)}, got {self.kind!r}")
+        if not (1 <= self.reduction <= 64 and 1 <= self.dilation <= 8):
+            raise ConfigError(f"BAM reduction must be 1..64 and dilation 1..8, got {self.reduction}, {self.dilation}")
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """Training objective (§3.1, §3.4). ``hrps=False`` trains the heads' CE alone (Tab. 3 rows 1-3)."""
@@ -84,8 +107,15 @@ class LossConfig:
     lambda_coarse: float = 1.0
     lambda_entropy: float = 5e-5
     coarse_group: int = 3  # fine classes per coarse class: 21 -> 7
+    # Which classes each head weights up in its CE (§3.1): contiguous shares (the reading in
+    # docs/model.md) or a seeded shuffle of the classes split into shares, as the multi-head
+    # RPS loss this follows does.
+    head_partition: str = "contiguous"
+    partition_seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.head_partition not in HEAD_PARTITIONS:
+            raise ConfigError(f"head_partition must be one of {', '.join(HEAD_PARTITIONS)}, got {self.head_partition!r}")
         if self.hrps and not (self.cross_entropy or self.fine_rps or self.coarse_rps or self.entropy):
             raise ConfigError("HRPS needs at least one of its terms; set hrps=False to train the heads' CE alone")
 
@@ -120,6 +150,8 @@ class ClinReadNetConfig:
     soqn: SOQNConfig | None = field(default_factory=SOQNConfig)
     soqn_stages: tuple[int, ...] = (0, 1)  # SOQN after stage 1 and stage 2 (0-based)
     mtmsa: MTMSAConfig | None = field(default_factory=MTMSAConfig)
+    bam: BAMConfig | None = None  # Tab. 7: a BAM branch on stage 4 instead of (S)W-MTMSA
+    pooling: str = "stages"  # one of POOLINGS
     loss: LossConfig = field(default_factory=LossConfig)
     window_width: float = 350.0  # HU intensity window (W350/L40, soft tissue)
     window_level: float = 40.0
@@ -136,6 +168,10 @@ class ClinReadNetConfig:
             )
         if self.num_classes % self.loss.coarse_group:
             raise ConfigError("num_classes must be a multiple of the coarse group size")
+        if self.mtmsa is not None and self.bam is not None:
+            raise ConfigError("stage 4 takes either (S)W-MTMSA or a BAM branch, not both")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.input_path not in INPUT_PATHS:
             raise ConfigError(f"input_path must be one of {', '.join(INPUT_PATHS)}, got {self.input_path!r}")
 
@@ -168,7 +204,7 @@ class ClinReadNetConfig:
         return cls.from_dict(data)
 
 
-_NESTED = {"soqn": SOQNConfig, "mtmsa": MTMSAConfig, "loss": LossConfig}
+_NESTED = {"soqn": SOQNConfig, "mtmsa": MTMSAConfig, "bam": BAMConfig, "loss": LossConfig}
 
 
 def _build(cls: type, data: Mapping[str, Any]) -> Any:
@@ -242,7 +278,8 @@ def _check_ranges(cfg: "ClinReadNetConfig") -> None:
 
 
 # --- the registry -------------------------------------------------------------
-_FULL = ClinReadNetConfig(name="clinreadnet", description="Full ClinReadNet: SOQN + (S)W-MTMSA + HRPS loss")
+_FULL = ClinReadNetConfig(name="clinreadnet", description="Full ClinReadNet: SOQN + (S)W-MTMSA + HRPS loss "
+                                                            "(Tab. 3, row 4; Tab. 4-8, last row)")
 _CE_ONLY = LossConfig(hrps=False)
 
 
@@ -262,12 +299,21 @@ def _temperature_variant(kept: tuple[str, ...]) -> ClinReadNetConfig:
 _REGISTRY: dict[str, ClinReadNetConfig] = {
     c.name: c
     for c in [
-        # Tab. 3: cumulative framework ablation. The heads and multi-stage pooling are the same
-        # in every row; rows 1-3 train with the heads' cross-entropy only, row 4 adds HRPS.
-        _variant("swin_t", "Swin-T baseline (timm), four heads, CE", soqn=None, mtmsa=None, loss=_CE_ONLY),
-        _variant("swin_t+soqn", "Swin-T + SOQN, CE", mtmsa=None, loss=_CE_ONLY),
-        _variant("swin_t+soqn+mtmsa", "Swin-T + SOQN + (S)W-MTMSA, CE", loss=_CE_ONLY),
+        # Tab. 3: cumulative framework ablation. Row 1 is Swin-T as published (one head on the
+        # last stage, CE); swin_t keeps ClinReadNet's four heads and multi-stage pooling, which
+        # rows 2-4 build on; rows 1-3 train with cross-entropy only, row 4 adds HRPS.
+        _variant("swin_t-plain", "Swin-T as published: one head on stage-4 pooling, CE (Tab. 3, row 1)",
+                 soqn=None, mtmsa=None, classifier_heads=1, pooling="last", loss=_CE_ONLY),
+        _variant("swin_t", "Swin-T with ClinReadNet's four heads and multi-stage pooling, CE (Tab. 3, row 1 as "
+                           "this code's baseline)", soqn=None, mtmsa=None, loss=_CE_ONLY),
+        _variant("swin_t+soqn", "Swin-T + SOQN, CE (Tab. 3, row 2)", mtmsa=None, loss=_CE_ONLY),
+        _variant("swin_t+soqn+mtmsa", "Swin-T + SOQN + (S)W-MTMSA, CE (Tab. 3, row 3)", loss=_CE_ONLY),
         _FULL,
+        # Tab. 7: a BAM branch on stage 4 in place of (S)W-MTMSA, everything else ClinReadNet's.
+        _variant("bam-channel", "BAM channel attention on stage 4 instead of (S)W-MTMSA (Tab. 7, row 2)",
+                 mtmsa=None, bam=BAMConfig(kind="channel")),
+        _variant("bam-spatial", "BAM spatial attention on stage 4 instead of (S)W-MTMSA (Tab. 7, row 1)",
+                 mtmsa=None, bam=BAMConfig(kind="spatial")),
         # Tab. 4-5: SOQN.
         _variant("clinreadnet-no-sobel", "SOQN without the Sobel branch (Tab. 4, 1#)",
                  soqn=SOQNConfig(sobel_branch=False)),

@@ -277,6 +277,8 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, emit: Event, out: Pa
 
     model_cfg = cfg.model_config()
     model = create_model(model_cfg, backbone_checkpoint=cfg.backbone_checkpoint)
+    if model.backbone_load is not None and not resume:
+        emit("backbone", {"message": model.backbone_load.describe()})
     if cfg.init_weights and not resume:
         copied, fresh = initialise_from(model, resolve_weights(cfg.init_weights))
         emit("init", {"weights": cfg.init_weights, "copied": copied, "fresh": fresh})

@@ -108,7 +108,9 @@ def test_failed_save_keeps_the_old_file(trained, tmp_path, monkeypatch):
             f.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint, "save_file", broken)
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)  # what save_weights imports when it writes
     with pytest.raises(OSError, match="disk full"):
         save_weights(trained, path)
     assert path.read_bytes() == before

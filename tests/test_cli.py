@@ -30,7 +30,7 @@ def test_evaluate_without_weights_is_a_usage_error(tmp_path):
 
 
 def test_models_json_lists_every_config():
-    result = runner.invoke(app, ["models", "--format", "json"])
+    result = runner.invoke(app, ["configs", "--format", "json"])
     assert result.exit_code == 0
     configs = json.loads(result.stdout)
     assert [c["name"] for c in configs] == list_configs()

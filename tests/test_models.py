@@ -12,16 +12,18 @@ from clinreadnet_cli.archs import create_model
 from clinreadnet_cli.archs.heads import GRADES, expected_score, grade_name
 from clinreadnet_cli.archs.mtmsa import MTMSA
 from clinreadnet_cli.config import ConfigError, MTMSAConfig, get_config, list_configs
-from clinreadnet_cli.losses.hrps import entropy
+from clinreadnet_cli.losses import create_loss
+from clinreadnet_cli.losses.hrps import entropy, head_class_weights
 
 from .conftest import TINY, tiny_config
 
 PAPER_CONFIGS = [
-    "swin_t", "swin_t+soqn", "swin_t+soqn+mtmsa", "clinreadnet",
+    "swin_t-plain", "swin_t", "swin_t+soqn", "swin_t+soqn+mtmsa", "clinreadnet",
     "clinreadnet-no-sobel", "clinreadnet-no-ordinal", "clinreadnet-plain-residual",
     "clinreadnet-t-low", "clinreadnet-t-medium", "clinreadnet-t-high",
     "clinreadnet-t-low-medium", "clinreadnet-t-low-high", "clinreadnet-t-medium-high",
     "clinreadnet-no-fine-rps", "clinreadnet-no-ce", "clinreadnet-no-entropy", "clinreadnet-no-coarse-rps",
+    "bam-channel", "bam-spatial",
 ]
 
 
@@ -30,14 +32,21 @@ def test_registry_has_every_paper_ablation():
 
 
 @pytest.mark.parametrize("name", PAPER_CONFIGS)
-def test_named_config_shapes_and_ranges(name, batch):
-    model = create_model(tiny_config(name)).eval()
+def test_named_config_trains_one_step_and_scores(name, batch):
+    model = create_model(tiny_config(name))
+    heads = model.config.classifier_heads
+    loss = create_loss(model.config)(model(batch), torch.tensor([0, 7, 14, 20]))
+    loss.total.backward()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.optim.NAdam(model.parameters(), lr=1e-3).step()
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model.eval()
     logits = model(batch)
-    assert logits.shape == (4, 4, 21)
+    assert logits.shape == (4, heads, 21)
     pred = model.predict(batch)
-    assert pred.probs.shape == (4, 21) and pred.head_probs.shape == (4, 4, 21)
+    assert pred.probs.shape == (4, 21) and pred.head_probs.shape == (4, heads, 21)
     assert torch.allclose(pred.probs.sum(-1), torch.ones(4), atol=1e-6)
-    assert torch.allclose(pred.head_probs.sum(-1), torch.ones(4, 4), atol=1e-6)
+    assert torch.allclose(pred.head_probs.sum(-1), torch.ones(4, heads), atol=1e-6)
     assert ((pred.score >= 0) & (pred.score <= 4)).all()
     assert ((pred.head_scores >= 0) & (pred.head_scores <= 4)).all()
     assert pred.label.dtype == torch.int64 and ((pred.label >= 0) & (pred.label <= 20)).all()
@@ -57,6 +66,13 @@ def test_components_present_as_configured():
     base = create_model(tiny_config("swin_t"))
     assert len(base.soqn) == 0
     assert not any(isinstance(b.attn, MTMSA) for b in base.backbone.layers[3].blocks)
+    plain = create_model(tiny_config("swin_t-plain"))  # Swin-T as published: one head on the last stage
+    assert len(plain.head.heads) == 1 and plain.head.heads[0].in_features == plain.backbone.num_features
+    assert len(plain.soqn) == 0 and plain.bam is None
+    for kind in ("channel", "spatial"):
+        bam = create_model(tiny_config(f"bam-{kind}"))
+        assert bam.bam is not None and set(bam.soqn) == {"0", "1"}
+        assert not any(isinstance(b.attn, MTMSA) for b in bam.backbone.layers[3].blocks)
     assert create_model(tiny_config("clinreadnet-no-sobel")).soqn["0"].sobel is None
     assert create_model(tiny_config("clinreadnet-no-ordinal")).soqn["0"].ordinal is None
     plain = create_model(tiny_config("clinreadnet-plain-residual")).soqn["0"]
@@ -192,6 +208,31 @@ def test_local_backbone_checkpoint(tmp_path):
     save_file({k: v.contiguous() for k, v in wider.state_dict().items()}, str(path))
     with pytest.raises(ValueError, match=r"swin\.safetensors: not a Swin checkpoint that fits config 'clinreadnet'"):
         create_model(tiny_config("clinreadnet"), backbone_checkpoint=path)
+
+
+def test_head_partition_contiguous_or_seeded_shuffle():
+    contiguous = head_class_weights(21, 4)
+    assert (contiguous[0, :6] == 4).all() and (contiguous[0, 6:] == 0.25).all()
+    shuffled = head_class_weights(21, 4, "shuffled", seed=0)
+    assert torch.equal(shuffled, head_class_weights(21, 4, "shuffled", seed=0))
+    assert not torch.equal(shuffled, contiguous) and not torch.equal(shuffled, head_class_weights(21, 4, "shuffled", 1))
+    assert ((shuffled == 4).sum(0) == 1).all()  # every class is one head's own, in both partitions
+    assert sorted((shuffled == 4).sum(1).tolist()) == sorted((contiguous == 4).sum(1).tolist())
+    with pytest.raises(ConfigError, match="head_partition"):
+        tiny_config(loss={"head_partition": "random"})
+
+
+def test_backbone_checkpoint_keys_are_reported(tmp_path):
+    donor = timm.create_model("swin_tiny_patch4_window7_224", in_chans=3, num_classes=10, **TINY)
+    state = {k: v.contiguous() for k, v in donor.state_dict().items() if not k.startswith("layers.3.blocks.1.mlp")}
+    state["extra.weight"] = torch.zeros(3)
+    path = tmp_path / "partial.safetensors"
+    save_file(state, str(path))
+    report = create_model(tiny_config("clinreadnet"), backbone_checkpoint=path).backbone_load
+    assert sorted(report.missing) == sorted(k for k in donor.state_dict() if k.startswith("layers.3.blocks.1.mlp"))
+    assert report.unexpected == ["extra.weight"]
+    assert any("3 -> 1 input channel" in a for a in report.adapted)
+    assert "missing (left as initialised)" in report.describe() and "extra.weight" in report.describe()
 
 
 def test_score_helpers():

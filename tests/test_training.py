@@ -201,6 +201,18 @@ def test_config_file_yaml_and_flags_override_it(ldct, tmp_path):
     assert stored["soqn"]["sobel_branch"] is False
 
 
+def test_config_by_name_trains_that_paper_row(ldct, tmp_path):
+    out = tmp_path / "plain"
+    result = train("--data", ldct / "train", "--config", "swin_t-plain", "--img-size", 64, "--epochs", 1,
+                   "--batch-size", 4, "--workers", 0, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    with safe_open(str(out / "best.safetensors"), framework="pt") as f:
+        stored = json.loads(f.metadata()["config"])
+    assert stored["name"] == "swin_t-plain" and stored["classifier_heads"] == 1 and stored["pooling"] == "last"
+    clash = train("--data", ldct / "train", "--config", "bam-channel", "--model", "bam-spatial", "--out", tmp_path / "x")
+    assert clash.exit_code == 2 and "two configurations" in clash.stderr
+
+
 TINY_TOML_AS_YAML = "\n".join([
     "model: clinreadnet", "img_size: 64", "batch_size: 4", "workers: 0", "restart_epochs: 2", "model_overrides:",
     f"  embed_dim: {TINY['embed_dim']}", f"  depths: {list(TINY['depths'])}",

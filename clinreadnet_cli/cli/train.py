@@ -20,11 +20,12 @@ def train(
         None, help="Labelled images: a folder in the LDCTIQAG2023 layout (image/ + train.json), or one holding "
                    "it (ldct/ with LDCTIQAG2023_train/), or a CSV of path,score[,group]."),
     out: Optional[Path] = typer.Option(None, help="Run folder for checkpoints and logs. Default: runs/clinreadnet."),
-    config: Optional[Path] = typer.Option(None, help="TOML or YAML file of these options; flags override it."),
+    config: Optional[str] = typer.Option(None, help="A named model configuration (`clinreadnet configs`: the paper's "
+                                                    "rows), or a TOML/YAML file of these options; flags override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished epoch."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start again in an --out that already holds a run "
                                                               "(its files are replaced)."),
-    model: Optional[str] = typer.Option(None, help="Model configuration by name (`clinreadnet models`). "
+    model: Optional[str] = typer.Option(None, help="Model configuration by name (`clinreadnet configs`). "
                                                    "Default: clinreadnet."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Passes over the training images. Default: 80 (paper)."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Images per optimiser step. Default: 8 (paper)."),
@@ -53,10 +54,15 @@ def train(
 ) -> None:
     """Train a model on the LDCTIQAG2023 layout (image/*.tif + train.json) or a CSV of path,score."""
     from ..checkpoint import WeightsError
-    from ..config import ConfigError
+    from ..config import ConfigError, list_configs
     from ..data import DatasetError
     from ..training import TrainConfig, read_config_file
     from ..training import train as run_training
+
+    if config is not None and not Path(config).exists() and config in list_configs():
+        if model not in (None, config):
+            usage_error(f"--config {config} and --model {model} name two configurations; give one")
+        model, config = config, None
 
     flags = {
         "data": data, "out": out, "model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr,
@@ -105,6 +111,8 @@ def train(
                          + (", bf16 autocast" if info["amp"] else ""))
         elif kind == "warning":
             print_messages(warnings=[info["message"]])
+        elif kind == "backbone":
+            stderr.print(f"backbone checkpoint {info['message']}")
         elif kind == "init":
             stderr.print(f"starting from {info['weights']}: {info['copied']} tensors copied, "
                          f"{len(info['fresh'])} freshly initialised" + (f" ({', '.join(info['fresh'][:4])}"

@@ -18,10 +18,12 @@ from torch import nn
 from ..config import LossConfig
 
 
-def head_class_weights(num_classes: int, num_heads: int) -> torch.Tensor:
-    """(H, K): head h weights its own contiguous share of the classes by H, the rest by 1/H (§3.1)."""
+def head_class_weights(num_classes: int, num_heads: int, partition: str = "contiguous", seed: int = 0) -> torch.Tensor:
+    """(H, K): head h weights its own share of the classes by H, the rest by 1/H (§3.1). Shares are
+    contiguous runs of classes, or (``shuffled``) runs of a permutation seeded by ``seed``."""
+    order = np.arange(num_classes) if partition == "contiguous" else np.random.default_rng(seed).permutation(num_classes)
     weights = torch.full((num_heads, num_classes), 1.0 / num_heads)
-    for h, part in enumerate(np.array_split(np.arange(num_classes), num_heads)):
+    for h, part in enumerate(np.array_split(order, num_heads)):
         weights[h, torch.as_tensor(part)] = float(num_heads)
     return weights
 
@@ -60,7 +62,8 @@ class ClinReadNetLoss(nn.Module):
     def __init__(self, cfg: LossConfig, num_classes: int, num_heads: int):
         super().__init__()
         self.cfg = cfg
-        self.register_buffer("class_weights", head_class_weights(num_classes, num_heads), persistent=False)
+        weights = head_class_weights(num_classes, num_heads, cfg.head_partition, cfg.partition_seed)
+        self.register_buffer("class_weights", weights, persistent=False)
 
     def heads_loss(self, head_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """L_heads: class-weighted CE of each head, averaged over heads."""

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The paper's comparisons on one budget: every row of Tab. 3 (both Swin-T baselines), Tab. 7
+# (BAM channel / spatial) and the head partition, trained on the same simulated images, patient
+# split and epochs, evaluated on the same held-out patients (PLCC, SROCC, KROCC, Score and the
+# ordering measures), and written as a table into weights/MODEL_CARD.md.
+#
+#   bash scripts/ablations.sh SIM_DIR [WORK]
+#
+# SIM_DIR: a `clinreadnet simulate` folder (scripts/train_default_weights.sh makes one); WORK:
+# where the subset and the runs go (default work/ablations, ignored by git). Resumable: a row
+# with an eval.json is skipped, an interrupted row continues from its last epoch.
+# Budget: IMAGES (default 1600) images, EPOCHS (default 2) epochs of 224² at batch 8, bf16; each
+# row should cost about EPOCHS x IMAGES / 8 s on a 2-core CPU with AVX512-BF16 (8 rows).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIM=${1:?usage: bash scripts/ablations.sh SIM_DIR [WORK]}
+WORK=${2:-work/ablations}
+EPOCHS=${EPOCHS:-2}
+IMAGES=${IMAGES:-1600}
+CLI=${CLINREADNET:-.venv/bin/clinreadnet}
+PY=${PYTHON:-.venv/bin/python}
+
+[ -f "$WORK/data/manifest.csv" ] || "$PY" scripts/ablation_table.py subset "$SIM" "$WORK/data" --images "$IMAGES"
+
+rows=(swin_t-plain swin_t swin_t+soqn swin_t+soqn+mtmsa clinreadnet bam-channel bam-spatial clinreadnet:shuffled)
+for row in "${rows[@]}"; do
+  name=${row%%:*}
+  run="$WORK/runs/${row/:/-}"
+  [ -f "$run/eval.json" ] && continue
+  options="$WORK/options-${row/:/-}.toml"
+  {
+    echo "model = \"$name\""
+    echo "epochs = $EPOCHS"
+    echo "restart_epochs = $EPOCHS"
+    echo "amp = true"
+    if [ "$row" != "$name" ]; then
+      printf '[model_overrides.loss]\nhead_partition = "%s"\n' "${row#*:}"
+    fi
+  } > "$options"
+  if [ -f "$run/last_state.safetensors" ]; then
+    "$CLI" train --resume --out "$run" --config "$options"
+  else
+    "$CLI" train --data "$WORK/data" --out "$run" --config "$options" --overwrite
+  fi
+  "$CLI" evaluate --run "$run" --split val --format json > "$run/eval.json.tmp" && mv "$run/eval.json.tmp" "$run/eval.json"
+done
+"$PY" scripts/ablation_table.py table "$WORK/runs" --card weights/MODEL_CARD.md
