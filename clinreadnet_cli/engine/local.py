@@ -25,7 +25,11 @@ END = None  # marks a unit's last batch in the event stream
 POLL_SECONDS = 1.0  # how often a silent queue makes us check that the workers are alive
 
 
-def _worker(tasks, conn, settings: DecodeSettings, parent: int) -> None:
+def _worker(tasks, conn, settings: DecodeSettings, parent: int, inherited: list) -> None:
+    # Forked with every pipe's receiving end: close them, so that when the main process dies our
+    # sends fail (and we end) instead of filling a pipe nobody reads.
+    for end in inherited:
+        end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     if "torch" in sys.modules:  # forked from a process that has torch: keep its thread pool out
         import torch
@@ -76,7 +80,9 @@ class DecodePool:
     def _start(self, w: int):
         tasks = self._context.Queue()
         receiving, sending = self._context.Pipe(duplex=False)
-        process = self._context.Process(target=_worker, args=(tasks, sending, self.settings, os.getpid()),
+        with self._lock:
+            inherited = [receiving, *self._pipes]
+        process = self._context.Process(target=_worker, args=(tasks, sending, self.settings, os.getpid(), inherited),
                                         daemon=True, name="clinreadnet-decode")
         process.start()
         sending.close()  # only the worker writes: its death closes the pipe, which is how we notice
