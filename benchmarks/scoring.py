@@ -15,12 +15,16 @@ import torch
 from common import SOURCES
 
 from clinreadnet_cli.api import Scorer
+from clinreadnet_cli.decoding import DecodeSettings
+from clinreadnet_cli.engine.base import plan_units
+from clinreadnet_cli.engine.local import DecodePool, score_events
 from clinreadnet_cli.checkpoint import load_model
 from clinreadnet_cli.dicom_export import write_series
 from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference
 from clinreadnet_cli.noise import measure_noise
 from clinreadnet_cli.preprocess import prepare_slice
 from clinreadnet_cli.readers import discover
+from clinreadnet_cli.scoring import SliceScore
 
 
 def build_series(out: Path, n: int) -> Path:
@@ -58,9 +62,11 @@ def throughput(series_dir: Path, weights: Path, device: torch.device, batch: int
     model_seconds = model_only(tensors, prepare_for_inference(model, device, options), batch)
     del tensors
 
-    scorer = Scorer(weights, device=device.type, precision=options.precision, batch_size=batch, workers=workers)
-    start = time.perf_counter()
-    scored = sum(1 for _ in scorer.records([series_dir]))
+    scorer = Scorer(weights, device=device.type, precision=options.precision, batch_size=batch)
+    start = time.perf_counter()  # the steady state of `clinreadnet score`: decoding processes beside the model
+    with DecodePool(DecodeSettings(model.config, batch), workers) as pool:
+        scored = sum(isinstance(item, SliceScore) for _, items in score_events(pool, plan_units([series_dir]).units, scorer)
+                     if items is not None for item in items)
     end_to_end = time.perf_counter() - start
     assert scored == n
     label = f"{n}-slice DICOM series, {model.config.input_path} {model.config.img_size}²"

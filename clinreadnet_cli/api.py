@@ -11,6 +11,7 @@ weights and options. Nothing here writes files.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -18,31 +19,43 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .checkpoint import load_model, resolve_weights, weights_identity
-from .engine.base import DecodeSettings, Item, plan_units
-from .engine.local import DecodePool, in_unit_order
+from .decoding import Item
 from .inference import prepare_for_inference, resolve_options
-from .readers import DEFAULT_LIMITS, InputError, Limits, Series, SliceRef
+from .readers import DEFAULT_LIMITS, InputError, Limits, Series, SliceRef, discover
 from .records import to_record
 from .scoring import SliceScore, resolve_device, score_batch, score_series
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    """How to build the model where it runs (this process, or each Ray actor)."""
+
+    weights: Path
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None  # torch compute threads; None: torch's choice (Ray: the actor's CPUs)
+    batch_size: int = 8
+
+    def build(self) -> "Scorer":
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        return Scorer(self.weights, device=self.device, precision=self.precision, batch_size=self.batch_size)
 
 
 class Scorer:
     """A loaded model and how to run it. Raises WeightsError / ConfigError / ValueError on bad options."""
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", precision: str = "auto",
-                 int8: bool = False, compile_model: bool = False, batch_size: int = 8, workers: int = 2):
+                 int8: bool = False, compile_model: bool = False, batch_size: int = 8):
         path = resolve_weights(weights)
         self.device = resolve_device(device)
         self.options = resolve_options(self.device, precision, int8, compile_model)
         self.model = load_model(path)
         self.identity = weights_identity(path)  # {"weights", "weights_sha256"}, in every record
-        self.batch_size, self.workers = batch_size, workers
+        self.batch_size = batch_size
         self.predict = prepare_for_inference(self.model, self.device, self.options)
-
-    def settings(self, input_range: str = "auto", limits: Limits = DEFAULT_LIMITS,
-                 all_orientations: bool = False) -> DecodeSettings:
-        """How decoding processes must prepare slices for this model."""
-        return DecodeSettings(self.model.config, self.batch_size, input_range, limits, all_orientations)
 
     def score_items(self, items: list[Item]) -> list[SliceScore | InputError]:
         """One decoded batch (``engine.base.Batch.items``) through the model."""
@@ -57,12 +70,18 @@ class Scorer:
 
     def records(self, paths: Iterable[str | Path], input_range: str = "auto", limits: Limits = DEFAULT_LIMITS,
                 all_orientations: bool = False) -> Iterator[dict]:
-        """Records for every slice under ``paths`` (files and folders), error records for what failed;
-        decoded in ``workers`` processes, in series/slice order."""
-        units = plan_units(paths, all_orientations).units
-        with DecodePool(self.settings(input_range, limits, all_orientations), self.workers) as pool:
-            for _, batch in in_unit_order(score_events(pool, units, self)):
-                yield from (to_record(item, self.identity) for item in batch)
+        """Records for every slice under ``paths`` (files and folders), error records for what failed,
+        in series/slice order, decoded in this process (``clinreadnet score`` decodes in processes
+        beside the model: ``engine.local``; the records are the same)."""
+        found = discover(paths, input_range, limits, all_orientations)
+        # The command's order: inputs by their first file, a failed file where it stands.
+        inputs = [(str(e.path), e) for e in found.errors] + [(min(str(r.path) for r in s.slices), s)
+                                                            for s in found.series]
+        for _, item in sorted(inputs, key=lambda pair: pair[0]):
+            if isinstance(item, InputError):
+                yield to_record(item)
+            else:
+                yield from (to_record(scored, self.identity) for scored in self.stream([item]))
 
     def score_array(self, image: np.ndarray, value_range: str = "hu", name: str = "array") -> dict:
         """The record of one 2-D slice (HU, or ``value_range="unit"`` for windowed [0, 1] values).
@@ -76,17 +95,6 @@ class Scorer:
         if isinstance(item, InputError):
             raise item
         return to_record(item, self.identity)
-
-
-def score_events(pool: DecodePool, units, scorer: Scorer, on_warning: Callable[[str], None] = lambda text: None):
-    """(unit index, scored items | END) as the pool's batches come through the model."""
-    for tag, batch in pool.events(units):
-        if batch is None:
-            yield tag, None
-            continue
-        for text in batch.warnings:
-            on_warning(text)
-        yield tag, scorer.score_items(batch.items)
 
 
 @lru_cache(maxsize=4)

@@ -5,13 +5,10 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import Any, TextIO
 
 from .readers import InputError
 from .readers.types import META_FIELDS
-
-if TYPE_CHECKING:
-    from .scoring import SliceScore
 
 FIELDS = ["path", "series", "series_uid", "slice", "score", "grade", "class", "head_scores", "head_sd", "entropy",
           "uncertain", "noise_hu", "noise_note", *META_FIELDS, "weights", "weights_sha256", "error"]
@@ -35,9 +32,10 @@ def choose_format(requested: str | None, output: Path | None, stdout_is_terminal
     return "table" if stdout_is_terminal else "jsonl"
 
 
-def to_record(item: SliceScore | InputError, weights: dict | None = None) -> dict:
-    """A score record, or for a failed input ``{"path", "slice", "error"}`` and no score
-    (``slice`` is null when the whole file failed). ``weights``: ``{"weights", "weights_sha256"}``."""
+def to_record(item: Any, weights: dict | None = None) -> dict:
+    """The record of a ``scoring.SliceScore`` (not imported: records need no model), or for a failed
+    input ``{"path", "slice", "error"}`` and no score (``slice`` is null when the whole file
+    failed). ``weights``: ``{"weights", "weights_sha256"}``."""
     if isinstance(item, InputError):
         return {"path": str(item.path), "slice": item.slice, "error": item.reason}
     return {

@@ -1,6 +1,6 @@
 """The model side of scoring: a batch of prepared slices in, one SliceScore per slice out.
 
-Decoding (``engine.base``: read, check, sample, noise figure) and the model are kept apart so that
+Decoding (``decoding``: read, check, sample, noise figure) and the model are kept apart so that
 the engines can decode in other processes or on other machines; all of them call ``score_batch``.
 ``score_series`` runs both in this process, for series already in memory (arrays, the report).
 """
@@ -17,7 +17,7 @@ from .archs import ClinReadNet
 from .archs.clinreadnet import Prediction
 from .archs.heads import grade_name
 from .config import ClinReadNetConfig, ConfigError
-from .engine.base import Item, PreparedSlice, series_batches
+from .decoding import Item, PreparedSlice, series_batches
 from .inference import InferenceOptions, prepare_for_inference
 from .noise import NoiseFigure
 from .preprocess import model_input

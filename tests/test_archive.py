@@ -23,8 +23,10 @@ from clinreadnet_cli.checkpoint import read_config, save_weights
 from clinreadnet_cli.cli import app
 from clinreadnet_cli.dicom_export import write_series
 from clinreadnet_cli.engine import local
-from clinreadnet_cli.engine.archive import ArchiveOptions, ScorerSpec, plan_archive, score_archive
-from clinreadnet_cli.engine.base import ArchiveError, ArchiveStore, DecodeSettings, plan_units
+from clinreadnet_cli.engine.archive import plan_archive, score_archive
+from clinreadnet_cli.api import ScorerSpec
+from clinreadnet_cli.decoding import DecodeSettings
+from clinreadnet_cli.engine.base import ArchiveError, ArchiveOptions, ArchiveStore, plan_units
 
 from .conftest import ct_phantom, tiny_config, unit_phantom
 

@@ -74,8 +74,9 @@ def score(
     from .. import records
     from ..atomic import output_problem, streaming_output
     from ..checkpoint import read_config, resolve_weights
-    from ..engine.base import DecodeSettings, plan_units
-    from ..engine.local import DecodePool, in_unit_order
+    from ..decoding import DecodeSettings
+    from ..engine.base import plan_units
+    from ..engine.local import DecodePool, in_unit_order, score_events
     from ..readers import InputError, Limits
     from ..summary import SummaryCollector
 
@@ -106,8 +107,7 @@ def score(
     try:
         with contextlib.ExitStack() as stack:
             pool = stack.enter_context(DecodePool(settings, workers))
-            scorer = _load_scorer(weights_path, device, precision, int8, compile_model, batch_size, workers, threads)
-            from ..api import score_events
+            scorer = _load_scorer(weights_path, device, precision, int8, compile_model, batch_size, threads)
 
             writer = None
             if fmt is not OutputFormat.table:
@@ -156,7 +156,7 @@ def score(
     raise typer.Exit(EXIT_PARTIAL if failures else EXIT_OK)
 
 
-def _load_scorer(weights_path, device, precision, int8, compile_model, batch_size, workers, threads):
+def _load_scorer(weights_path, device, precision, int8, compile_model, batch_size, threads):
     """The model (imports torch); a bad option is a usage error."""
     from ..api import Scorer
 
@@ -166,7 +166,7 @@ def _load_scorer(weights_path, device, precision, int8, compile_model, batch_siz
         torch.set_num_threads(threads)
     try:
         return Scorer(weights_path, device=device.value, precision=precision.value, int8=int8,
-                      compile_model=compile_model, batch_size=batch_size, workers=workers)
+                      compile_model=compile_model, batch_size=batch_size)
     except ValueError as exc:  # WeightsError and ConfigError among them
         usage_error(str(exc))
 

@@ -61,8 +61,10 @@ def score_archive(
     """Score every series under ROOTS into a results folder; rerun to resume (finished series are
     skipped), --retry-failed to retry failed ones. Exit 1 if any series failed."""
     from ..checkpoint import resolve_weights
-    from ..engine.archive import ArchiveOptions, ScorerSpec, plan_archive
+    from ..engine.archive import plan_archive
     from ..engine.archive import score_archive as run
+    from ..api import ScorerSpec
+    from ..engine.base import ArchiveOptions
     from ..readers import Limits
 
     require_paths(roots)

@@ -8,49 +8,18 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..checkpoint import read_config, weights_identity
-from ..readers import DEFAULT_LIMITS, Limits
-from .base import ArchiveStore, DecodeSettings, Plan, Unit, plan_units, unit_entry
-from .local import END, DecodePool
+from ..decoding import DecodeSettings
+from .base import ArchiveOptions, ArchiveStore, Plan, Unit, plan_units, unit_entry
+from .local import END, DecodePool, score_events
+
+if TYPE_CHECKING:  # the model side is imported only after the decoding processes have forked
+    from ..api import ScorerSpec
 
 ENGINES = ("local", "ray")
 SHARD_SECONDS = 60.0  # the local engine commits a shard at least this often (a kill loses at most that)
-
-
-@dataclass(frozen=True)
-class ScorerSpec:
-    """How to build the model where it runs (this process, or each Ray actor)."""
-
-    weights: Path
-    device: str = "auto"
-    precision: str = "auto"
-    threads: int | None = None  # torch compute threads; None: torch's choice (Ray: the actor's CPUs)
-    batch_size: int = 8
-
-    def build(self):
-        from ..api import Scorer
-
-        if self.threads:
-            import torch
-
-            torch.set_num_threads(self.threads)
-        return Scorer(self.weights, device=self.device, precision=self.precision, batch_size=self.batch_size)
-
-
-@dataclass(frozen=True)
-class ArchiveOptions:
-    engine: str = "local"
-    workers: int = 2  # local: decoding processes; ray: inference actors
-    input_range: str = "auto"
-    limits: Limits = DEFAULT_LIMITS
-    all_orientations: bool = False
-    retry_failed: bool = False
-    overwrite: bool = False
-    threshold: float = 2.0  # the per-series table counts slices below it
-    units_per_task: int = 16  # ray: units per commit (a kill loses at most one such chunk)
-    shard_records: int = 4096  # local: records per committed shard (or SHARD_SECONDS, whichever first)
 
 
 @dataclass
@@ -118,7 +87,6 @@ def run_local(todo: list[Unit], settings: DecodeSettings, spec: ScorerSpec, stor
     every ``options.shard_records`` records or SHARD_SECONDS."""
     with DecodePool(settings, options.workers) as pool:
         scorer = spec.build()  # torch is imported here, after the workers have forked without it
-        from ..api import score_events
         from ..records import to_record
 
         records: dict[int, list[dict]] = defaultdict(list)

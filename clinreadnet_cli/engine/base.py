@@ -1,8 +1,8 @@
 """What both engines share: the unit of work, decoding a unit into batches, and the results folder
 (manifest of finished units, Parquet record shards, per-series table).
 
-Nothing here imports torch, so decoding processes and Ray tasks start light; the model side of a
-batch is ``scoring.score_batch``.
+Nothing here imports torch, so decoding processes and Ray tasks start light; a batch is decoded
+by ``decoding`` and scored by ``scoring.score_batch``.
 
 A unit is one DICOM series (every file of one SeriesInstanceUID) or one other file (a NIfTI/MHA/
 NRRD volume, a TIFF). Its slices are batched within the unit, so a slice is scored in the same
@@ -22,13 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import numpy as np
-
 from ..atomic import atomic_path, write_text_atomic
-from ..config import ClinReadNetConfig
-from ..noise import NoiseFigure, measure_noise
-from ..preprocess import sample_slice
-from ..readers import DEFAULT_LIMITS, Discovery, InputError, Limits, Series, SliceRef, discover, file_suffix, walk_files
+from ..decoding import Batch, DecodeSettings, series_batches
+from ..readers import DEFAULT_LIMITS, Discovery, Limits, discover, file_suffix, walk_files
 from ..readers.dicom import read_header, skip_reason
 from ..readers.tiff import TIFF_SUFFIXES
 from ..readers.volume import VOLUME_SUFFIXES
@@ -91,83 +87,24 @@ def _series_uid(path: Path, all_orientations: bool, notes: list[str]) -> str | N
     return str(ds.get("SeriesInstanceUID", "") or "") or None if frames in ("1", "") else None
 
 
-@dataclass(frozen=True)
-class DecodeSettings:
-    """What decoding needs to know, picklable for worker processes and Ray tasks."""
-
-    cfg: ClinReadNetConfig  # window, input path, input size (from the weights' header)
-    batch_size: int = 8
-    input_range: str = "auto"
-    limits: Limits = DEFAULT_LIMITS
-    all_orientations: bool = False
-
-
-@dataclass
-class PreparedSlice:
-    """A decoded slice ready for the model, and where it comes from."""
-
-    path: Path
-    series: str
-    series_uid: str | None
-    slice: int
-    pixels: np.ndarray  # (1, S, S) float32 from preprocess.sample_slice
-    noise: NoiseFigure
-    meta: dict = field(default_factory=dict)
-
-
-Item = PreparedSlice | InputError
-
-
-@dataclass
-class Batch:
-    """Up to batch_size prepared slices of one unit, with the unit's failures in their place."""
-
-    items: list[Item]
-    warnings: list[str] = field(default_factory=list)  # inputs read with a fallback (first batch of a unit)
-
-
-def prepare(ref: SliceRef, series: Series, cfg: ClinReadNetConfig) -> PreparedSlice:
-    """Decode, check and sample one slice. Raises InputError naming the file and slice."""
-    try:
-        image = ref.load()
-        pixels = sample_slice(image, ref.value_range, cfg)
-        noise = measure_noise(image, ref.value_range)
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(ref.path, f"{type(exc).__name__}: {exc}", slice=ref.index) from None
-    return PreparedSlice(path=ref.path, series=series.label, series_uid=series.series_uid, slice=ref.index,
-                         pixels=pixels, noise=noise, meta=ref.meta)
-
-
-def series_batches(series: Iterable[Series], cfg: ClinReadNetConfig, batch_size: int,
-                   errors: Iterable[InputError] = (), warnings: Iterable[str] = ()) -> Iterator[Batch]:
-    """Batches of up to ``batch_size`` prepared slices, in series and slice order; ``errors`` first.
-    A volume that cannot be read fails once, not once per slice."""
-    items: list[Item] = list(errors)
-    reported: set[tuple[Path, str]] = set()
-    pending_warnings = list(warnings)
-    ready = 0
-    for s in series:
-        for ref in s.slices:
-            try:
-                items.append(prepare(ref, s, cfg))
-                ready += 1
-            except InputError as exc:
-                if (exc.path, exc.reason) not in reported:
-                    reported.add((exc.path, exc.reason))
-                    items.append(exc)
-            if ready == batch_size:
-                yield Batch(items, pending_warnings)
-                items, pending_warnings, ready = [], [], 0
-    if items or pending_warnings:
-        yield Batch(items, pending_warnings)
-
-
 def decode_unit(unit: Unit, settings: DecodeSettings) -> Iterator[Batch]:
     """Read a unit's files (headers checked as ``score`` checks them) and yield its batches."""
     found = discover(unit.paths, settings.input_range, settings.limits, settings.all_orientations)
     yield from series_batches(found.series, settings.cfg, settings.batch_size, found.errors, found.warnings)
+
+
+@dataclass(frozen=True)
+class ArchiveOptions:
+    engine: str = "local"
+    workers: int = 2  # local: decoding processes; ray: inference actors
+    input_range: str = "auto"
+    limits: Limits = DEFAULT_LIMITS
+    all_orientations: bool = False
+    retry_failed: bool = False
+    overwrite: bool = False
+    threshold: float = 2.0  # the per-series table counts slices below it
+    units_per_task: int = 16  # ray: units per commit (a kill loses at most one such chunk)
+    shard_records: int = 4096  # local: records per committed shard (or SHARD_SECONDS, whichever first)
 
 
 # --- the results folder -------------------------------------------------------------------------

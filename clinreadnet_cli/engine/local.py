@@ -16,10 +16,11 @@ import signal
 import sys
 import threading
 from collections import defaultdict, deque
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ..readers import InputError
-from .base import Batch, DecodeSettings, Unit, decode_unit
+from ..decoding import Batch, DecodeSettings
+from .base import Unit, decode_unit
 
 END = None  # marks a unit's last batch in the event stream
 POLL_SECONDS = 1.0  # how often a silent queue makes us check that the workers are alive
@@ -161,6 +162,19 @@ class DecodePool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def score_events(pool: DecodePool, units: Sequence[Unit], scorer,
+                 on_warning: Callable[[str], None] = lambda text: None) -> Iterator[tuple[int, list | None]]:
+    """(unit index, scored items | END) as the pool's batches come through ``scorer``
+    (an ``api.Scorer``, built after the pool has forked)."""
+    for tag, batch in pool.events(units):
+        if batch is END:
+            yield tag, END
+            continue
+        for text in batch.warnings:
+            on_warning(text)
+        yield tag, scorer.score_items(batch.items)
 
 
 def in_unit_order(events: Iterator[tuple[int, list | None]]) -> Iterator[tuple[int, list]]:

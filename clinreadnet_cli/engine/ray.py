@@ -15,8 +15,9 @@ import time
 from collections import defaultdict
 from typing import Callable
 
-from .archive import ArchiveOptions, ScorerSpec
-from .base import ArchiveStore, DecodeSettings, Unit, decode_unit, records_table, unit_entry
+from ..api import ScorerSpec
+from ..decoding import DecodeSettings
+from .base import ArchiveOptions, ArchiveStore, Unit, decode_unit, records_table, unit_entry
 
 
 def _decode_rows(row: dict, settings: DecodeSettings) -> list[dict]:
