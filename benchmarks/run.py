@@ -15,8 +15,9 @@ Sections (all on data generated from ../shared/data/ct_sources; nothing large is
   training  one epoch of the train command on 800 images (+ 200 validation)
   archive   score-archive with the local engine and with Ray (1 and 2 actors) on an archive of
             --archive SERIES SLICES, whole commands against the model-only rate; records that
-            differ between the engines; peak RSS at SERIES and SERIES/5; plain `score` on a
-            --study-slices study, start-up included
+            differ between the engines; peak RSS at SERIES and SERIES/5
+  startup   plain `score` on a --study-slices study, whole process, against the model alone
+            (alternated, --repeats times, medians)
 Measures only; nothing here passes or fails on a time.
 """
 
@@ -41,7 +42,7 @@ from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference
 from clinreadnet_cli.preprocess import prepare_slice
 from clinreadnet_cli.readers import discover
 
-SECTIONS = ("forward", "options", "scoring", "memory", "training", "archive")
+SECTIONS = ("forward", "options", "scoring", "memory", "training", "archive", "startup")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -143,7 +144,10 @@ def main() -> None:
                     for n, (rss, wall) in peaks.items()])
         if "archive" in args.only:
             report(archive.archive_rows(tmp, args.weights or default_weights(), *args.archive, args.batch,
-                                        torch.get_num_threads(), args.study_slices))
+                                        torch.get_num_threads()))
+        if "startup" in args.only:
+            report(archive.startup_rows(tmp, args.weights or default_weights(), args.batch, torch.get_num_threads(),
+                                        args.study_slices, args.repeats))
     if "training" in args.only:
         report(training.epoch_throughput("clinreadnet", args.train_images, 224, args.batch, workers=2,
                                          device=device.type))
