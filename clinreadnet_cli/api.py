@@ -19,11 +19,11 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .checkpoint import load_model, resolve_weights, weights_identity
-from .decoding import Item
+from .decoding import Item, series_batches
 from .inference import prepare_for_inference, resolve_options
 from .readers import DEFAULT_LIMITS, InputError, Limits, Series, SliceRef, discover
 from .records import to_record
-from .scoring import SliceScore, resolve_device, score_batch, score_series
+from .scoring import SliceScore, resolve_device, score_batch
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,12 @@ class Scorer:
     def stream(self, series: Iterable[Series],
                on_slice: Callable[[], None] | None = None) -> Iterator[SliceScore | InputError]:
         """One SliceScore per slice, or one InputError per failing input, in series/slice order,
-        decoded in this process (series already in memory)."""
-        return score_series(series, self.model, self.device, batch_size=self.batch_size, on_slice=on_slice,
-                            options=self.options)
+        decoded in this process (series already in memory), scored by this Scorer's one predictor."""
+        for batch in series_batches(series, self.model.config, self.batch_size):
+            for result in self.score_items(batch.items):
+                if on_slice:
+                    on_slice()
+                yield result
 
     def records(self, paths: Iterable[str | Path], input_range: str = "auto", limits: Limits = DEFAULT_LIMITS,
                 all_orientations: bool = False) -> Iterator[dict]:

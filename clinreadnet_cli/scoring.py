@@ -2,26 +2,24 @@
 
 Decoding (``decoding``: read, check, sample, noise figure) and the model are kept apart so that
 the engines can decode in other processes or on other machines; all of them call ``score_batch``.
-``score_series`` runs both in this process, for series already in memory (arrays, the report).
+``api.Scorer.stream`` runs both in one process, for series already in memory (arrays, the report).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 import torch
 
-from .archs import ClinReadNet
 from .archs.clinreadnet import Prediction
 from .archs.heads import grade_name
 from .config import ClinReadNetConfig, ConfigError
-from .decoding import Item, PreparedSlice, series_batches
-from .inference import InferenceOptions, prepare_for_inference
+from .decoding import Item, PreparedSlice
 from .noise import NoiseFigure
 from .preprocess import model_input
-from .readers import InputError, Series
+from .readers import InputError
 
 
 # A slice whose heads disagree by this much (SD of their scores) is flagged uncertain; see the
@@ -56,25 +54,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for, but no CUDA device is available")
     return torch.device(name)
-
-
-def score_series(
-    series: Iterable[Series],
-    model: ClinReadNet,
-    device: torch.device,
-    batch_size: int = 8,
-    on_slice: Callable[[], None] | None = None,
-    options: InferenceOptions | None = None,
-) -> Iterator[SliceScore | InputError]:
-    """Yield one SliceScore per slice, or one InputError per failing input, in series/slice order,
-    decoding in this process. ``options`` default to the device's (fp32 on CPU; bf16 autocast and
-    channels-last on CUDA)."""
-    predict = prepare_for_inference(model, device, options or InferenceOptions.default_for(device))
-    for batch in series_batches(series, model.config, batch_size):
-        for result in score_batch(predict, batch.items, model.config, device):
-            if on_slice:
-                on_slice()
-            yield result
 
 
 def score_batch(predict: Callable[[torch.Tensor], Prediction], items: list[Item], cfg: ClinReadNetConfig,

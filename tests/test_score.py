@@ -20,7 +20,7 @@ from clinreadnet_cli.checkpoint import save_weights
 from clinreadnet_cli.cli import app
 from clinreadnet_cli.dicom_export import write_series
 from clinreadnet_cli.readers import Series, SliceRef
-from clinreadnet_cli.scoring import score_series
+from clinreadnet_cli.api import Scorer
 
 from .conftest import ct_phantom, tiny_config, unit_phantom
 
@@ -198,8 +198,6 @@ def test_unusable_weights_file_exits_2(study, tmp_path):
 
 def test_in_process_decoding_holds_one_batch(weights):
     """Memory is bounded by the batch: slices are decoded as the model consumes them."""
-    from clinreadnet_cli.checkpoint import load_model
-
     loads = []
 
     def loader(k):
@@ -210,7 +208,7 @@ def test_in_process_decoding_holds_one_batch(weights):
 
     series = Series(label="long", series_uid=None)
     series.slices = [SliceRef(Path("x"), k, "unit", loader(k)) for k in range(200)]
-    stream = score_series([series], load_model(weights), torch.device("cpu"), batch_size=4)
+    stream = Scorer(weights, device="cpu", batch_size=4).stream([series])
     first = next(stream)
     assert first.slice == 0
     assert len(loads) == 4  # the batch scored, nothing more

@@ -73,7 +73,7 @@ def plan_units(paths: Iterable[str | Path], all_orientations: bool = False) -> P
 def _series_uid(path: Path, all_orientations: bool, notes: list[str]) -> str | None:
     """The SeriesInstanceUID of a single-frame axial CT file, "" if it is skipped (with a note), None
     for a file that is its own unit (other formats, multi-frame, unreadable)."""
-    if file_suffix(path) in VOLUME_SUFFIXES or file_suffix(path) in TIFF_SUFFIXES:
+    if file_suffix(path) in {*VOLUME_SUFFIXES, *TIFF_SUFFIXES}:
         return None
     try:
         ds = read_header(path)
