@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 
 import torch
 
-SOURCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_sources"
+# The CT sources beside the checkout; CLINREADNET_CT_SOURCES points elsewhere (a machine without them).
+SOURCES = Path(os.environ.get("CLINREADNET_CT_SOURCES",
+                              Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_sources"))
 
 
 def machine(device: str = "cpu") -> dict:

@@ -46,7 +46,10 @@ SECTIONS = ("forward", "options", "scoring", "memory", "training", "archive", "s
 REPO = Path(__file__).resolve().parents[1]
 
 
-def devices() -> list[torch.device]:
+def devices(choice: str) -> list[torch.device]:
+    """``all``: the CPU, then CUDA when present; ``cpu`` or ``cuda``: that one alone."""
+    if choice != "all":
+        return [torch.device(choice)]
     return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 
 
@@ -101,6 +104,8 @@ def main() -> None:
     parser.add_argument("--study-slices", type=int, default=240)
     parser.add_argument("--weights", type=Path, default=None,
                         help="archive: weights to score with (default: the shipped ones)")
+    parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
+                        help="all: the CPU, then CUDA when present (scoring, archive, startup and training: the last)")
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
 
@@ -111,7 +116,7 @@ def main() -> None:
             print(format_row(row), file=sys.stderr, flush=True)  # progress; the table goes to stdout at the end
         rows.extend(new)
 
-    for device in devices():
+    for device in devices(args.device):
         batch = 64 if device.type == "cuda" else args.batch
         if "forward" in args.only:
             report(forward.compare_models(device, [224, 512], batch, args.repeats))
@@ -121,7 +126,7 @@ def main() -> None:
     if "options" in args.only and default_weights().is_file():
         report(score_changes(default_weights()))
 
-    device = devices()[-1]
+    device = devices(args.device)[-1]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         torch.manual_seed(0)

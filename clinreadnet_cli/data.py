@@ -226,6 +226,17 @@ def slice_ref(item: LabelledSlice, input_range: str) -> SliceRef:
     return slices[item.slice]
 
 
+def check_readable(items: list[LabelledSlice], input_range: str) -> None:
+    """Read every image's header once in this process, so that a file that cannot be read (or needs
+    ``--input-range``) is one error naming it before training or evaluation starts, not a crash
+    inside a loader worker."""
+    for item in items:
+        try:
+            slice_ref(item, input_range)
+        except InputError as exc:
+            raise DatasetError(f"{exc.path}: {exc.reason}") from None
+
+
 class SliceDataset(Dataset):
     """(image (1, S, S) in [0, 1], class) pairs, through the score command's readers and preprocessing."""
 

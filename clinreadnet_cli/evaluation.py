@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import load_model, resolve_weights
 from .config import ClinReadNetConfig
-from .data import DatasetError, LabelledSlice, SliceDataset, load_labelled, read_manifest, slice_ref
+from .data import DatasetError, LabelledSlice, SliceDataset, check_readable, load_labelled, read_manifest, slice_ref
 from .metrics import correlation_metrics
 from .noise import measure_noise
 from .training import LATEST
@@ -35,17 +35,20 @@ class EvaluationInputs:
     weights: Path
     split_file: Path | None
     run: Path | None  # the training run they come from, if any
+    input_range: str = "auto"  # how the images' values are read: the run's own unless given
 
 
 def resolve_inputs(data: Path | None, weights: str | Path | None, split: str, split_file: Path | None,
-                   run: Path | None, runs_folder: Path = Path("runs")) -> EvaluationInputs:
+                   run: Path | None, runs_folder: Path = Path("runs"),
+                   input_range: str | None = None) -> EvaluationInputs:
     """What ``evaluate`` reads. Given ``--data`` (and for test/all ``--weights``, default the shipped
     weights), those; otherwise a training run: ``run``, else the newest one named in
-    ``runs/latest.json``, gives the data, its best weights and its split."""
+    ``runs/latest.json``, gives the data, its best weights, its split and how it read the images."""
     needs_run = data is None or (weights is None and split in ("val", "train")) or run is not None
     if not needs_run:
         weights_path = resolve_weights(weights)
-        return EvaluationInputs(Path(data), weights_path, split_file or weights_path.parent / "split.json", None)
+        return EvaluationInputs(Path(data), weights_path, split_file or weights_path.parent / "split.json", None,
+                                input_range or "auto")
     if run is None:
         latest = runs_folder / LATEST
         try:
@@ -54,11 +57,12 @@ def resolve_inputs(data: Path | None, weights: str | Path | None, split: str, sp
             raise DatasetError(f"no --data given and no training run to take it from ({latest} not found or "
                                "damaged); pass --data (and --weights), or --run DIR") from None
     try:
-        run_data = json.loads((run / "config.json").read_text())["data"]
+        options = json.loads((run / "config.json").read_text())
+        run_data = options["data"]
     except (OSError, ValueError, KeyError, TypeError):
         raise DatasetError(f"{run}: not a training run folder (no readable config.json)") from None
     return EvaluationInputs(Path(data or run_data), resolve_weights(weights) if weights else run / "best.safetensors",
-                            split_file or run / "split.json", run)
+                            split_file or run / "split.json", run, input_range or options.get("input_range", "auto"))
 
 
 def error_by_uncertainty(predictions: list[ImagePrediction], bins: int = 10) -> list[dict]:
@@ -96,6 +100,7 @@ def select_split(data: str | Path, split: str, split_file: Path | None) -> list[
 
 def evaluate(weights: Path, items: list[LabelledSlice], device: torch.device, batch_size: int = 8,
              workers: int = 2, input_range: str = "auto") -> tuple[dict[str, float], list[ImagePrediction]]:
+    check_readable(items, input_range)
     model = load_model(weights).to(device)
     loader = DataLoader(SliceDataset(items, model.config, None, input_range), batch_size=batch_size,
                         num_workers=workers)

@@ -36,7 +36,7 @@ from .archs import ClinReadNet, create_model
 from .atomic import atomic_path, write_text_atomic
 from .checkpoint import initialise_from, resolve_weights, save_weights
 from .config import ClinReadNetConfig, ConfigError, resolve_config
-from .data import DatasetError, LabelledSlice, SliceDataset, load_labelled, split_train_val
+from .data import DatasetError, LabelledSlice, SliceDataset, check_readable, load_labelled, split_train_val
 from .losses import create_loss
 from .metrics import correlation_metrics
 from .scoring import resolve_device
@@ -274,6 +274,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, emit: Event, out: Pa
     if len(val_items) < 2 or val_classes < 2:
         raise DatasetError(f"{cfg.data}: the validation set holds {len(val_items)} image(s) of {val_classes} "
                            "class(es), so its correlations are undefined; use more data or a larger --val-fraction")
+    check_readable(train_items + val_items, cfg.input_range)
 
     model_cfg = cfg.model_config()
     model = create_model(model_cfg, backbone_checkpoint=cfg.backbone_checkpoint)

@@ -310,6 +310,28 @@ def test_the_card_commands_run_as_written(ldct, tmp_path, monkeypatch):
     assert val.exit_code == 0 and json.loads(val.stdout)["images"] == 5
 
 
+def test_evaluate_reads_a_runs_images_as_the_run_did(ldct, tmp_path):
+    """8-bit TIFFs (the ablation subset's model-input images) need input_range = "unit": a run trained
+    on them is evaluated with its own setting; --data alone must be told."""
+    data = tmp_path / "eight-bit"
+    (data / "image").mkdir(parents=True)
+    for source in sorted((ldct / "train" / "image").iterdir()):
+        tifffile.imwrite(data / "image" / source.name, np.round(tifffile.imread(source) * 255).astype(np.uint8))
+    (data / "train.json").write_text((ldct / "train" / "train.json").read_text())
+    options = tmp_path / "options.toml"
+    options.write_text(TINY_TOML.replace("workers = 0", 'workers = 0\ninput_range = "unit"'))
+    out = tmp_path / "run"
+    assert train("--data", data, "--config", options, "--epochs", 1, "--out", out).exit_code == 0
+    evaluated = runner.invoke(app, ["evaluate", "--run", str(out), "--split", "val", "--format", "json"])
+    assert evaluated.exit_code == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["images"] == 5
+    weights = ["--weights", str(out / "best.safetensors"), "--split", "all", "--format", "json"]
+    refused = runner.invoke(app, ["evaluate", "--data", str(data), *weights])
+    assert refused.exit_code == 2 and "integer TIFF (uint8)" in refused.stderr
+    told = runner.invoke(app, ["evaluate", "--data", str(data), "--input-range", "unit", *weights])
+    assert told.exit_code == 0 and json.loads(told.stdout)["images"] == 24
+
+
 def test_evaluate_never_substitutes_another_split(ldct, tmp_path):
     result = runner.invoke(app, ["evaluate", "--data", str(ldct / "train"), "--split", "test"])
     assert result.exit_code == 2 and "no test split" in result.stderr

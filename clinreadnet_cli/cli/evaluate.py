@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .app import Device, ListFormat, app, stderr, stdout, usage_error
+from .app import Device, InputRangeChoice, ListFormat, app, stderr, stdout, usage_error
 
 
 @app.command()
@@ -27,6 +27,8 @@ def evaluate(
                                                   "Default: the newest run (runs/latest.json)."),
     split_file: Optional[Path] = typer.Option(None, help="split.json of the run (default: the run's, or beside "
                                                          "--weights)."),
+    input_range: Optional[InputRangeChoice] = typer.Option(
+        None, help="How the images' values are read (as for score). Default: the training run's own setting, else auto."),
     device: Device = typer.Option(Device.auto),
     batch_size: int = typer.Option(8, min=1),
     workers: int = typer.Option(2, min=0),
@@ -47,7 +49,8 @@ def evaluate(
     from ..scoring import resolve_device
 
     try:
-        inputs = resolve_inputs(data, weights, split, split_file, run)
+        inputs = resolve_inputs(data, weights, split, split_file, run,
+                                input_range=input_range.value if input_range else None)
     except DatasetError as exc:
         usage_error(str(exc))
     data, weights_path = inputs.data, inputs.weights
@@ -59,8 +62,9 @@ def evaluate(
     try:
         torch_device = resolve_device(device.value)
         items = select_split(data, split, inputs.split_file)
-        metrics, preds = run_evaluation(weights_path, items, torch_device, batch_size=batch_size, workers=workers)
-        noise = noise_baseline(items, read_config(weights_path))
+        metrics, preds = run_evaluation(weights_path, items, torch_device, batch_size=batch_size, workers=workers,
+                                        input_range=inputs.input_range)
+        noise = noise_baseline(items, read_config(weights_path), inputs.input_range)
         measured = [(-n, p.item.score) for n, p in zip(noise, preds) if n == n]
         baseline = correlation_metrics(*zip(*measured)) if measured else correlation_metrics([], [])
         ordering = simulation_checks(data, preds, noise)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import gzip
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 
 from ..preprocess import ValueRange
 from .limits import DEFAULT_LIMITS, Limits, regular_file_problem
 from .types import InputError, Series, SliceRef
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
 NIFTI_HEADER_BYTES = 348
@@ -32,6 +35,8 @@ class _Volume:
         self._lock = threading.Lock()
 
     def _read(self) -> np.ndarray:
+        import SimpleITK as sitk
+
         try:
             image = sitk.ReadImage(str(self.path))
             damaged = _nifti_non_finite(self.path, image)
@@ -64,6 +69,8 @@ def _nifti_non_finite(path: Path, image: sitk.Image) -> sitk.Image | None:
     SimpleITK's NIfTI reader gives those voxels as 0, which would be scored as water; the raw
     voxels are read again here (float files only) so that they are refused like any NaN.
     """
+    import SimpleITK as sitk
+
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
         return None
@@ -94,6 +101,8 @@ def _stem(path: Path) -> str:
 
 
 def volume_series(path: Path, value_range: ValueRange, limits: Limits = DEFAULT_LIMITS) -> Series:
+    import SimpleITK as sitk  # here, not at the top: its import costs every start-up ~0.1 s, volumes or not
+
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
