@@ -65,7 +65,7 @@ def throughput(series_dir: Path, weights: Path, device: torch.device, batch: int
     scorer = Scorer(weights, device=device.type, precision=options.precision, batch_size=batch)
     start = time.perf_counter()  # the steady state of `clinreadnet score`: decoding processes beside the model
     with DecodePool(DecodeSettings(model.config, batch), workers) as pool:
-        scored = sum(isinstance(item, SliceScore) for _, items in score_events(pool, plan_units([series_dir]).units, scorer)
+        scored = sum(isinstance(item, SliceScore) for _, items in score_events(pool.events(plan_units([series_dir]).units), scorer)
                      if items is not None for item in items)
     end_to_end = time.perf_counter() - start
     assert scored == n

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 MIN_TISSUE_PIXELS = 500  # below this a noise estimate is not trusted
 TISSUE_HU = (-50.0, 150.0)
@@ -29,6 +28,8 @@ def tissue_mask(hu: np.ndarray, smooth: bool = False) -> np.ndarray:
     """Soft tissue away from edges: -50..150 HU, eroded 3 pixels. ``smooth`` thresholds a 9 x 9
     mean instead of the pixels, so the mask of a noisy image (up to ~300 HU SD) is not riddled by
     its noise."""
+    from scipy import ndimage  # here: the main process of `score` decodes nothing, so never pays its import
+
     image = ndimage.uniform_filter(hu.astype(np.float32), 9) if smooth else hu
     low, high = TISSUE_HU
     return ndimage.binary_erosion((image > low) & (image < high), iterations=3)
@@ -38,6 +39,8 @@ def noise_sd_hu(image_hu: np.ndarray, mask: np.ndarray) -> float:
     """Robust noise SD inside ``mask`` (NaN if it holds fewer than MIN_TISSUE_PIXELS pixels)."""
     if mask.sum() < MIN_TISSUE_PIXELS:
         return float("nan")
+    from scipy import ndimage
+
     image = image_hu.astype(np.float32, copy=False)
     residual = (image[mask] - ndimage.uniform_filter(image, 5)[mask]).astype(np.float64)
     return float(MAD_TO_SD * np.median(np.abs(residual - np.median(residual))))

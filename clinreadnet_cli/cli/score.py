@@ -107,6 +107,7 @@ def score(
     try:
         with contextlib.ExitStack() as stack:
             pool = stack.enter_context(DecodePool(settings, workers))
+            decoded = pool.events(plan.units)  # the workers start reading now, while torch and the model load
             scorer = _load_scorer(weights_path, device, precision, int8, compile_model, batch_size, threads)
 
             writer = None
@@ -116,7 +117,7 @@ def score(
             progress = stack.enter_context(Progress(*Progress.get_default_columns()[:1], TextColumn("{task.completed} slices"),
                                                     console=stderr, transient=True, disable=not stderr.is_terminal))
             task = progress.add_task("scoring", total=None)
-            events = score_events(pool, plan.units, scorer, on_warning=lambda text: print_messages(warnings=[text]))
+            events = score_events(decoded, scorer, on_warning=lambda text: print_messages(warnings=[text]))
             try:
                 for _, items in in_unit_order(events):
                     for item in items:

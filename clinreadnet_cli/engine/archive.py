@@ -86,6 +86,7 @@ def run_local(todo: list[Unit], settings: DecodeSettings, spec: ScorerSpec, stor
     """Decoding processes started first (before torch), the model in this process, shards committed
     every ``options.shard_records`` records or SHARD_SECONDS."""
     with DecodePool(settings, options.workers) as pool:
+        decoded = pool.events(todo)  # the workers start reading now, while the model loads
         scorer = spec.build()  # torch is imported here, after the workers have forked without it
         from ..records import to_record
 
@@ -94,7 +95,7 @@ def run_local(todo: list[Unit], settings: DecodeSettings, spec: ScorerSpec, stor
         shard: list[dict] = []
         entries: list[dict] = []
         last_commit = time.monotonic()
-        for tag, items in score_events(pool, todo, scorer, on_warning):
+        for tag, items in score_events(decoded, scorer, on_warning):
             unit = todo[tag]
             started.setdefault(tag, time.perf_counter())
             if items is END:

@@ -113,7 +113,10 @@ class DecodePool:
                 continue
 
     def events(self, units: Sequence[Unit]) -> Iterator[tuple[int, Batch | None]]:
-        """Every unit's batches in order, then END for it; units run in parallel, each on one worker."""
+        """Every unit's batches in order, then END for it; units run in parallel, each on one worker.
+
+        The first units are handed out here, not on the first ``next()``: call this before loading
+        the model and the workers decode while it loads."""
         waiting = iter(range(len(units)))
         held: list[deque[int]] = [deque() for _ in self._workers]  # per worker: its units, oldest first
 
@@ -124,6 +127,10 @@ class DecodePool:
 
         for w in range(len(self._workers)):
             hand_out(w)
+        return self._collect(units, held, hand_out)
+
+    def _collect(self, units: Sequence[Unit], held: list[deque[int]],
+                 hand_out: Callable[[int], None]) -> Iterator[tuple[int, Batch | None]]:
         remaining = len(units)
         while remaining:
             kind, w, tag, payload = self._inbox.get()
@@ -164,11 +171,11 @@ class DecodePool:
         self.close()
 
 
-def score_events(pool: DecodePool, units: Sequence[Unit], scorer,
+def score_events(events: Iterator[tuple[int, Batch | None]], scorer,
                  on_warning: Callable[[str], None] = lambda text: None) -> Iterator[tuple[int, list | None]]:
-    """(unit index, scored items | END) as the pool's batches come through ``scorer``
-    (an ``api.Scorer``, built after the pool has forked)."""
-    for tag, batch in pool.events(units):
+    """(unit index, scored items | END) as a pool's batches (``DecodePool.events``) come through
+    ``scorer`` (an ``api.Scorer``, built after the pool has forked)."""
+    for tag, batch in events:
         if batch is END:
             yield tag, END
             continue
