@@ -159,6 +159,13 @@ class Acquisitions:
     untouched: np.ndarray  # bool
     dose: np.ndarray
     views: np.ndarray  # the untouched source counts as the full view count
+    # How the image was reconstructed: "scanner" (the untouched source and the add-difference
+    # images: the source's own kernel) or "full <filter>" (simulate's full FBP reconstructions).
+    reconstruction: np.ndarray
+
+
+def reconstruction_of(row: dict) -> str:
+    return f"full {row.get('filter') or ''}".strip() if row["kind"] == "full" else "scanner"
 
 
 def acquisitions_from_manifest(rows: list[dict]) -> Acquisitions:
@@ -168,24 +175,31 @@ def acquisitions_from_manifest(rows: list[dict]) -> Acquisitions:
     _, source = np.unique([r["source"] for r in rows], return_inverse=True)
     _, patient = np.unique([r.get("group") or r["source"] for r in rows], return_inverse=True)
     return Acquisitions(source=source, patient=patient, untouched=untouched,
-                        dose=np.array([float(r["dose"]) for r in rows]), views=views)
+                        dose=np.array([float(r["dose"]) for r in rows]), views=views,
+                        reconstruction=np.array([reconstruction_of(r) for r in rows]))
 
 
 LOW_DOSE = 0.25  # "low dose" in the untouched-vs-low-dose check: 25 % of the source's dose or less
 
 
-def ordering_report(acq: Acquisitions, scores: np.ndarray, chunk: int = 512) -> dict[str, float]:
+def ordering_report(acq: Acquisitions, scores: np.ndarray, chunk: int = 512) -> dict:
     """How well ``scores`` (higher = better quality) order images by their acquisition.
 
     Image A is more degraded than B when A's dose and views are both <= B's, one of them
     strictly; the pair is ordered correctly when A scores strictly lower. Pairs are counted
     within one source slice, across slices and across patients; ``untouched_vs_low_dose`` pairs
-    each untouched slice with its own versions at <= 25 % dose. Images without a score (NaN, e.g.
-    no soft tissue for the noise figure) are left out. Also the mean score of the untouched
-    sources and of the worst acquisition (least dose, fewest views).
+    each untouched slice with its own versions at <= 25 % dose. ``within_reconstruction`` keeps
+    the within-slice pairs of one reconstruction (two acquisitions reconstructed alike: what a
+    scanner protocol comparison is), and ``by_reconstruction`` gives within- and cross-slice
+    ordering for each reconstruction on its own. Images without a score (NaN, e.g. no soft tissue
+    for the noise figure) are left out. Also the mean score of the untouched sources and of the
+    worst acquisition (least dose, fewest views).
     """
     keep = np.isfinite(scores)
-    counts = {name: [0, 0] for name in ("within_slice", "cross_slice", "cross_patient", "untouched_vs_low_dose")}
+    names = ("within_slice", "cross_slice", "cross_patient", "untouched_vs_low_dose", "within_reconstruction")
+    counts = {name: [0, 0] for name in names}
+    kinds = sorted(set(acq.reconstruction[keep]))
+    per_kind = {(kind, where): [0, 0] for kind in kinds for where in ("within_slice", "cross_slice")}
     idx = np.flatnonzero(keep)
     for start in range(0, len(idx), chunk):
         a = idx[start:start + chunk, None]  # the more degraded side
@@ -194,16 +208,30 @@ def ordering_report(acq: Acquisitions, scores: np.ndarray, chunk: int = 512) -> 
                  & ((acq.dose[a] < acq.dose[b]) | (acq.views[a] < acq.views[b])))
         right = scores[a] < scores[b]
         same_slice = acq.source[a] == acq.source[b]
+        same_reconstruction = acq.reconstruction[a] == acq.reconstruction[b]
         for name, mask in (("within_slice", worse & same_slice), ("cross_slice", worse & ~same_slice),
                            ("cross_patient", worse & (acq.patient[a] != acq.patient[b])),
                            ("untouched_vs_low_dose", same_slice & acq.untouched[b] & ~acq.untouched[a]
-                            & (acq.dose[a] <= LOW_DOSE))):
+                            & (acq.dose[a] <= LOW_DOSE)),
+                           ("within_reconstruction", worse & same_slice & same_reconstruction)):
             counts[name][0] += int(mask.sum())
             counts[name][1] += int((mask & right).sum())
-    report: dict[str, float] = {}
+        for kind in kinds if len(kinds) > 1 else ():
+            alike = worse & same_reconstruction & (acq.reconstruction[a] == kind)
+            for where, mask in (("within_slice", alike & same_slice), ("cross_slice", alike & ~same_slice)):
+                per_kind[kind, where][0] += int(mask.sum())
+                per_kind[kind, where][1] += int((mask & right).sum())
+    report: dict = {}
     for name, (pairs, correct) in counts.items():
         report[name] = correct / pairs if pairs else math.nan
         report[f"{name}_pairs"] = pairs
+    if len(kinds) > 1:
+        report["by_reconstruction"] = {
+            kind: {key: value for where in ("within_slice", "cross_slice")
+                   for key, value in ((where, per_kind[kind, where][1] / per_kind[kind, where][0]
+                                       if per_kind[kind, where][0] else math.nan),
+                                      (f"{where}_pairs", per_kind[kind, where][0]))}
+            for kind in kinds}
     simulated = keep & ~acq.untouched
     worst = simulated & (acq.dose == acq.dose[simulated].min(initial=np.inf)) & (
         acq.views == acq.views[simulated].min(initial=np.inf))

@@ -67,6 +67,7 @@ class TrainConfig:
     init_weights: str | None = None  # a clinreadnet weights file or name to fine-tune from
     half_weights: bool = False  # best.safetensors in fp16: half the size, loaded back as fp32
     input_range: str = "auto"
+    split_file: str | None = None  # another run's split.json: train and validate on the same images (a fair comparison)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # config fields, e.g. {"drop_path_rate": 0.2}
 
     def __post_init__(self) -> None:
@@ -243,6 +244,17 @@ def train(cfg: TrainConfig, resume: bool = False, on_event: Event | None = None,
             dist.destroy_process_group()
 
 
+def read_split(path: Path, remedy: str) -> dict:
+    """A run's split.json ({"train": [...], "val": [...]}); DatasetError naming it and ``remedy``."""
+    try:
+        split = json.loads(path.read_text())
+        if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("train", "val")):
+            raise ValueError("no train and val lists")
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: missing or damaged ({exc}); {remedy}") from None
+    return split
+
+
 def _train(cfg: TrainConfig, resume: bool, overwrite: bool, emit: Event, out: Path, device, world: int,
            rank: int) -> RunResult:
     torch.manual_seed(cfg.seed + rank)
@@ -255,13 +267,10 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, emit: Event, out: Pa
     if resume:
         if not (out / "last_state.safetensors").is_file():
             raise DatasetError(f"{out}: nothing to resume (no last_state.safetensors)")
-        try:
-            split = json.loads(split_path.read_text())
-            if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("train", "val")):
-                raise ValueError("no train and val lists")
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"{split_path}: missing or damaged ({exc}); this run cannot resume without the split "
-                               "it was trained on: start a fresh run with a new --out") from None
+        split = read_split(split_path, "this run cannot resume without the split it was trained on: "
+                                       "start a fresh run with a new --out")
+    elif cfg.split_file:
+        split = {**read_split(Path(cfg.split_file), "pass the split.json of a training run"), "data": str(cfg.data)}
     else:
         train_keys, val_keys = split_train_val(list(items.values()), cfg.val_fraction, cfg.seed)
         split = {"data": str(cfg.data), "seed": cfg.seed, "train": train_keys, "val": val_keys}

@@ -3,45 +3,77 @@ training: the same ordering report ``evaluate`` gives a model, computed on the l
 noise figure of the manifest.
 
     python scripts/label_ordering.py work/sim
+    python scripts/label_ordering.py work/sim --unit source --write labels-source.json
+
+``--unit kernel`` (default) reads the manifest's labels: degradation in units of the quantum noise
+of the image's own reconstruction kernel (``simulate/labels.py``). ``--unit source`` computes the
+candidate of weights-v2 work: the same RMS degradation in HU, in units of the untouched source's
+own noise for every kernel (a smooth kernel's lower noise then counts as less degradation), with
+the same curve and the same monotone grid. ``--write`` saves the labels as a train.json, to train
+on them with ``train --split-file`` beside a run on the manifest's labels.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clinreadnet_cli.atomic import write_text_atomic  # noqa: E402
 from clinreadnet_cli.evaluation import acquisitions_from_manifest, ordering_report  # noqa: E402
+from clinreadnet_cli.simulate.labels import degradation_to_score, monotone_scores  # noqa: E402
+
+
+def source_unit_labels(rows: list[dict]) -> np.ndarray:
+    """Labels from ``degradation_hu`` over the untouched source's ``noise_hu``, monotone per slice and reconstruction."""
+    source_noise = {r["source"]: float(r["noise_hu"]) for r in rows if r["kind"] == "source"}
+    grids: dict[tuple, dict] = defaultdict(dict)
+    for i, r in enumerate(rows):
+        if r["kind"] != "source":
+            raw = degradation_to_score(float(r["degradation_hu"]) / source_noise[r["source"]])
+            grids[r["source"], r["kind"], r["filter"]][float(r["dose"]), int(r["views"])] = (i, raw)
+    labels = np.full(len(rows), 4.0)
+    for grid in grids.values():
+        monotone = monotone_scores({point: raw for point, (_, raw) in grid.items()})
+        for point, (i, _) in grid.items():
+            labels[i] = monotone[point]
+    return labels
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path)
+    parser.add_argument("--unit", choices=("kernel", "source"), default="kernel")
+    parser.add_argument("--write", type=Path, help="save these labels as a train.json")
     args = parser.parse_args()
     with (args.data / "manifest.csv").open() as f:
         rows = list(csv.DictReader(f))
     acq = acquisitions_from_manifest(rows)
-    scorers = {"label": np.array([float(r["score"]) for r in rows]),
+    labels = np.array([float(r["score"]) for r in rows]) if args.unit == "kernel" else source_unit_labels(rows)
+    scorers = {f"label ({args.unit} unit)": labels,
                "noise_hu (manifest)": -np.array([float(r["noise_hu"] or "nan") for r in rows])}
     reports = {name: ordering_report(acq, values) for name, values in scorers.items()}
     print(f"{len(rows)} images, {len(set(r['source'] for r in rows))} slices, "
           f"{len(set(r['group'] for r in rows))} patients")
     print("| measure | " + " | ".join(reports) + " |\n|---|" + "---|" * len(reports))
-    for m in ("cross_slice", "cross_patient", "within_slice", "untouched_vs_low_dose"):
-        print(f"| {m} ({reports['label'][m + '_pairs']:,} pairs) | "
-              + " | ".join(f"{r[m]:.4f}" for r in reports.values()) + " |")
-    kinds = sorted({r["kind"] for r in rows} - {"source"})
-    for kind in kinds:  # each reconstruction kind on its own (plus the untouched sources)
-        keep = np.array([r["kind"] in (kind, "source") for r in rows])
-        sub = acquisitions_from_manifest([r for r, k in zip(rows, keep) if k])
-        report = ordering_report(sub, scorers["label"][keep])
-        print(f"labels, {kind} only: cross_slice {report['cross_slice']:.4f}, "
-              f"within_slice {report['within_slice']:.4f}")
+    first = next(iter(reports.values()))
+    for m in ("cross_slice", "cross_patient", "within_slice", "within_reconstruction", "untouched_vs_low_dose"):
+        print(f"| {m} ({first[m + '_pairs']:,} pairs) | " + " | ".join(f"{r[m]:.4f}" for r in reports.values()) + " |")
+    for kind in first.get("by_reconstruction", {}):
+        print(f"| {kind}: within / across slices | " + " | ".join(
+            f"{r['by_reconstruction'][kind]['within_slice']:.4f} / {r['by_reconstruction'][kind]['cross_slice']:.4f}"
+            for r in reports.values()) + " |")
+    if args.write:
+        write_text_atomic(args.write, json.dumps({Path(r["path"]).name: round(float(v), 4)
+                                                  for r, v in zip(rows, labels)}, indent=1) + "\n")
+        print(f"wrote {len(rows)} labels to {args.write}")
 
 
 if __name__ == "__main__":

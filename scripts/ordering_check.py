@@ -135,7 +135,8 @@ def main() -> None:
         acq = Acquisitions(source=np.unique([m[0] for m in meta], return_inverse=True)[1],
                            patient=np.unique([m[1] for m in meta], return_inverse=True)[1],
                            untouched=np.array([m[2] for m in meta]), dose=np.array([m[3] for m in meta], float),
-                           views=np.array([m[4] for m in meta], float))
+                           views=np.array([m[4] for m in meta], float),
+                           reconstruction=np.full(len(meta), simulator))  # one simulator, one kernel
         noise = np.array([measure_noise(image, "hu").noise_hu or np.nan for image in images], float)
         report = {"images": len(images), "noise_hu": ordering_report(acq, -noise)}
         for name, (cfg, predict) in models.items():

@@ -311,3 +311,24 @@ def test_ordering_report_counts_dominated_pairs_within_and_across_slices():
     assert tie["within_slice"] == 15 / 16  # the more degraded image must score strictly lower
     missing = report(good, [np.nan] * 5)  # no score (e.g. no soft tissue for noise_hu): left out
     assert missing["within_slice_pairs"] == 8 and missing["cross_slice_pairs"] == 0
+
+
+def test_ordering_report_keeps_pairs_of_one_reconstruction_apart():
+    from clinreadnet_cli.evaluation import acquisitions_from_manifest, ordering_report
+
+    grid = [("source", 1.0, "", ""), ("add-difference", 1.0, 180, "ram-lak"), ("full", 1.0, 1000, "hann"),
+            ("full", 0.1, 1000, "hann"), ("add-difference", 0.1, 180, "ram-lak")]
+    rows = [{"source": f"s{k}", "group": f"P{k}", "kind": kind, "dose": str(d), "views": str(v), "filter": f}
+            for k in (0, 1) for kind, d, v, f in grid]
+    acq = acquisitions_from_manifest(rows)
+    assert list(acq.reconstruction[:5]) == ["scanner", "scanner", "full hann", "full hann", "scanner"]
+    # Slice 1's smooth-kernel pair is reversed; everything else is in order.
+    r = ordering_report(acq, np.array([4.0, 2.5, 3.5, 1.5, 0.5, 4.0, 2.5, 1.5, 3.5, 0.5]))
+    # Per slice: scanner 180<src, worst<src, worst<180; full 0.1<1.0: 4 pairs of one reconstruction.
+    assert (r["within_reconstruction_pairs"], r["within_reconstruction"]) == (8, 7 / 8)
+    scanner, hann = r["by_reconstruction"]["scanner"], r["by_reconstruction"]["full hann"]
+    assert (scanner["within_slice_pairs"], scanner["within_slice"]) == (6, 1.0)
+    assert (hann["within_slice_pairs"], hann["within_slice"]) == (2, 0.5)
+    assert (hann["cross_slice_pairs"], hann["cross_slice"]) == (2, 0.0)  # 1.5 vs 1.5 and 3.5 vs 3.5: ties
+    one_kind = ordering_report(acquisitions_from_manifest([r for r in rows if r["kind"] != "full"]), np.ones(6))
+    assert "by_reconstruction" not in one_kind

@@ -332,6 +332,24 @@ def test_evaluate_reads_a_runs_images_as_the_run_did(ldct, tmp_path):
     assert told.exit_code == 0 and json.loads(told.stdout)["images"] == 24
 
 
+def _split(run: Path) -> dict:
+    return {k: json.loads((run / "split.json").read_text())[k] for k in ("train", "val")}
+
+
+def test_split_file_trains_on_another_runs_patients(ldct, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert train("--data", ldct / "train", "--config", ldct / "tiny.toml", "--epochs", 1, "--out", first).exit_code == 0
+    result = train("--data", ldct / "train", "--config", ldct / "tiny.toml", "--epochs", 1, "--out", second,
+                   "--seed", 7, "--split-file", first / "split.json")
+    assert result.exit_code == 0, result.stderr
+    assert _split(second) == _split(first)
+    (tmp_path / "bad.json").write_text("[]")
+    refused = train("--data", ldct / "train", "--config", ldct / "tiny.toml", "--out", tmp_path / "third",
+                    "--split-file", tmp_path / "bad.json")
+    assert refused.exit_code == 2 and "bad.json: missing or damaged" in refused.stderr
+    assert not (tmp_path / "third").exists()
+
+
 def test_evaluate_never_substitutes_another_split(ldct, tmp_path):
     result = runner.invoke(app, ["evaluate", "--data", str(ldct / "train"), "--split", "test"])
     assert result.exit_code == 2 and "no test split" in result.stderr

@@ -89,10 +89,17 @@ def evaluate(
         table.add_row(name.upper() if name != "score" else "Score", f"{metrics[name]:.4f}", f"{baseline[name]:.4f}")
     if ordering:  # a simulated dataset: does the score fall with dose and views?
         model, classical = ordering["model"], ordering["noise_hu"]
-        for name, label in (("within_slice", "ordering within a slice"), ("cross_slice", "ordering across slices"),
+        for name, label in (("within_slice", "ordering within a slice"),
+                            ("within_reconstruction", "  same slice, one reconstruction"),
+                            ("cross_slice", "ordering across slices"),
                             ("cross_patient", "ordering across patients"),
                             ("untouched_vs_low_dose", "untouched vs its <= 25 % dose")):
             table.add_row(f"{label} ({model[name + '_pairs']} pairs)", f"{model[name]:.2%}", f"{classical[name]:.2%}")
+        for kind, measured in model.get("by_reconstruction", {}).items():
+            theirs = classical.get("by_reconstruction", {}).get(kind)  # absent where noise_hu is never measured
+            table.add_row(f"  {kind}: within / across slices",
+                          f"{measured['within_slice']:.2%} / {measured['cross_slice']:.2%}",
+                          f"{theirs['within_slice']:.2%} / {theirs['cross_slice']:.2%}" if theirs else "–")
         table.add_row("mean, untouched sources", f"{model['untouched_mean']:.2f}", f"{-classical['untouched_mean']:.1f} HU")
         table.add_row("mean, least dose + fewest views", f"{model['worst_mean']:.2f}", f"{-classical['worst_mean']:.1f} HU")
     stdout.print(table)

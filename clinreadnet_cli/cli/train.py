@@ -51,6 +51,8 @@ def train(
                                                      "as fp32. Default: full (fp32)."),
     init_weights: Optional[str] = typer.Option(None, help="Fine-tune from clinreadnet weights: a file or a name "
                                                           "(clinreadnet.sim-v1); tensors that fit are copied. Default: none."),
+    split_file: Optional[Path] = typer.Option(None, help="Train and validate on the images of another run's split.json "
+                                                         "(to compare runs on the same patients). Default: a new split."),
 ) -> None:
     """Train a model on the LDCTIQAG2023 layout (image/*.tif + train.json) or a CSV of path,score."""
     from ..checkpoint import WeightsError
@@ -69,6 +71,7 @@ def train(
         "img_size": img_size, "val_fraction": val_fraction, "seed": seed, "device": device and device.value,
         "workers": workers, "amp": amp, "augment": augment, "loss_off": loss_off,
         "backbone_checkpoint": backbone_checkpoint, "init_weights": init_weights, "half_weights": half_weights,
+        "split_file": split_file,
     }
     options: dict = {}
     try:
