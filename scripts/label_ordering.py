@@ -4,13 +4,16 @@ noise figure of the manifest.
 
     python scripts/label_ordering.py work/sim
     python scripts/label_ordering.py work/sim --unit source --write labels-source.json
+    python scripts/label_ordering.py work/sim --predictions run/predictions.csv
 
 ``--unit kernel`` (default) reads the manifest's labels: degradation in units of the quantum noise
 of the image's own reconstruction kernel (``simulate/labels.py``). ``--unit source`` computes the
 candidate of weights-v2 work: the same RMS degradation in HU, in units of the untouched source's
 own noise for every kernel (a smooth kernel's lower noise then counts as less degradation), with
 the same curve and the same monotone grid. ``--write`` saves the labels as a train.json, to train
-on them with ``train --split-file`` beside a run on the manifest's labels.
+on them with ``train --split-file`` beside a run on the manifest's labels. ``--predictions`` reads
+``evaluate --predictions``' CSV instead and reports the model's scores and the labels it was
+evaluated against, on its images only.
 """
 
 from __future__ import annotations
@@ -52,13 +55,22 @@ def main() -> None:
     parser.add_argument("data", type=Path)
     parser.add_argument("--unit", choices=("kernel", "source"), default="kernel")
     parser.add_argument("--write", type=Path, help="save these labels as a train.json")
+    parser.add_argument("--predictions", type=Path, help="report evaluate's predictions CSV instead of the labels")
     args = parser.parse_args()
     with (args.data / "manifest.csv").open() as f:
         rows = list(csv.DictReader(f))
-    acq = acquisitions_from_manifest(rows)
     labels = np.array([float(r["score"]) for r in rows]) if args.unit == "kernel" else source_unit_labels(rows)
-    scorers = {f"label ({args.unit} unit)": labels,
-               "noise_hu (manifest)": -np.array([float(r["noise_hu"] or "nan") for r in rows])}
+    noise = -np.array([float(r["noise_hu"] or "nan") for r in rows])
+    scorers = {f"label ({args.unit} unit)": labels, "noise_hu (manifest)": noise}
+    if args.predictions:
+        with args.predictions.open() as f:
+            predicted = {Path(r["path"]).name: r for r in csv.DictReader(f)}
+        keep = [i for i, r in enumerate(rows) if Path(r["path"]).name in predicted]
+        rows = [rows[i] for i in keep]
+        scorers = {"model": np.array([float(predicted[Path(r["path"]).name]["prediction"]) for r in rows]),
+                   "its labels": np.array([float(predicted[Path(r["path"]).name]["label"]) for r in rows]),
+                   "noise_hu (manifest)": noise[keep]}
+    acq = acquisitions_from_manifest(rows)
     reports = {name: ordering_report(acq, values) for name, values in scorers.items()}
     print(f"{len(rows)} images, {len(set(r['source'] for r in rows))} slices, "
           f"{len(set(r['group'] for r in rows))} patients")
@@ -66,11 +78,13 @@ def main() -> None:
     first = next(iter(reports.values()))
     for m in ("cross_slice", "cross_patient", "within_slice", "within_reconstruction", "untouched_vs_low_dose"):
         print(f"| {m} ({first[m + '_pairs']:,} pairs) | " + " | ".join(f"{r[m]:.4f}" for r in reports.values()) + " |")
+    for m in ("untouched_mean", "worst_mean"):
+        print(f"| {m} | " + " | ".join(f"{r[m]:.3f}" for r in reports.values()) + " |")
     for kind in first.get("by_reconstruction", {}):
         print(f"| {kind}: within / across slices | " + " | ".join(
             f"{r['by_reconstruction'][kind]['within_slice']:.4f} / {r['by_reconstruction'][kind]['cross_slice']:.4f}"
             for r in reports.values()) + " |")
-    if args.write:
+    if args.write and not args.predictions:
         write_text_atomic(args.write, json.dumps({Path(r["path"]).name: round(float(v), 4)
                                                   for r, v in zip(rows, labels)}, indent=1) + "\n")
         print(f"wrote {len(rows)} labels to {args.write}")
