@@ -35,13 +35,16 @@ class ScorerSpec:
     precision: str = "auto"
     threads: int | None = None  # torch compute threads; None: torch's choice (Ray: the actor's CPUs)
     batch_size: int = 8
+    int8: bool = False
+    compile_model: bool = False
 
     def build(self) -> "Scorer":
         if self.threads:
             import torch
 
             torch.set_num_threads(self.threads)
-        return Scorer(self.weights, device=self.device, precision=self.precision, batch_size=self.batch_size)
+        return Scorer(self.weights, device=self.device, precision=self.precision, int8=self.int8,
+                      compile_model=self.compile_model, batch_size=self.batch_size)
 
 
 class Scorer:

@@ -179,6 +179,15 @@ def acquisitions_from_manifest(rows: list[dict]) -> Acquisitions:
                         reconstruction=np.array([reconstruction_of(r) for r in rows]))
 
 
+def _shares(counts: dict[str, list[int]]) -> dict:
+    """{name: [pairs, correctly ordered]} -> the share ordered (NaN without pairs) and the pair count."""
+    report: dict = {}
+    for name, (pairs, correct) in counts.items():
+        report[name] = correct / pairs if pairs else math.nan
+        report[f"{name}_pairs"] = pairs
+    return report
+
+
 LOW_DOSE = 0.25  # "low dose" in the untouched-vs-low-dose check: 25 % of the source's dose or less
 
 
@@ -199,7 +208,7 @@ def ordering_report(acq: Acquisitions, scores: np.ndarray, chunk: int = 512) -> 
     names = ("within_slice", "cross_slice", "cross_patient", "untouched_vs_low_dose", "within_reconstruction")
     counts = {name: [0, 0] for name in names}
     kinds = sorted(set(acq.reconstruction[keep]))
-    per_kind = {(kind, where): [0, 0] for kind in kinds for where in ("within_slice", "cross_slice")}
+    per_kind = {kind: {"within_slice": [0, 0], "cross_slice": [0, 0]} for kind in kinds}
     idx = np.flatnonzero(keep)
     for start in range(0, len(idx), chunk):
         a = idx[start:start + chunk, None]  # the more degraded side
@@ -219,19 +228,11 @@ def ordering_report(acq: Acquisitions, scores: np.ndarray, chunk: int = 512) -> 
         for kind in kinds if len(kinds) > 1 else ():
             alike = worse & same_reconstruction & (acq.reconstruction[a] == kind)
             for where, mask in (("within_slice", alike & same_slice), ("cross_slice", alike & ~same_slice)):
-                per_kind[kind, where][0] += int(mask.sum())
-                per_kind[kind, where][1] += int((mask & right).sum())
-    report: dict = {}
-    for name, (pairs, correct) in counts.items():
-        report[name] = correct / pairs if pairs else math.nan
-        report[f"{name}_pairs"] = pairs
+                per_kind[kind][where][0] += int(mask.sum())
+                per_kind[kind][where][1] += int((mask & right).sum())
+    report: dict = _shares(counts)
     if len(kinds) > 1:
-        report["by_reconstruction"] = {
-            kind: {key: value for where in ("within_slice", "cross_slice")
-                   for key, value in ((where, per_kind[kind, where][1] / per_kind[kind, where][0]
-                                       if per_kind[kind, where][0] else math.nan),
-                                      (f"{where}_pairs", per_kind[kind, where][0]))}
-            for kind in kinds}
+        report["by_reconstruction"] = {kind: _shares(kind_counts) for kind, kind_counts in per_kind.items()}
     simulated = keep & ~acq.untouched
     worst = simulated & (acq.dose == acq.dose[simulated].min(initial=np.inf)) & (
         acq.views == acq.views[simulated].min(initial=np.inf))

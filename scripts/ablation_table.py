@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clinreadnet_cli.atomic import write_text_atomic  # noqa: E402
 from clinreadnet_cli.config import get_config  # noqa: E402
+from clinreadnet_cli.data import read_manifest  # noqa: E402
 from clinreadnet_cli.metrics import correlation_metrics  # noqa: E402
 from clinreadnet_cli.preprocess import sample_slice  # noqa: E402
 
@@ -86,10 +87,12 @@ def subset(sim: Path, out: Path, images: int, model_input: bool = False) -> None
 def patient_scores(run: Path) -> dict[str, list[tuple[float, float]]]:
     """The run's validation (label, prediction) pairs grouped by patient, from evaluate's predictions CSV."""
     options = json.loads((run / "config.json").read_text())
-    groups = {Path(r["path"]).name: r["group"] for r in csv.DictReader(open(Path(options["data"]) / "manifest.csv"))}
+    manifest = read_manifest(Path(options["data"]) / "manifest.csv", {"path", "group"})
     by_patient: dict[str, list[tuple[float, float]]] = {}
-    for r in csv.DictReader(open(run / "predictions.csv")):
-        by_patient.setdefault(groups[Path(r["path"]).name], []).append((float(r["label"]), float(r["prediction"])))
+    with open(run / "predictions.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            by_patient.setdefault(manifest[Path(r["path"]).name]["group"], []).append(
+                (float(r["label"]), float(r["prediction"])))
     return by_patient
 
 
@@ -124,6 +127,7 @@ def table(work: Path, card: Path) -> None:
     measured = {run.name: patient_scores(run) for run in runs if (run / "predictions.csv").is_file()}
     spread = bootstrap_scores(measured) if measured else {}
     reference = spread.get("clinreadnet")
+    reference_score = json.loads((work / "clinreadnet" / "eval.json").read_text())["score"] if reference is not None else None
     for run in runs:
         result = json.loads((run / "eval.json").read_text())
         options = json.loads((run / "config.json").read_text())
@@ -134,8 +138,7 @@ def table(work: Path, card: Path) -> None:
         seconds = sum(json.loads(line).get("train_seconds", 0) for line in (run / "metrics.jsonl").read_text().splitlines())
         score = f"{result['score']:.4f}" + (f" ({interval(spread[run.name])})" if run.name in spread else "")
         versus = ("–" if run.name == "clinreadnet" or reference is None or run.name not in spread
-                  else f"{result['score'] - json.loads((work / 'clinreadnet' / 'eval.json').read_text())['score']:+.4f} "
-                       f"({interval(spread[run.name] - reference)})")
+                  else f"{result['score'] - reference_score:+.4f} ({interval(spread[run.name] - reference)})")
         cells = [f"`{name}`" + (f" ({partition})" if partition else ""), description,
                  *(f"{result[k]:.4f}" for k in ("plcc", "srocc", "krocc")), score, versus,
                  *(f"{order[k]:.4f}" if k in order else "–" for k in ("within_slice", "cross_slice", "untouched_vs_low_dose")),

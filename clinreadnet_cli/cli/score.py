@@ -159,15 +159,10 @@ def score(
 
 def _load_scorer(weights_path, device, precision, int8, compile_model, batch_size, threads):
     """The model (imports torch); a bad option is a usage error."""
-    from ..api import Scorer
+    from ..api import ScorerSpec
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     try:
-        return Scorer(weights_path, device=device.value, precision=precision.value, int8=int8,
-                      compile_model=compile_model, batch_size=batch_size)
+        return ScorerSpec(weights_path, device.value, precision.value, threads, batch_size, int8, compile_model).build()
     except ValueError as exc:  # WeightsError and ConfigError among them
         usage_error(str(exc))
 
