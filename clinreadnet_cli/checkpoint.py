@@ -23,12 +23,14 @@ if TYPE_CHECKING:  # torch and the model are imported where tensors are handled;
 
 FORMAT = "clinreadnet-weights/1"
 _WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-# Shipped weights by name, architecture.training (``--weights clinreadnet.sim-v1``, or ``sim-v1`` for
-# short); each file's own header says how to build and feed its model.
+# Shipped weights by name, architecture.training (``--weights clinreadnet.sim-v2``, or ``sim-v2`` for
+# short); each file's own header says how to build and feed its model (v1 resizes, v2 decimates).
 NAMED_WEIGHTS = {
     "clinreadnet.sim-v1": _WEIGHTS_DIR / "clinreadnet-sim.safetensors",
+    "clinreadnet.sim-v2": _WEIGHTS_DIR / "clinreadnet-sim-v2.safetensors",
 }
-SHIPPED_WEIGHTS = NAMED_WEIGHTS["clinreadnet.sim-v1"]
+DEFAULT_WEIGHTS_NAME = "clinreadnet.sim-v2"
+SHIPPED_WEIGHTS = NAMED_WEIGHTS[DEFAULT_WEIGHTS_NAME]
 
 
 def default_weights() -> Path:
@@ -37,7 +39,7 @@ def default_weights() -> Path:
 
 
 def resolve_weights(value: str | Path | None) -> Path:
-    """A weights file: a path, or the name of shipped weights (``clinreadnet.sim-v1`` or ``sim-v1``);
+    """A weights file: a path, or the name of shipped weights (``clinreadnet.sim-v2`` or ``sim-v2``);
     None: the default."""
     if value is None:
         return default_weights()

@@ -96,7 +96,7 @@ def main() -> None:
         started = time.perf_counter()
         if not (run / "best.safetensors").is_file():
             options = ["--data", str(subset), "--out", str(run), "--epochs", str(args.epochs), "--config",
-                       str(REPO / "scripts" / "default_weights.toml"), "--input-path", overrides["input_path"],
+                       str(REPO / "scripts" / "default_weights" / "stage1.toml"), "--input-path", overrides["input_path"],
                        "--img-size", str(overrides.get("img_size", 224)), "--val-fraction", "0.1"]
             subprocess.run([*cli, "train", *options], check=True)
         train_seconds = time.perf_counter() - started

@@ -1,6 +1,6 @@
 """Copy a training run's weights into a shippable file, stored as fp16 (loaded back as fp32).
 
-    python scripts/export_weights.py runs/clinreadnet/best.safetensors weights/clinreadnet-sim.safetensors
+    python scripts/export_weights.py runs/clinreadnet/best.safetensors weights/clinreadnet-sim-v2.safetensors
 """
 
 from __future__ import annotations

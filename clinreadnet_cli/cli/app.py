@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ..checkpoint import DEFAULT_WEIGHTS_NAME
+
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_GATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 app = typer.Typer(
@@ -24,6 +26,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 stdout = Console()
+WEIGHTS_HELP = (f"Weights file (.safetensors) or shipped weights by name ({DEFAULT_WEIGHTS_NAME}, or "
+                f"{DEFAULT_WEIGHTS_NAME.split('.')[1]}; clinreadnet.sim-v1 for the first release).")
+DEFAULT_WEIGHTS_HELP = f"{WEIGHTS_HELP} Default: {DEFAULT_WEIGHTS_NAME}."
 stderr = Console(stderr=True, soft_wrap=True)  # never break a message across lines
 
 

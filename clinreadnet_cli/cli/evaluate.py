@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .app import Device, InputRangeChoice, ListFormat, app, stderr, stdout, usage_error
+from .app import DEFAULT_WEIGHTS_NAME, WEIGHTS_HELP, Device, InputRangeChoice, ListFormat, app, stderr, stdout, usage_error
 
 
 @app.command()
@@ -21,8 +21,8 @@ def evaluate(
     split: str = typer.Option("test", help="test (images/ + test.json), val or train (the run's split.json), or "
                                            "all. A split the data does not have is an error."),
     weights: Optional[Path] = typer.Option(
-        None, help="Weights file or shipped weights by name (clinreadnet.sim-v1, or sim-v1). Default: the run's best.safetensors when "
-                   "the data comes from a run or the split is val/train, else clinreadnet.sim-v1."),
+        None, help=f"{WEIGHTS_HELP} Default: the run's best.safetensors when the data comes from a run or the "
+                   f"split is val/train, else {DEFAULT_WEIGHTS_NAME}."),
     run: Optional[Path] = typer.Option(None, help="A training run folder to take data, weights and split from. "
                                                   "Default: the newest run (runs/latest.json)."),
     split_file: Optional[Path] = typer.Option(None, help="split.json of the run (default: the run's, or beside "

@@ -10,15 +10,14 @@ import typer
 from rich.markup import escape
 from rich.progress import MofNCompleteColumn, Progress
 
-from .app import EXIT_OK, EXIT_PARTIAL, Device, app, print_messages, require_paths, stderr, usage_error
+from .app import DEFAULT_WEIGHTS_HELP, EXIT_OK, EXIT_PARTIAL, Device, app, print_messages, require_paths, stderr, usage_error
 
 
 @app.command()
 def report(
     paths: Optional[list[Path]] = typer.Argument(None, help="DICOM / NIfTI / MHA / NRRD / TIFF files or folders."),
     out: Path = typer.Option(..., "--out", "-o", help="The HTML file to write (one file, images embedded)."),
-    weights: Optional[Path] = typer.Option(None, help="Weights file or shipped weights by name "
-                                                      "(clinreadnet.sim-v1). Default: clinreadnet.sim-v1."),
+    weights: Optional[Path] = typer.Option(None, help=DEFAULT_WEIGHTS_HELP),
     records: Optional[Path] = typer.Option(None, help="Rebuild the page from the JSON Lines records `score` wrote, "
                                                       "without the model (no quality maps)."),
     worst: int = typer.Option(2, min=0, help="Lowest-scoring slices shown per series, each with its quality map."),

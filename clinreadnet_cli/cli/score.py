@@ -13,6 +13,7 @@ from rich.progress import Progress, TextColumn
 from rich.table import Table
 
 from .app import (
+    DEFAULT_WEIGHTS_HELP,
     EXIT_GATE,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -35,8 +36,7 @@ GRADE_STYLE = {"bad": "bold red", "poor": "red", "fair": "yellow", "good": "gree
 @app.command()
 def score(
     paths: list[Path] = typer.Argument(..., help="DICOM / NIfTI / MHA / NRRD / TIFF files or folders (searched recursively)."),
-    weights: Optional[Path] = typer.Option(None, help="Weights file (.safetensors) or shipped weights by name "
-                                                      "(clinreadnet.sim-v1, or sim-v1). Default: clinreadnet.sim-v1."),
+    weights: Optional[Path] = typer.Option(None, help=DEFAULT_WEIGHTS_HELP),
     device: Device = typer.Option(Device.auto, help="auto picks CUDA when present."),
     batch_size: int = typer.Option(8, min=1, help="Slices per model call; bounds memory."),
     workers: int = typer.Option(2, min=1, help="Processes decoding slices beside the model."),

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .app import (
+    DEFAULT_WEIGHTS_HELP,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
@@ -42,8 +43,7 @@ def score_archive(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Score again the series that failed last time "
                                                                     "(finished ones are always skipped)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the results folder afresh."),
-    weights: Optional[Path] = typer.Option(None, help="Weights file or shipped weights by name. "
-                                                      "Default: clinreadnet.sim-v1."),
+    weights: Optional[Path] = typer.Option(None, help=DEFAULT_WEIGHTS_HELP),
     device: Device = typer.Option(Device.auto, help="auto picks CUDA when present."),
     precision: Precision = typer.Option(Precision.auto, help="auto: fp32 on CPU, bf16 autocast on CUDA."),
     batch_size: int = typer.Option(8, min=1, help="Slices per model call (batches never span two series)."),

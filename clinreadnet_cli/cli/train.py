@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.progress import MofNCompleteColumn, Progress, TextColumn
 
-from .app import Device, app, print_messages, stderr, usage_error
+from .app import DEFAULT_WEIGHTS_NAME, Device, app, print_messages, stderr, usage_error
 
 
 @app.command()
@@ -50,7 +50,7 @@ def train(
                                                 help="Store best.safetensors in fp16: half the size, loaded back "
                                                      "as fp32. Default: full (fp32)."),
     init_weights: Optional[str] = typer.Option(None, help="Fine-tune from clinreadnet weights: a file or a name "
-                                                          "(clinreadnet.sim-v1); tensors that fit are copied. Default: none."),
+                                                          f"({DEFAULT_WEIGHTS_NAME}); tensors that fit are copied. Default: none."),
     split_file: Optional[Path] = typer.Option(None, help="Train and validate on the images of another run's split.json "
                                                          "(to compare runs on the same patients). Default: a new split."),
 ) -> None:
