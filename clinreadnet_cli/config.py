@@ -122,8 +122,8 @@ class LossConfig:
 
 INPUT_PATHS = {
     "resize": "pad to square, antialiased resize to img_size (weights v1; filters out most FBP noise)",
-    "decimate": "pad to square, keep every s-th pixel (s = round(side / 256): 2 for 512, 3 for 768), "
-                "centre crop or pad to img_size",
+    "decimate": "pad to square, area-resample to 512 if larger, keep every s-th pixel (s = round(side / "
+                "256): 2 for 512), centre crop or pad to img_size",
     "crop": "pad to square, native-resolution centre crop (or pad) to img_size",
 }
 # Stored configs written before a field existed get the behaviour they were trained with.
