@@ -26,10 +26,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 stdout = Console()
+stderr = Console(stderr=True, soft_wrap=True)  # never break a message across lines
+# The --weights help of every command that scores, naming the default in one place.
 WEIGHTS_HELP = (f"Weights file (.safetensors) or shipped weights by name ({DEFAULT_WEIGHTS_NAME}, or "
                 f"{DEFAULT_WEIGHTS_NAME.split('.')[1]}; clinreadnet.sim-v1 for the first release).")
 DEFAULT_WEIGHTS_HELP = f"{WEIGHTS_HELP} Default: {DEFAULT_WEIGHTS_NAME}."
-stderr = Console(stderr=True, soft_wrap=True)  # never break a message across lines
 
 
 class ListFormat(str, Enum):
