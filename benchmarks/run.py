@@ -4,8 +4,8 @@
     python benchmarks/run.py --only forward options         # a subset
 
 Sections (all on data generated from ../shared/data/ct_sources; nothing large is in git):
-  forward   model-only throughput, clinreadnet vs timm swin_t on identical batches, 224² and 512²,
-            on the CPU and on CUDA when present (ratio: time relative to swin_t)
+  forward   model-only throughput, clinreadnet vs timm swin_t on identical batches, 224² and 512²
+            (--sizes), on the CPU and on CUDA when present (ratio: time relative to swin_t)
   options   the fast-path options (threads, channels-last, int8, bf16, compile) and how far
             each moves the shipped weights' scores on sample_data/
   scoring   a 300-slice DICOM series with each input path (decimate, then weights v1's resize):
@@ -99,6 +99,7 @@ def main() -> None:
                         help="slices of the two series (scoring uses SHORT, memory both)")
     parser.add_argument("--batch", type=int, default=8, help="batch of the CPU runs (CUDA: 64)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 512], help="forward: input sizes")
     parser.add_argument("--train-images", type=int, default=1000)
     parser.add_argument("--archive", type=int, nargs=2, default=[50, 40], metavar=("SERIES", "SLICES"))
     parser.add_argument("--study-slices", type=int, default=240)
@@ -119,7 +120,7 @@ def main() -> None:
     for device in devices(args.device):
         batch = 64 if device.type == "cuda" else args.batch
         if "forward" in args.only:
-            report(forward.compare_models(device, [224, 512], batch, args.repeats))
+            report(forward.compare_models(device, args.sizes, batch, args.repeats))
         if "options" in args.only:
             size = 512 if device.type == "cuda" else 224
             report(forward.compare_options(device, size, batch, args.repeats, option_variants(device)))
