@@ -29,14 +29,16 @@ def batch():
 
 def ct_phantom(n: int, size: int = 64, noise_hu: float = 20.0, seed: int = 0) -> np.ndarray:
     """(n, size, size) float32 HU slices that pass the readers' content checks: air around a
-    40 HU body holding a -800 HU lung and a 700 HU bone, with Gaussian noise."""
+    40 HU body holding a -800 HU lung and a 700 HU bone, with Gaussian noise, clipped below at
+    -1024 HU like the CT sources (and like DICOM stored unsigned with intercept -1024)."""
     rng = np.random.default_rng(seed)
     y, x = (np.mgrid[:size, :size] - size / 2) / (size / 2)
     hu = np.full((size, size), -1000.0)
     hu[(x / 0.85) ** 2 + (y / 0.7) ** 2 < 1] = 40.0
     hu[(x + 0.35) ** 2 + y**2 < 0.2**2] = -800.0
     hu[(x - 0.3) ** 2 + (y - 0.2) ** 2 < 0.1**2] = 700.0
-    return (hu[None] + rng.normal(0, noise_hu, (n, size, size))).round().astype(np.float32)
+    noisy = hu[None] + rng.normal(0, noise_hu, (n, size, size))
+    return np.clip(noisy, -1024.0, None).round().astype(np.float32)
 
 
 def unit_phantom(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
