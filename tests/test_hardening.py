@@ -82,8 +82,11 @@ def long_volume(tmp_path_factory) -> Path:
 
 
 def _start(args: list[str]) -> subprocess.Popen:
+    # As from a terminal: Ctrl-C at its default, whatever the test process inherited (a job started
+    # in the background, or a library, may have left SIGINT ignored, which a child would inherit).
     return subprocess.Popen([sys.executable, "-m", "clinreadnet_cli", "score", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_records(folder: Path, at_least: int, process: subprocess.Popen) -> Path:
@@ -103,6 +106,7 @@ def test_a_stopped_run_keeps_every_finished_record(tmp_path, weights, long_volum
     partial = _wait_for_records(tmp_path, 40, process)
     process.send_signal(signal.SIGKILL if stop == "kill" else signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
+    assert partial.exists(), f"exit {process.returncode}: {stderr[-500:]}"
     lines = partial.read_text().splitlines()
     assert not out.exists()  # the named file only ever holds a finished run
     assert len(lines) >= 40 and all(json.loads(line)["slice"] == k for k, line in enumerate(lines))
