@@ -8,7 +8,6 @@ untouched images are 3 % of the simulated data and the only ones at the top of t
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clinreadnet_cli.atomic import write_text_atomic  # noqa: E402
+from clinreadnet_cli.data import read_manifest  # noqa: E402
 
 
 def main() -> None:
@@ -25,8 +25,7 @@ def main() -> None:
     parser.add_argument("--times", type=int, default=5)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    with args.manifest.open() as f:
-        untouched = {Path(r["path"]).name for r in csv.DictReader(f) if r["kind"] == "source"}
+    untouched = {name for name, row in read_manifest(args.manifest, {"path", "kind"}).items() if row["kind"] == "source"}
     split = json.loads(args.split.read_text())
     repeated = [name for name in split["train"] if name in untouched]
     split["train"] = split["train"] + repeated * (args.times - 1)
