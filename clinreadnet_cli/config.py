@@ -112,10 +112,14 @@ class LossConfig:
     # RPS loss this follows does.
     head_partition: str = "contiguous"
     partition_seed: int = 0
+    # Not the paper's: weight of the pairwise ranking term (losses/ranking.py) added to the total.
+    rank_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.head_partition not in HEAD_PARTITIONS:
             raise ConfigError(f"head_partition must be one of {', '.join(HEAD_PARTITIONS)}, got {self.head_partition!r}")
+        if self.rank_weight < 0:
+            raise ConfigError(f"rank_weight must be >= 0, got {self.rank_weight}")
         if self.hrps and not (self.cross_entropy or self.fine_rps or self.coarse_rps or self.entropy):
             raise ConfigError("HRPS needs at least one of its terms; set hrps=False to train the heads' CE alone")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from .archs.heads import CLASSES_PER_POINT
 from .config import ClinReadNetConfig
@@ -40,6 +40,7 @@ class LabelledSlice:
     score: float
     group: str | None = None  # patient, when known: keeps a patient on one side of the split
     slice: int = 0  # index within the file's series / volume
+    source: str | None = None  # the slice a simulated image was made from, when known
 
     @property
     def label(self) -> int:
@@ -91,8 +92,8 @@ def _from_layout(root: Path, image_dirs: tuple[str, ...], labels_name: str) -> l
     _fail(labels_path, problems)
     manifest = root / "manifest.csv"  # patients, where ``simulate`` wrote the folder
     rows = read_manifest(manifest, {"path", "group"}) if manifest.is_file() else {}
-    groups = {name: row["group"] for name, row in rows.items() if row["group"]}
-    return [LabelledSlice(key=k, path=image_dir / k, score=float(v), group=groups.get(k))
+    return [LabelledSlice(key=k, path=image_dir / k, score=float(v), group=rows.get(k, {}).get("group") or None,
+                          source=rows.get(k, {}).get("source") or None)
             for k, v in sorted(labels.items())]
 
 
@@ -213,6 +214,41 @@ def split_train_val(items: list[LabelledSlice], val_fraction: float, seed: int) 
         else:
             train_keys += [m.key for m in members]
     return sorted(train_keys), sorted(val_keys)
+
+
+class SourceRunSampler(Sampler[int]):
+    """Every index once an epoch, in shuffled runs of ``run`` images made from one source slice, so
+    that each batch compares acquisitions of the same slice (the ranking term's pairs). Images of
+    no known source run alone. Seeded by (seed, epoch) like DistributedSampler, and split the same
+    way over ``num_replicas`` processes: each takes every num_replicas-th block of ``block`` indices
+    (its batch), so runs are not cut between processes when ``block`` is a multiple of ``run``."""
+
+    def __init__(self, items: list[LabelledSlice], run: int, block: int, seed: int = 0, num_replicas: int = 1,
+                 rank: int = 0):
+        self.run, self.block, self.seed, self.num_replicas, self.rank = run, block, seed, num_replicas, rank
+        by_source: dict[str, list[int]] = defaultdict(list)
+        for index, item in enumerate(items):
+            by_source[item.source if item.source is not None else f"\0{index}"].append(index)
+        self.by_source = list(by_source.values())
+        self.blocks = len(items) // (block * num_replicas)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.blocks * self.block
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        runs = [[members[i] for i in order[start:start + self.run]]
+                for members in self.by_source
+                for order in [rng.permutation(len(members))]
+                for start in range(0, len(members), self.run)]
+        order = [index for r in rng.permutation(len(runs)) for index in runs[r]]
+        mine = [order[b * self.block:(b + 1) * self.block]
+                for b in range(self.rank, self.blocks * self.num_replicas, self.num_replicas)]
+        return iter([index for block in mine for index in block])
 
 
 # --- torch dataset ------------------------------------------------------------------------

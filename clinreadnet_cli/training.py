@@ -36,7 +36,8 @@ from .archs import ClinReadNet, create_model
 from .atomic import atomic_path, write_text_atomic
 from .checkpoint import initialise_from, resolve_weights, save_weights
 from .config import ClinReadNetConfig, ConfigError, resolve_config
-from .data import DatasetError, LabelledSlice, SliceDataset, check_readable, load_labelled, split_train_val
+from .data import (DatasetError, LabelledSlice, SliceDataset, SourceRunSampler, check_readable, load_labelled,
+                   split_train_val)
 from .losses import create_loss
 from .metrics import correlation_metrics
 from .scoring import resolve_device
@@ -68,6 +69,7 @@ class TrainConfig:
     half_weights: bool = False  # best.safetensors in fp16: half the size, loaded back as fp32
     input_range: str = "auto"
     split_file: str | None = None  # another run's split.json: train and validate on the same images (a fair comparison)
+    images_per_source: int = 1  # > 1: batches drawn in runs of this many images of one simulated source slice
     model_overrides: dict[str, Any] = field(default_factory=dict)  # config fields, e.g. {"drop_path_rate": 0.2}
 
     def __post_init__(self) -> None:
@@ -77,6 +79,8 @@ class TrainConfig:
             raise ConfigError(f"unknown loss term(s) {unknown}; choose from {', '.join(HRPS_TERMS)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.val_fraction < 1:
             raise ConfigError("epochs and batch_size must be >= 1, lr > 0, val_fraction in [0, 1)")
+        if self.images_per_source < 1:
+            raise ConfigError(f"images_per_source must be >= 1, got {self.images_per_source}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -307,9 +311,12 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, emit: Event, out: Pa
     train_set = SliceDataset(train_items, model_cfg, augmentation() if cfg.augment else None, cfg.input_range)
     # One sampler for one or many processes: its shuffle is seeded by (seed, epoch), so a resumed
     # run sees the same order as an uninterrupted one.
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
-                                 drop_last=True)
     per_process = max(1, cfg.batch_size // world)
+    if cfg.images_per_source > 1:
+        sampler = SourceRunSampler(train_items, cfg.images_per_source, per_process, cfg.seed, world, rank)
+    else:
+        sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                     drop_last=True)
     loader = DataLoader(train_set, batch_size=per_process, sampler=sampler, num_workers=cfg.workers,
                         drop_last=len(train_set) // world > per_process, pin_memory=device.type == "cuda",
                         persistent_workers=False)

@@ -4,6 +4,7 @@ Total = (L_heads + L_HRPS) / 2, where
   L_heads: per-head cross-entropy with head-specific class weights (ref. 28), averaged over heads;
   L_HRPS:  on the head-averaged probabilities p, L_main + lambda_4 * (-H(p)) (Eq. 28-30).
 Each HRPS term can be switched off for the Tab. 8 ablations; ``hrps=False`` leaves L_heads alone.
+``rank_weight > 0`` adds this code's pairwise ranking term (ranking.py) on top.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..archs.heads import expected_score
 from ..config import LossConfig
+from .ranking import pairwise_ranking
 
 
 def head_class_weights(num_classes: int, num_heads: int, partition: str = "contiguous", seed: int = 0) -> torch.Tensor:
@@ -95,10 +98,16 @@ class ClinReadNetLoss(nn.Module):
     def forward(self, head_logits: torch.Tensor, target: torch.Tensor) -> LossTerms:
         """head_logits (B, H, K), target (B,) fine classes 0..K-1."""
         heads = self.heads_loss(head_logits, target)
-        if not self.cfg.hrps:
-            return LossTerms(total=heads, parts={"heads": heads.detach()})
         probs = head_logits.softmax(dim=-1).mean(dim=1)
-        contributions = self.hrps_contributions(probs, target)
-        hrps = torch.stack(list(contributions.values())).sum()  # Eq. 28 + entropy term (Eq. 30)
-        parts = {"heads": heads, "hrps": hrps, **contributions}
-        return LossTerms(total=(heads + hrps) / 2, parts={k: v.detach() for k, v in parts.items()})
+        parts = {"heads": heads}
+        if self.cfg.hrps:
+            contributions = self.hrps_contributions(probs, target)
+            hrps = torch.stack(list(contributions.values())).sum()  # Eq. 28 + entropy term (Eq. 30)
+            parts.update({"hrps": hrps, **contributions})
+            total = (heads + hrps) / 2
+        else:
+            total = heads
+        if self.cfg.rank_weight > 0:
+            parts["rank"] = pairwise_ranking(expected_score(probs), target)
+            total = total + self.cfg.rank_weight * parts["rank"]
+        return LossTerms(total=total, parts={k: v.detach() for k, v in parts.items()})
