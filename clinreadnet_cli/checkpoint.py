@@ -145,7 +145,9 @@ def initialise_from(model: ClinReadNet, path: str | Path) -> tuple[int, list[str
 
     Unlike ``load_weights`` the stored config may differ in what leaves the tensors' shapes alone
     (input path, MTMSA parameterisation): every tensor whose name and shape match is copied, and
-    temperatures stored as T become log T. The rest keep their fresh initialisation.
+    temperatures stored as T become log T. A patch embedding with more input channels than the
+    stored one takes the stored channels and zeros for the new ones (a new detail channel starts
+    silent: the model begins as the stored one). The rest keep their fresh initialisation.
     """
     import torch
 
@@ -158,6 +160,9 @@ def initialise_from(model: ClinReadNet, path: str | Path) -> tuple[int, list[str
     with torch.no_grad():
         for name, target in model.state_dict().items():
             source = tensors.get(name)
+            if source is not None and name.endswith("patch_embed.proj.weight") and widens_channels(source, target):
+                source = torch.cat([source, source.new_zeros(source.shape[0], target.shape[1] - source.shape[1],
+                                                              *source.shape[2:])], dim=1)
             if source is None or source.shape != target.shape:
                 fresh.append(name)
                 continue
@@ -166,6 +171,12 @@ def initialise_from(model: ClinReadNet, path: str | Path) -> tuple[int, list[str
     if copied == 0:
         raise WeightsError(f"{path}: no tensor fits model {model.config.name!r}")
     return copied, fresh
+
+
+def widens_channels(source, target) -> bool:
+    """A conv weight (out, in, kh, kw) that ``target`` matches except for more input channels."""
+    return (source.ndim == target.ndim == 4 and source.shape[1] < target.shape[1]
+            and source.shape[:1] + source.shape[2:] == target.shape[:1] + target.shape[2:])
 
 
 def _open(path: Path, read, framework: str = "pt"):

@@ -129,7 +129,10 @@ INPUT_PATHS = {
     "decimate": "pad to square, area-resample to 512 if larger, keep every s-th pixel (s = round(side / "
                 "256): 2 for 512), centre crop or pad to img_size",
     "crop": "pad to square, native-resolution centre crop (or pad) to img_size",
+    "decimate-detail": "as decimate, plus a second channel holding the native-resolution detail that "
+                       "sampling drops (each kept pixel minus its diagonal neighbour); in_chans 2",
 }
+DETAIL_PATHS = {"decimate-detail"}  # input paths that feed a second (detail) channel
 # Stored configs written before a field existed get the behaviour they were trained with.
 LEGACY_FIELDS = {"input_path": "resize"}
 LEGACY_MTMSA_FIELDS = {"log_temperatures": False, "mixing_sharpness": False}
@@ -178,6 +181,9 @@ class ClinReadNetConfig:
             raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.input_path not in INPUT_PATHS:
             raise ConfigError(f"input_path must be one of {', '.join(INPUT_PATHS)}, got {self.input_path!r}")
+        if (self.input_path in DETAIL_PATHS) != (self.in_chans == 2):
+            raise ConfigError(f"input_path {self.input_path!r} with in_chans {self.in_chans}: the detail paths "
+                              "feed two channels, the others one")
 
     # --- serialisation (stored as JSON inside weights files) ---
     def to_dict(self) -> dict[str, Any]:

@@ -274,7 +274,7 @@ def check_readable(items: list[LabelledSlice], input_range: str) -> None:
 
 
 class SliceDataset(Dataset):
-    """(image (1, S, S) in [0, 1], class) pairs, through the score command's readers and preprocessing."""
+    """(image (C, S, S) in [0, 1], class) pairs, through the score command's readers and preprocessing."""
 
     def __init__(self, items: list[LabelledSlice], cfg: ClinReadNetConfig, transform=None, input_range: str = "auto"):
         self.items, self.cfg, self.transform, self.input_range = items, cfg, transform, input_range

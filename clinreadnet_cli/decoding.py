@@ -39,7 +39,7 @@ class PreparedSlice:
     series: str
     series_uid: str | None
     slice: int
-    pixels: np.ndarray  # (1, S, S) float32 from preprocess.sample_slice
+    pixels: np.ndarray  # (C, S, S) float32 from preprocess.sample_slice
     noise: NoiseFigure
     meta: dict = field(default_factory=dict)
 

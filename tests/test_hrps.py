@@ -13,6 +13,7 @@ from clinreadnet_cli.losses import create_loss
 from clinreadnet_cli.losses.hrps import (
     ClinReadNetLoss, coarse_probabilities, head_class_weights, metabalance, ranked_probability_score,
 )
+from clinreadnet_cli.losses.ranking import pairwise_ranking
 
 from .conftest import tiny_config
 
@@ -152,3 +153,31 @@ def test_loss_trains_the_model(name, batch):
         optim.step()
         first = first if first is not None else out.total.item()
     assert torch.isfinite(out.total) and out.total.item() < first
+
+
+# --- pairwise ranking term (this code's addition, off in every paper config) ----------------
+def test_ranking_is_zero_when_scores_keep_half_the_label_gaps():
+    target = torch.tensor([20, 15, 10, 0])  # 4, 3, 2, 0 points
+    assert pairwise_ranking(torch.tensor([3.0, 2.5, 2.0, 1.0]), target).item() == 0
+    # Ties in the labels are no pairs at all.
+    assert pairwise_ranking(torch.tensor([1.0, 3.0]), torch.tensor([10, 10])).item() == 0
+
+
+def test_ranking_charges_the_shortfall_and_pushes_the_pair_apart():
+    target = torch.tensor([20, 10])  # 2 points apart: the better one must lead by 1
+    scores = torch.tensor([2.2, 2.0], requires_grad=True)
+    loss = pairwise_ranking(scores, target)
+    assert loss.item() == pytest.approx(0.8)
+    loss.backward()
+    assert scores.grad[0] < 0 < scores.grad[1]  # descent raises the better image, lowers the worse
+
+
+def test_rank_weight_adds_the_term_and_zero_leaves_hrps_alone():
+    torch.manual_seed(0)
+    logits, target = torch.randn(6, 4, 21), torch.tensor([0, 4, 8, 12, 16, 20])
+    plain = ClinReadNetLoss(LossConfig(), 21, 4)(logits, target)
+    ranked = ClinReadNetLoss(LossConfig(rank_weight=2.0), 21, 4)(logits, target)
+    assert "rank" not in plain.parts and ranked.parts["rank"] > 0
+    assert ranked.total.item() == pytest.approx(plain.total.item() + 2.0 * ranked.parts["rank"].item(), rel=1e-6)
+    with pytest.raises(ConfigError, match="rank_weight"):
+        LossConfig(rank_weight=-1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +201,7 @@ def test_dataset_loads_with_the_train_loader_and_keeps_patients_apart(tmp_path, 
 
     items = load_labelled(out)
     assert len(items) == 16 and {i.group for i in items} == {"P1", "P2", "P3"}
+    assert Counter(i.source for i in items) == {f"src.npz#{n}": 4 for n in range(4)}  # the ranking runs' unit
     train_keys, val_keys = split_train_val(items, 0.25, seed=0)
     group_of = {i.key: i.group for i in items}
     assert not {group_of[k] for k in train_keys} & {group_of[k] for k in val_keys}

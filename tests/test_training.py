@@ -19,7 +19,8 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from clinreadnet_cli.cli import app
-from clinreadnet_cli.data import DatasetError, LabelledSlice, load_labelled, score_to_class, split_train_val
+from clinreadnet_cli.data import (DatasetError, LabelledSlice, SourceRunSampler, load_labelled, score_to_class,
+                                  split_train_val)
 from clinreadnet_cli.dicom_export import write_series
 from clinreadnet_cli.metrics import correlation_metrics
 
@@ -135,6 +136,23 @@ def test_split_keeps_each_patient_on_one_side():
 
 
 # --- metrics -----------------------------------------------------------------------------------
+def test_source_runs_cover_every_image_once_in_batches_of_one_slice():
+    items = [LabelledSlice(f"s{s}-{i}", Path("x"), 1.0, source=f"s{s}") for s in range(6) for i in range(8)]
+    sampler = SourceRunSampler(items, run=4, block=8, seed=0)
+    order = list(sampler)
+    assert sorted(order) == list(range(48)) and len(sampler) == 48
+    batches = [order[b:b + 8] for b in range(0, 48, 8)]
+    # Every batch is two runs of four images, each run one source slice.
+    assert all(len({items[i].source for i in batch[:4]}) == 1 and len({items[i].source for i in batch[4:]}) == 1
+               for batch in batches)
+    assert list(SourceRunSampler(items, 4, 8, seed=0)) == order  # seeded
+    sampler.set_epoch(1)
+    assert list(sampler) != order  # reshuffled each epoch
+    # Two processes: disjoint halves, whole batches each; an image of no known source runs alone.
+    halves = [list(SourceRunSampler(items + [LabelledSlice("lone", Path("x"), 1.0)], 4, 4, 0, 2, r)) for r in (0, 1)]
+    assert len(halves[0]) == len(halves[1]) == 24 and not set(halves[0]) & set(halves[1])
+
+
 def test_metrics_match_hand_computed_values_with_ties():
     pred, target = [1.0, 1.0, 2.0, 3.0], [1.0, 2.0, 2.0, 3.0]
     m = correlation_metrics(pred, target)
@@ -199,6 +217,17 @@ def test_config_file_yaml_and_flags_override_it(ldct, tmp_path):
         stored = json.loads(f.metadata()["config"])
     assert stored["name"] == "clinreadnet-no-sobel" and stored["loss"]["entropy"] is False
     assert stored["soqn"]["sobel_branch"] is False
+
+
+def test_ranking_term_and_source_runs_train_and_are_stored(ldct, tmp_path):
+    (tmp_path / "c.toml").write_text(TINY_TOML.replace("[model_overrides]", "images_per_source = 2\n"
+                                                        "[model_overrides]\nloss = {rank_weight = 1.0}"))
+    out = tmp_path / "run"
+    result = train("--data", ldct / "train", "--config", tmp_path / "c.toml", "--epochs", 1, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((out / "config.json").read_text())["images_per_source"] == 2
+    with safe_open(str(out / "best.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["config"])["loss"]["rank_weight"] == 1.0
 
 
 def test_config_by_name_trains_that_paper_row(ldct, tmp_path):
