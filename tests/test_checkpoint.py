@@ -137,6 +137,19 @@ def test_fine_tuning_starts_from_older_weights_with_another_parameterisation(tra
     assert torch.equal(model.state_dict()["head.heads.0.weight"], legacy.state_dict()["head.heads.0.weight"])
 
 
+def test_fine_tuning_onto_the_detail_path_starts_where_the_stored_model_was(trained, batch, tmp_path):
+    """A one-channel model's weights seed a decimate-detail model: the new channel's patch-embedding
+    weights are zero, so whatever the detail channel holds, the scores start as the stored model's."""
+    path = save_weights(trained, tmp_path / "one-channel.safetensors")
+    widened = create_model(tiny_config("clinreadnet", input_path="decimate-detail", in_chans=2)).eval()
+    copied, fresh = checkpoint.initialise_from(widened, path)
+    assert fresh == [] and copied == len(widened.state_dict())
+    assert not widened.backbone.patch_embed.proj.weight[:, 1:].any()
+    detail = torch.rand_like(batch)
+    with torch.no_grad():
+        torch.testing.assert_close(widened(torch.cat([batch, detail], dim=1)), trained(batch))
+
+
 def test_fine_tuning_refuses_weights_of_another_architecture(tmp_path):
     save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(WeightsError, match="not a clinreadnet weights file"):

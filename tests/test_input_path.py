@@ -69,6 +69,23 @@ def test_crop_is_the_native_centre():
     np.testing.assert_array_equal(x, image[144:368, 144:368])
 
 
+def test_detail_channel_keeps_what_sampling_drops():
+    """decimate-detail: channel 0 is decimate's input; channel 1 tells a sharp noisy slice from the
+    same noise through a smooth kernel, which sampling every second pixel makes look alike."""
+    cfg = get_config("clinreadnet", input_path="decimate-detail", in_chans=2)
+    sharp = unit_noise(512)
+    smooth = sharp.reshape(256, 2, 256, 2).mean(axis=(1, 3)).repeat(2, axis=0).repeat(2, axis=1)  # no upper band
+    x, y = prepare_slice(sharp, "unit", cfg).numpy(), prepare_slice(smooth, "unit", cfg).numpy()
+    assert x.shape == (2, 224, 224)
+    np.testing.assert_array_equal(x[0], prepare_slice(sharp, "unit", get_config("clinreadnet"))[0].numpy())
+    assert y[0].std() > 0.4 * x[0].std()  # sampled, the smooth slice still looks noisy
+    assert y[1].std() < 0.6 * x[1].std()  # its detail shows what the kernel removed
+    flat = prepare_slice(np.full((512, 512), 0.4, np.float32), "unit", cfg).numpy()
+    assert (flat[1] == 0.5).all()  # no detail: the channel's centre
+    with pytest.raises(ConfigError, match="two channels"):
+        get_config("clinreadnet", input_path="decimate-detail")
+
+
 def test_stored_configs_without_the_field_keep_the_path_they_were_trained_with():
     stored = tiny_config().to_dict()
     del stored["input_path"], stored["mtmsa"]["log_temperatures"], stored["mtmsa"]["mixing_sharpness"]

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 from rich.progress import MofNCompleteColumn, Progress, TextColumn
 
+from ..config import input_overrides
 from .app import DEFAULT_WEIGHTS_NAME, Device, app, print_messages, stderr, usage_error
 
 
@@ -31,8 +32,9 @@ def train(
     batch_size: Optional[int] = typer.Option(None, min=1, help="Images per optimiser step. Default: 8 (paper)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate of NAdam. Default: 1e-4 (paper)."),
     img_size: Optional[int] = typer.Option(None, help="Network input size in pixels. Default: 224."),
-    input_path: Optional[str] = typer.Option(None, help="How a slice becomes the input: decimate, crop or resize "
-                                                        "(weights v1). Default: decimate. See docs/model.md."),
+    input_path: Optional[str] = typer.Option(None, help="How a slice becomes the input: decimate, decimate-detail, "
+                                                        "crop or resize (weights v1). Default: decimate. See "
+                                                        "docs/model.md."),
     val_fraction: Optional[float] = typer.Option(None, help="Share of the images held out for validation, whole "
                                                             "patients where known. Default: 0.2."),
     seed: Optional[int] = typer.Option(None, help="Seeds the split, the initialisation and the shuffling. Default: 0."),
@@ -92,7 +94,7 @@ def train(
         options.update(from_file)
         options.update({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None})
         if input_path is not None:
-            options["model_overrides"] = {**options.get("model_overrides", {}), "input_path": input_path}
+            options["model_overrides"] = {**options.get("model_overrides", {}), **input_overrides(input_path)}
         if "data" not in options:
             usage_error("--data is required (an LDCTIQAG2023 folder or a CSV)")
         cfg = TrainConfig.from_dict(options)
