@@ -313,6 +313,10 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, emit: Event, out: Pa
     # run sees the same order as an uninterrupted one.
     per_process = max(1, cfg.batch_size // world)
     if cfg.images_per_source > 1:
+        if rank == 0 and all(i.source is None for i in train_items):
+            emit("warning", {"message": f"images_per_source {cfg.images_per_source}: {cfg.data} names no source "
+                                        "slices (a simulate folder's manifest.csv does), so batches are plain "
+                                        "shuffles"})
         sampler = SourceRunSampler(train_items, cfg.images_per_source, per_process, cfg.seed, world, rank)
     else:
         sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,

@@ -226,6 +226,7 @@ def test_ranking_term_source_runs_and_detail_path_train_and_score(ldct, tmp_path
     result = train("--data", ldct / "train", "--config", tmp_path / "c.toml", "--epochs", 1, "--out", out,
                    "--input-path", "decimate-detail")
     assert result.exit_code == 0, result.stderr
+    assert "names no source slices" in result.stderr  # this layout has no manifest: plain shuffles, said so
     assert json.loads((out / "config.json").read_text())["images_per_source"] == 2
     with safe_open(str(out / "best.safetensors"), framework="pt") as f:
         stored = json.loads(f.metadata()["config"])
