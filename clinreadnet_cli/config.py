@@ -138,6 +138,8 @@ DETAIL_PATHS = {"decimate-detail"}  # input paths that feed a second (detail) ch
 def input_overrides(input_path: str) -> dict[str, Any]:
     """Config fields for an input path: the path and the number of channels it feeds."""
     return {"input_path": input_path, "in_chans": 2 if input_path in DETAIL_PATHS else 1}
+
+
 # Stored configs written before a field existed get the behaviour they were trained with.
 LEGACY_FIELDS = {"input_path": "resize"}
 LEGACY_MTMSA_FIELDS = {"log_temperatures": False, "mixing_sharpness": False}

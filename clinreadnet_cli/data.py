@@ -92,9 +92,9 @@ def _from_layout(root: Path, image_dirs: tuple[str, ...], labels_name: str) -> l
     _fail(labels_path, problems)
     manifest = root / "manifest.csv"  # patients, where ``simulate`` wrote the folder
     rows = read_manifest(manifest, {"path", "group"}) if manifest.is_file() else {}
-    return [LabelledSlice(key=k, path=image_dir / k, score=float(v), group=rows.get(k, {}).get("group") or None,
-                          source=rows.get(k, {}).get("source") or None)
-            for k, v in sorted(labels.items())]
+    return [LabelledSlice(key=k, path=image_dir / k, score=float(v), group=row.get("group") or None,
+                          source=row.get("source") or None)
+            for k, v in sorted(labels.items()) for row in [rows.get(k, {})]]
 
 
 def read_manifest(path: Path, columns: set[str]) -> dict[str, dict]:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..archs.heads import expected_score
+from ..archs.heads import average_probabilities, expected_score
 from ..config import LossConfig
 from .ranking import pairwise_ranking
 
@@ -98,7 +98,7 @@ class ClinReadNetLoss(nn.Module):
     def forward(self, head_logits: torch.Tensor, target: torch.Tensor) -> LossTerms:
         """head_logits (B, H, K), target (B,) fine classes 0..K-1."""
         heads = self.heads_loss(head_logits, target)
-        probs = head_logits.softmax(dim=-1).mean(dim=1)
+        probs = average_probabilities(head_logits)
         parts = {"heads": heads}
         if self.cfg.hrps:
             contributions = self.hrps_contributions(probs, target)
