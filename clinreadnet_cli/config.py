@@ -129,8 +129,8 @@ INPUT_PATHS = {
     "decimate": "pad to square, area-resample to 512 if larger, keep every s-th pixel (s = round(side / "
                 "256): 2 for 512), centre crop or pad to img_size",
     "crop": "pad to square, native-resolution centre crop (or pad) to img_size",
-    "decimate-detail": "as decimate, plus a second channel holding the native-resolution detail that "
-                       "sampling drops (each kept pixel minus its diagonal neighbour); in_chans 2",
+    "decimate-detail": "as decimate, plus a second channel holding the native-resolution detail energy "
+                       "that sampling drops (mean |pixel - diagonal neighbour| per kept cell); in_chans 2",
 }
 DETAIL_PATHS = {"decimate-detail"}  # input paths that feed a second (detail) channel
 

@@ -7,7 +7,7 @@ import pytest
 
 from clinreadnet_cli.config import ClinReadNetConfig, ConfigError, get_config
 from clinreadnet_cli.noise import measure_noise
-from clinreadnet_cli.preprocess import area_resample, decimation_step, prepare_slice
+from clinreadnet_cli.preprocess import DETAIL_GAIN, area_resample, decimation_step, native_detail, prepare_slice
 
 from .conftest import tiny_config
 
@@ -79,11 +79,24 @@ def test_detail_channel_keeps_what_sampling_drops():
     assert x.shape == (2, 224, 224)
     np.testing.assert_array_equal(x[0], prepare_slice(sharp, "unit", get_config("clinreadnet"))[0].numpy())
     assert y[0].std() > 0.4 * x[0].std()  # sampled, the smooth slice still looks noisy
-    assert y[1].std() < 0.6 * x[1].std()  # its detail shows what the kernel removed
+    assert y[1].mean() < 0.6 * x[1].mean()  # its detail energy shows what the kernel removed
     flat = prepare_slice(np.full((512, 512), 0.4, np.float32), "unit", cfg).numpy()
-    assert (flat[1] == 0.5).all()  # no detail: the channel's centre
+    assert (flat[1] == 0.0).all()  # no detail, no energy
     with pytest.raises(ConfigError, match="two channels"):
         get_config("clinreadnet", input_path="decimate-detail")
+
+
+def test_detail_energy_averages_each_sampled_cell_on_the_sampled_grid():
+    """One energy value per cell of step x step native pixels, on exactly the grid that sampling
+    keeps, odd sides included; white noise of SD sd gives a mean |difference| of 2 sd / sqrt(pi)."""
+    checker = np.indices((6, 6)).sum(axis=0) % 2 * 0.1  # each pixel equals its diagonal neighbour
+    np.testing.assert_array_equal(native_detail(checker.astype(np.float32), 2)[:2, :2], np.zeros((2, 2)))
+    ramp = np.tile(np.arange(5, dtype=np.float32) * 0.01, (5, 1))  # diagonal difference -0.01, edges repeat
+    energy = native_detail(ramp, 2)
+    assert energy.shape == ramp[::2, ::2].shape == (3, 3)
+    np.testing.assert_allclose(energy[:, :2], DETAIL_GAIN * 0.01, rtol=1e-5)
+    noise = native_detail(unit_noise(512, sd=0.02), 2)
+    assert noise.mean() == pytest.approx(DETAIL_GAIN * 0.02 * 2 / np.sqrt(np.pi), rel=0.03)
 
 
 def test_stored_configs_without_the_field_keep_the_path_they_were_trained_with():
