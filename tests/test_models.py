@@ -9,7 +9,6 @@ from safetensors.torch import save_file
 from timm.models.swin_transformer import WindowAttention
 
 from clinreadnet_cli.archs import create_model
-from clinreadnet_cli.archs.clinreadnet import DETAIL_INPUT_SCALE, centre_input
 from clinreadnet_cli.archs.heads import GRADES, expected_score, grade_name
 from clinreadnet_cli.archs.mtmsa import MTMSA
 from clinreadnet_cli.config import ConfigError, MTMSAConfig, get_config, list_configs
@@ -243,14 +242,3 @@ def test_score_helpers():
     assert expected_score(probs).tolist() == pytest.approx([4.0, 0.0, 2.1])
     assert [grade_name(s) for s in (0.0, 0.49, 0.5, 2.1, 3.6, 4.0)] == ["bad", "bad", "poor", "fair", "excellent", "excellent"]
     assert GRADES == ("bad", "poor", "fair", "good", "excellent")
-
-
-def test_a_detail_channel_enters_at_its_own_scale():
-    """The image channel is centred on [-1, 1]; a detail channel is too, then scaled up so that its
-    zero-initialised weights move the embedding as fast as the image channel's (Adam steps are
-    about lr whatever the gradient)."""
-    x = torch.tensor([0.0, 0.25, 1.0]).reshape(1, 1, 1, 3)
-    torch.testing.assert_close(centre_input(x).flatten(), torch.tensor([-1.0, -0.5, 1.0]))
-    two = centre_input(torch.cat([x, x], dim=1))
-    torch.testing.assert_close(two[:, 0].flatten(), torch.tensor([-1.0, -0.5, 1.0]))
-    torch.testing.assert_close(two[:, 1].flatten(), torch.tensor([-1.0, -0.5, 1.0]) * DETAIL_INPUT_SCALE)

@@ -20,18 +20,6 @@ from .mtmsa import use_mtmsa
 from .soqn import SOQN
 
 TIMM_SWIN = "swin_tiny_patch4_window7_224"
-# A detail channel added to stored weights starts with zero patch-embedding weights, and Adam moves
-# every weight by about the learning rate whatever its gradient: entering at 10x the image
-# channel's scale, the new channel's weights change the embedding 10x as fast.
-DETAIL_INPUT_SCALE = 10.0
-
-
-def centre_input(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) in [0, 1] -> zero-centred [-1, 1]; a second (detail) channel x DETAIL_INPUT_SCALE."""
-    centred = (x - 0.5) / 0.5
-    if centred.shape[1] == 1:
-        return centred
-    return torch.cat([centred[:, :1], centred[:, 1:] * DETAIL_INPUT_SCALE], dim=1)
 
 
 @dataclass
@@ -159,7 +147,7 @@ class ClinReadNet(nn.Module):
 
     def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(B, C, H, W) in [0, 1] -> (per-head logits, every stage's feature map (B, h, w, C) as pooled)."""
-        x = self.backbone.patch_embed(centre_input(x))
+        x = self.backbone.patch_embed((x - 0.5) / 0.5)  # windowed [0, 1] slice -> zero-centred [-1, 1]
         maps = []
         last = len(self.backbone.layers) - 1
         for i, stage in enumerate(self.backbone.layers):
