@@ -4,7 +4,7 @@ noise figure of the manifest.
 
     python scripts/label_ordering.py work/sim
     python scripts/label_ordering.py work/sim --unit source --write labels-source.json
-    python scripts/label_ordering.py work/sim --predictions run/predictions.csv
+    python scripts/label_ordering.py work/sim --predictions run/predictions.csv --by-patient
 
 ``--unit kernel`` (default) reads the manifest's labels: degradation in units of the quantum noise
 of the image's own reconstruction kernel (``simulate/labels.py``). ``--unit source`` computes the
@@ -13,7 +13,8 @@ own noise for every kernel (a smooth kernel's lower noise then counts as less de
 the same curve and the same monotone grid. ``--write`` saves the labels as a train.json, to train
 on them with ``train --split-file`` beside a run on the manifest's labels. ``--predictions`` reads
 ``evaluate --predictions``' CSV instead and reports the model's scores and the labels it was
-evaluated against, on its images only.
+evaluated against, on its images only. ``--by-patient`` adds, per patient, the untouched slices'
+own noise (manifest) and each scorer's untouched mean and untouched-vs-low-dose ordering.
 """
 
 from __future__ import annotations
@@ -50,12 +51,32 @@ def source_unit_labels(rows: list[dict]) -> np.ndarray:
     return labels
 
 
+def print_by_patient(rows: list[dict], scorers: dict[str, np.ndarray]) -> None:
+    """Per patient: untouched slices and their own noise, then each scorer's untouched mean and
+    untouched-vs-own-low-dose ordering (where the held-out misses sit)."""
+    print("\n| patient | untouched slices | their noise_hu | " + " | ".join(
+        f"{name}: untouched mean / vs low dose" for name in scorers) + " |\n|---|---|---|" + "---|" * len(scorers))
+    patients = defaultdict(list)
+    for i, r in enumerate(rows):
+        patients[r["group"]].append(i)
+    for patient, index in sorted(patients.items()):
+        subset = [rows[i] for i in index]
+        untouched = [float(r["noise_hu"]) for r in subset if r["kind"] == "source"]
+        if not untouched:
+            continue
+        acq = acquisitions_from_manifest(subset)
+        reports = [ordering_report(acq, values[index]) for values in scorers.values()]
+        print(f"| {patient} | {len(untouched)} | {np.mean(untouched):.1f} | " + " | ".join(
+            f"{r['untouched_mean']:.2f} / {r['untouched_vs_low_dose']:.3f}" for r in reports) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path)
     parser.add_argument("--unit", choices=("kernel", "source"), default="kernel")
     parser.add_argument("--write", type=Path, help="save these labels as a train.json")
     parser.add_argument("--predictions", type=Path, help="report evaluate's predictions CSV instead of the labels")
+    parser.add_argument("--by-patient", action="store_true", help="add the untouched-vs-low-dose table per patient")
     args = parser.parse_args()
     with (args.data / "manifest.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -66,6 +87,7 @@ def main() -> None:
         with args.predictions.open() as f:
             predicted = {Path(r["path"]).name: r for r in csv.DictReader(f)}
         keep = [i for i, r in enumerate(rows) if Path(r["path"]).name in predicted]
+        others = [float(rows[i]["noise_hu"]) for i in set(range(len(rows))) - set(keep) if rows[i]["kind"] == "source"]
         rows = [rows[i] for i in keep]
         scorers = {"model": np.array([float(predicted[Path(r["path"]).name]["prediction"]) for r in rows]),
                    "its labels": np.array([float(predicted[Path(r["path"]).name]["label"]) for r in rows]),
@@ -84,6 +106,11 @@ def main() -> None:
         print(f"| {kind}: within / across slices | " + " | ".join(
             f"{r['by_reconstruction'][kind]['within_slice']:.4f} / {r['by_reconstruction'][kind]['cross_slice']:.4f}"
             for r in reports.values()) + " |")
+    if args.by_patient:
+        print_by_patient(rows, scorers)
+        if args.predictions and others:
+            print(f"\nthe {len(others)} untouched slices of the other (training) patients: noise_hu "
+                  f"{min(others):.1f} / {np.median(others):.1f} / {max(others):.1f} (min / median / max)")
     if args.write and not args.predictions:
         write_text_atomic(args.write, json.dumps({Path(r["path"]).name: round(float(v), 4)
                                                   for r, v in zip(rows, labels)}, indent=1) + "\n")

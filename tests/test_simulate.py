@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -334,3 +336,32 @@ def test_ordering_report_keeps_pairs_of_one_reconstruction_apart():
     assert (hann["cross_slice_pairs"], hann["cross_slice"]) == (2, 0.0)  # 1.5 vs 1.5 and 3.5 vs 3.5: ties
     one_kind = ordering_report(acquisitions_from_manifest([r for r in rows if r["kind"] != "full"]), np.ones(6))
     assert "by_reconstruction" not in one_kind
+
+
+def test_label_ordering_script_reports_untouched_pairs_per_patient(tmp_path):
+    """scripts/label_ordering.py --predictions --by-patient: one row per held-out patient with its
+    untouched slices' noise, the model's untouched mean and its untouched-vs-low-dose ordering, and
+    the noise range of the untouched slices outside the predictions."""
+    columns = "path,score,group,source,kind,filter,dose,views,noise_hu,degradation_hu"
+    grid = [("source", "", 1.0, "", 4.0), ("full", "hann", 1.0, 1000, 4.0), ("full", "hann", 0.25, 1000, 2.0),
+            ("full", "hann", 0.1, 1000, 1.0)]
+    manifest, predictions, index = [columns], ["path,label,prediction"], 0
+    # quiet: the model orders every pair; noisy: it scores its untouched slice below its 25 % dose image
+    for patient, noise, predicted in (("quiet", 8.0, (3.8, 3.5, 2.0, 1.0)), ("noisy", 22.0, (2.4, 3.0, 2.6, 1.1)),
+                                      ("training", 12.0, None)):
+        for (kind, filt, dose, views, label), value in zip(grid, predicted or grid):
+            name = f"image/{index:04d}.tif"
+            manifest.append(f"{name},{label},{patient},{patient}#0,{kind},{filt},{dose},{views},{noise},0")
+            if predicted:
+                predictions.append(f"/data/{name},{label},{value}")
+            index += 1
+    (tmp_path / "manifest.csv").write_text("\n".join(manifest) + "\n")
+    (tmp_path / "predictions.csv").write_text("\n".join(predictions) + "\n")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "label_ordering.py"
+    result = subprocess.run([sys.executable, str(script), str(tmp_path), "--predictions", str(tmp_path / "predictions.csv"),
+                             "--by-patient"], capture_output=True, text=True, check=True)
+    rows = {line.split(" | ")[0].strip("| "): line for line in result.stdout.splitlines() if line.startswith("| ")}
+    assert "| 1 | 8.0 | 3.80 / 1.000 |" in rows["quiet"]
+    assert "| 1 | 22.0 | 2.40 / 0.500 |" in rows["noisy"]  # 2.6 at 25 % dose beats 2.4; 1.1 at 10 % does not
+    assert "training" not in rows
+    assert "1 untouched slices of the other (training) patients: noise_hu 12.0 / 12.0 / 12.0" in result.stdout
