@@ -58,7 +58,7 @@ def print_by_patient(rows: list[dict], scorers: dict[str, np.ndarray]) -> None:
         f"{name}: untouched mean / vs low dose" for name in scorers) + " |\n|---|---|---|" + "---|" * len(scorers))
     patients = defaultdict(list)
     for i, r in enumerate(rows):
-        patients[r["group"]].append(i)
+        patients[r.get("group") or r["source"]].append(i)  # as acquisitions_from_manifest tells patients apart
     for patient, index in sorted(patients.items()):
         subset = [rows[i] for i in index]
         untouched = [float(r["noise_hu"]) for r in subset if r["kind"] == "source"]
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--by-patient", action="store_true", help="add the untouched-vs-low-dose table per patient")
     args = parser.parse_args()
     with (args.data / "manifest.csv").open() as f:
-        rows = list(csv.DictReader(f))
+        rows = manifest_rows = list(csv.DictReader(f))
     labels = np.array([float(r["score"]) for r in rows]) if args.unit == "kernel" else source_unit_labels(rows)
     noise = -np.array([float(r["noise_hu"] or "nan") for r in rows])
     scorers = {f"label ({args.unit} unit)": labels, "noise_hu (manifest)": noise}
@@ -87,7 +87,6 @@ def main() -> None:
         with args.predictions.open() as f:
             predicted = {Path(r["path"]).name: r for r in csv.DictReader(f)}
         keep = [i for i, r in enumerate(rows) if Path(r["path"]).name in predicted]
-        others = [float(rows[i]["noise_hu"]) for i in set(range(len(rows))) - set(keep) if rows[i]["kind"] == "source"]
         rows = [rows[i] for i in keep]
         scorers = {"model": np.array([float(predicted[Path(r["path"]).name]["prediction"]) for r in rows]),
                    "its labels": np.array([float(predicted[Path(r["path"]).name]["label"]) for r in rows]),
@@ -108,7 +107,10 @@ def main() -> None:
             for r in reports.values()) + " |")
     if args.by_patient:
         print_by_patient(rows, scorers)
-        if args.predictions and others:
+    if args.by_patient and args.predictions:
+        others = [float(r["noise_hu"]) for r in manifest_rows
+                  if r["kind"] == "source" and Path(r["path"]).name not in predicted]
+        if others:
             print(f"\nthe {len(others)} untouched slices of the other (training) patients: noise_hu "
                   f"{min(others):.1f} / {np.median(others):.1f} / {max(others):.1f} (min / median / max)")
     if args.write and not args.predictions:
