@@ -12,10 +12,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from .checkpoint import load_model, resolve_weights
-from .config import ClinReadNetConfig
 from .data import DatasetError, LabelledSlice, SliceDataset, check_readable, load_labelled, read_manifest, slice_ref
 from .metrics import correlation_metrics
 from .noise import measure_noise
+from .preprocess import prepare_slice
 from .training import LATEST
 
 SPLITS = ("test", "val", "train", "all")
@@ -27,6 +27,7 @@ class ImagePrediction:
     score: float
     label: int  # arg-max class
     head_sd: float  # the four heads' disagreement (the record's uncertainty)
+    noise_hu: float  # the classical noise figure of the same image (NaN where it cannot be measured)
 
 
 @dataclass
@@ -98,43 +99,45 @@ def select_split(data: str | Path, split: str, split_file: Path | None) -> list[
     return [by_key[k] for k in keys]
 
 
-def evaluate(weights: Path, items: list[LabelledSlice], device: torch.device, batch_size: int = 8,
-             workers: int = 2, input_range: str = "auto") -> tuple[dict[str, float], list[ImagePrediction]]:
-    check_readable(items, input_range)
-    model = load_model(weights).to(device)
-    loader = DataLoader(SliceDataset(items, model.config, None, input_range), batch_size=batch_size,
-                        num_workers=workers)
-    predictions: list[ImagePrediction] = []
-    for images, _ in loader:
-        pred = model.predict(images.to(device))  # eval mode, inference_mode
-        for score, label, spread in zip(pred.score.tolist(), pred.label.tolist(), pred.head_sd.tolist()):
-            predictions.append(ImagePrediction(item=items[len(predictions)], score=score, label=label, head_sd=spread))
-    metrics = correlation_metrics([p.score for p in predictions], [p.item.score for p in predictions])
-    return metrics, predictions
-
-
-def noise_baseline(items: list[LabelledSlice], cfg: ClinReadNetConfig, input_range: str = "auto") -> list[float]:
-    """The classical noise figure of every image (NaN where it cannot be measured).
+class MeasuredSliceDataset(SliceDataset):
+    """The network input and the noise figure of each image, from one read (the loader's workers
+    measure while the model scores).
 
     Windowed [0, 1] images (the LDCTIQAG2023 layout, and what ``simulate`` writes) are mapped back
     to HU through the weights' window, the one ``simulate`` writes in; for data windowed otherwise
     the figure is off by a constant factor, which leaves its ordering and correlations unchanged.
     """
-    values = []
-    for item in items:
-        ref = slice_ref(item, input_range)
-        image = ref.load()
-        if ref.value_range == "unit":
-            image = image * cfg.window_width + (cfg.window_level - cfg.window_width / 2)
-        figure = measure_noise(image, "hu")
-        values.append(math.nan if figure.noise_hu is None else figure.noise_hu)
-    return values
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, float]:
+        ref = slice_ref(self.items[index], self.input_range)
+        raw = ref.load()
+        hu = raw * self.cfg.window_width + (self.cfg.window_level - self.cfg.window_width / 2) \
+            if ref.value_range == "unit" else raw
+        figure = measure_noise(hu, "hu")
+        return prepare_slice(raw, ref.value_range, self.cfg), math.nan if figure.noise_hu is None else figure.noise_hu
 
 
-def simulation_checks(data: str | Path, predictions: list[ImagePrediction],
-                      noise: list[float] | None = None) -> dict[str, dict[str, float]] | None:
+def evaluate(weights: Path, items: list[LabelledSlice], device: torch.device, batch_size: int = 8,
+             workers: int = 2, input_range: str = "auto") -> tuple[dict[str, float], list[ImagePrediction]]:
+    """The model's correlations with the labels, and each image's prediction beside its noise figure."""
+    check_readable(items, input_range)
+    model = load_model(weights).to(device)
+    loader = DataLoader(MeasuredSliceDataset(items, model.config, None, input_range), batch_size=batch_size,
+                        num_workers=workers)
+    predictions: list[ImagePrediction] = []
+    for images, noise in loader:
+        pred = model.predict(images.to(device))  # eval mode, inference_mode
+        for score, label, spread, figure in zip(pred.score.tolist(), pred.label.tolist(), pred.head_sd.tolist(),
+                                                noise.tolist()):
+            predictions.append(ImagePrediction(item=items[len(predictions)], score=score, label=label, head_sd=spread,
+                                               noise_hu=figure))
+    metrics = correlation_metrics([p.score for p in predictions], [p.item.score for p in predictions])
+    return metrics, predictions
+
+
+def simulation_checks(data: str | Path, predictions: list[ImagePrediction]) -> dict[str, dict[str, float]] | None:
     """Degradation ordering when ``data`` is a folder written by ``simulate`` (it has a manifest):
-    ``{"model": ..., "noise_hu": ...}`` (the second when ``noise`` is given), see ``ordering_report``."""
+    ``{"model": ..., "noise_hu": ...}``, see ``ordering_report``."""
     manifest_path = Path(data) / "manifest.csv"
     if not manifest_path.is_file():
         return None
@@ -144,10 +147,9 @@ def simulation_checks(data: str | Path, predictions: list[ImagePrediction],
     if not rows:
         return None
     acquisitions = acquisitions_from_manifest([row for _, row in rows])
-    report = {"model": ordering_report(acquisitions, np.array([predictions[k].score for k, _ in rows]))}
-    if noise is not None:  # more noise is worse: order by -noise_hu
-        report["noise_hu"] = ordering_report(acquisitions, -np.array([noise[k] for k, _ in rows], dtype=float))
-    return report
+    return {"model": ordering_report(acquisitions, np.array([predictions[k].score for k, _ in rows])),
+            # more noise is worse: order by -noise_hu
+            "noise_hu": ordering_report(acquisitions, -np.array([predictions[k].noise_hu for k, _ in rows]))}
 
 
 @dataclass(frozen=True)

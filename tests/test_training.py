@@ -18,11 +18,13 @@ from safetensors import safe_open
 from scipy import stats
 from typer.testing import CliRunner
 
+from clinreadnet_cli.checkpoint import read_config
 from clinreadnet_cli.cli import app
 from clinreadnet_cli.data import (DatasetError, LabelledSlice, SourceRunSampler, load_labelled, score_to_class,
                                   split_train_val)
 from clinreadnet_cli.dicom_export import write_series
 from clinreadnet_cli.metrics import correlation_metrics
+from clinreadnet_cli.noise import measure_noise
 
 from .conftest import TINY, ct_phantom, unit_phantom
 
@@ -288,6 +290,13 @@ def test_evaluate_reproduces_scipy_on_its_predictions(ldct, tmp_path):
             assert all(a["head_sd_to"] <= b["head_sd_from"] for a, b in zip(deciles, deciles[1:]))
             errors = np.abs(np.array(p) - np.array(y))
             assert np.mean([d["mean_abs_error"] for d in deciles]) == pytest.approx(errors.mean(), rel=0.1)
+        # each image's noise figure, measured from the same read as its score: the windowed TIFF back in HU
+        window = read_config(out / "best.safetensors")
+        for row in rows:
+            hu = tifffile.imread(row["path"]) * window.window_width + window.window_level - window.window_width / 2
+            expected = measure_noise(hu, "hu").noise_hu
+            assert (row["noise_hu"] == "") if expected is None else float(row["noise_hu"]) == pytest.approx(expected,
+                                                                                                           abs=1e-3)
     split = json.loads((out / "split.json").read_text())
     val_rows = list(csv.DictReader((tmp_path / "val.csv").open()))
     assert [Path(r["path"]).name for r in val_rows] == split["val"]  # the run's own validation images

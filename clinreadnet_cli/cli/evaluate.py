@@ -40,11 +40,11 @@ def evaluate(
     import io
 
     from ..atomic import write_text_atomic
-    from ..checkpoint import WeightsError, read_config
+    from ..checkpoint import WeightsError
     from ..data import DatasetError
     from ..evaluation import error_by_uncertainty
     from ..evaluation import evaluate as run_evaluation
-    from ..evaluation import noise_baseline, resolve_inputs, select_split, simulation_checks
+    from ..evaluation import resolve_inputs, select_split, simulation_checks
     from ..metrics import correlation_metrics
     from ..scoring import resolve_device
 
@@ -64,19 +64,18 @@ def evaluate(
         items = select_split(data, split, inputs.split_file)
         metrics, preds = run_evaluation(weights_path, items, torch_device, batch_size=batch_size, workers=workers,
                                         input_range=inputs.input_range)
-        noise = noise_baseline(items, read_config(weights_path), inputs.input_range)
-        measured = [(-n, p.item.score) for n, p in zip(noise, preds) if n == n]
+        measured = [(-p.noise_hu, p.item.score) for p in preds if p.noise_hu == p.noise_hu]
         baseline = correlation_metrics(*zip(*measured)) if measured else correlation_metrics([], [])
-        ordering = simulation_checks(data, preds, noise)
+        ordering = simulation_checks(data, preds)
     except (ValueError, DatasetError, WeightsError) as exc:
         usage_error(str(exc))
     if predictions is not None:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["path", "label", "prediction", "class", "head_sd", "noise_hu"])
-        for p, n in zip(preds, noise):
+        for p in preds:
             writer.writerow([str(p.item.path), p.item.score, repr(p.score), p.label, f"{p.head_sd:.4f}",
-                             "" if n != n else f"{n:.3f}"])
+                             "" if p.noise_hu != p.noise_hu else f"{p.noise_hu:.3f}"])
         write_text_atomic(predictions, buffer.getvalue())
     if fmt is ListFormat.json:
         extra = {"ordering": ordering} if ordering else {}
