@@ -365,3 +365,22 @@ def test_label_ordering_script_reports_untouched_pairs_per_patient(tmp_path):
     assert "| 1 | 22.0 | 2.40 / 0.500 |" in rows["noisy"]  # 2.6 at 25 % dose beats 2.4; 1.1 at 10 % does not
     assert "training" not in rows
     assert "1 untouched slices of the other (training) patients: noise_hu 12.0 / 12.0 / 12.0" in result.stdout
+
+
+def test_repeat_untouched_script_repeats_or_lists_the_untouched_training_images(tmp_path):
+    """scripts/repeat_untouched.py: each untouched training image drawn N times, or (--untouched-val)
+    listed once as the val split so that `evaluate --split val` scores them."""
+    rows = ["path,kind", "image/0000.tif,source", "image/0001.tif,add", "image/0002.tif,source",
+            "image/0003.tif,source"]
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["0000.tif", "0001.tif", "0002.tif"],
+                                                     "val": ["0003.tif"]}))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "repeat_untouched.py"
+    for extra, out in (([], "x3.json"), (["--untouched-val"], "untouched.json")):
+        subprocess.run([sys.executable, str(script), str(tmp_path / "split.json"), str(tmp_path / "manifest.csv"),
+                        "--times", "3", "--out", str(tmp_path / out), *extra], check=True, capture_output=True)
+    repeated = json.loads((tmp_path / "x3.json").read_text())
+    assert sorted(repeated["train"]) == ["0000.tif"] * 3 + ["0001.tif"] + ["0002.tif"] * 3
+    assert repeated["val"] == ["0003.tif"]  # held-out images are never repeated
+    untouched = json.loads((tmp_path / "untouched.json").read_text())
+    assert untouched["val"] == ["0000.tif", "0002.tif"]  # the held-out untouched 0003 is not among them
