@@ -193,6 +193,49 @@ def _shares(counts: dict[str, list[int]]) -> dict:
 LOW_DOSE = 0.25  # "low dose" in the untouched-vs-low-dose check: 25 % of the source's dose or less
 
 
+def scored_pairs(scores: np.ndarray, chunk: int):
+    """(a, b) index blocks covering every pair of images with a finite score, ``chunk`` rows of
+    a (the side tested as more degraded) at a time, so that pair masks stay small."""
+    idx = np.flatnonzero(np.isfinite(scores))
+    for start in range(0, len(idx), chunk):
+        yield idx[start:start + chunk, None], idx[None, :]
+
+
+def _tally(counter: list[int], pairs: np.ndarray, right: np.ndarray) -> None:
+    """Add a pair mask to a [pairs, correctly ordered] counter."""
+    counter[0] += int(pairs.sum())
+    counter[1] += int((pairs & right).sum())
+
+
+def more_degraded(acq: Acquisitions, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Image a is more degraded than image b (index arrays, broadcast): a's dose and views are
+    both <= b's, one of them strictly."""
+    return ((acq.dose[a] <= acq.dose[b]) & (acq.views[a] <= acq.views[b])
+            & ((acq.dose[a] < acq.dose[b]) | (acq.views[a] < acq.views[b])))
+
+
+def cross_slice_causes(acq: Acquisitions, scores: np.ndarray, full_dose_noise: np.ndarray,
+                       chunk: int = 512) -> dict:
+    """The cross-slice pairs of ``ordering_report`` split by what makes A the more degraded image
+    (less dose alone, fewer views alone, both) and by which slice is noisier at its own full dose
+    and full views (``full_dose_noise`` per image, in HU). Where one photon budget serves every
+    patient, a larger body (or finer pixels) is noisier at the same protocol: the pairs whose more
+    degraded image comes from the slice that is quieter at full dose are the ones a score has to
+    judge by protocol rather than by noise."""
+    names = ("dose_only", "views_only", "dose_and_views", "degraded_slice_noisier", "degraded_slice_quieter")
+    counts = {name: [0, 0] for name in names}
+    for a, b in scored_pairs(scores, chunk):
+        pairs = more_degraded(acq, a, b) & (acq.source[a] != acq.source[b])
+        right = scores[a] < scores[b]
+        less_dose, fewer_views = acq.dose[a] < acq.dose[b], acq.views[a] < acq.views[b]
+        for name, mask in (("dose_only", pairs & ~fewer_views), ("views_only", pairs & ~less_dose),
+                           ("dose_and_views", pairs & less_dose & fewer_views),
+                           ("degraded_slice_noisier", pairs & (full_dose_noise[a] > full_dose_noise[b])),
+                           ("degraded_slice_quieter", pairs & (full_dose_noise[a] < full_dose_noise[b]))):
+            _tally(counts[name], mask, right)
+    return _shares(counts)
+
+
 def ordering_report(acq: Acquisitions, scores: np.ndarray, chunk: int = 512) -> dict:
     """How well ``scores`` (higher = better quality) order images by their acquisition.
 
@@ -211,12 +254,8 @@ def ordering_report(acq: Acquisitions, scores: np.ndarray, chunk: int = 512) -> 
     counts = {name: [0, 0] for name in names}
     kinds = sorted(set(acq.reconstruction[keep]))
     per_kind = {kind: {"within_slice": [0, 0], "cross_slice": [0, 0]} for kind in kinds}
-    idx = np.flatnonzero(keep)
-    for start in range(0, len(idx), chunk):
-        a = idx[start:start + chunk, None]  # the more degraded side
-        b = idx[None, :]
-        worse = ((acq.dose[a] <= acq.dose[b]) & (acq.views[a] <= acq.views[b])
-                 & ((acq.dose[a] < acq.dose[b]) | (acq.views[a] < acq.views[b])))
+    for a, b in scored_pairs(scores, chunk):
+        worse = more_degraded(acq, a, b)
         right = scores[a] < scores[b]
         same_slice = acq.source[a] == acq.source[b]
         same_reconstruction = acq.reconstruction[a] == acq.reconstruction[b]
@@ -225,13 +264,11 @@ def ordering_report(acq: Acquisitions, scores: np.ndarray, chunk: int = 512) -> 
                            ("untouched_vs_low_dose", same_slice & acq.untouched[b] & ~acq.untouched[a]
                             & (acq.dose[a] <= LOW_DOSE)),
                            ("within_reconstruction", worse & same_slice & same_reconstruction)):
-            counts[name][0] += int(mask.sum())
-            counts[name][1] += int((mask & right).sum())
+            _tally(counts[name], mask, right)
         for kind in kinds if len(kinds) > 1 else ():
             alike = worse & same_reconstruction & (acq.reconstruction[a] == kind)
             for where, mask in (("within_slice", alike & same_slice), ("cross_slice", alike & ~same_slice)):
-                per_kind[kind][where][0] += int(mask.sum())
-                per_kind[kind][where][1] += int((mask & right).sum())
+                _tally(per_kind[kind][where], mask, right)
     report: dict = _shares(counts)
     if len(kinds) > 1:
         report["by_reconstruction"] = {kind: _shares(kind_counts) for kind, kind_counts in per_kind.items()}

@@ -5,7 +5,8 @@
         --weights weights/clinreadnet-sim-v2.safetensors [--weights weights/clinreadnet-sim.safetensors]
 
 Takes the validation patients of a training run (never trained on), ``--per-patient`` source
-slices of each, and re-acquires every slice at 100/50/25/10 % dose x 1000/720/360/180 views
+slices of each (or, with ``--slices OUT.json``, the slices an earlier run's output names: no
+simulated data needed), and re-acquires every slice at 100/50/25/10 % dose x 1000/720/360/180 views
 with two simulators that differ from the training data's:
 
 - ``astra-fixed-flux``: ASTRA parallel beam, full FBP reconstructions (Ram-Lak), one absolute
@@ -16,7 +17,9 @@ with two simulators that differ from the training data's:
 
 Each image is scored with each weights file and measured with ``noise_hu``; the ordering report
 (``clinreadnet_cli.evaluation.ordering_report``) goes to stdout as a table and to
-``benchmarks/results/ordering_check.json``.
+``benchmarks/results/ordering_check.json``, with the cross-slice pairs split by cause
+(``cross_slice_causes``: less dose, fewer views or both; the more degraded image's slice noisier
+or quieter than the other's at its own full dose and views, ``noise_hu`` of that acquisition).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from clinreadnet_cli.checkpoint import load_model  # noqa: E402
-from clinreadnet_cli.evaluation import Acquisitions, ordering_report  # noqa: E402
+from clinreadnet_cli.evaluation import Acquisitions, cross_slice_causes, ordering_report  # noqa: E402
 from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference  # noqa: E402
 from clinreadnet_cli.noise import measure_noise  # noqa: E402
 from clinreadnet_cli.preprocess import prepare_slice  # noqa: E402
@@ -103,21 +106,28 @@ def load_source(sources_dir: Path, source: str) -> tuple[np.ndarray, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="simulate output (manifest.csv) of the run")
-    parser.add_argument("--split", type=Path, required=True, help="the run's split.json")
+    parser.add_argument("--data", type=Path, help="simulate output (manifest.csv) of the run")
+    parser.add_argument("--split", type=Path, help="the run's split.json")
+    parser.add_argument("--slices", type=Path,
+                        help="instead of --data and --split: the slices of an earlier run's output JSON")
     parser.add_argument("--sources", type=Path, default=REPO.parent / "shared" / "data" / "ct_sources")
     parser.add_argument("--weights", type=Path, action="append", required=True)
     parser.add_argument("--per-patient", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ordering_check.json")
     args = parser.parse_args()
+    if not args.slices and not (args.data and args.split):
+        parser.error("give --data and --split, or --slices")
 
     torch.set_num_threads(2)
     models = {}
     for path in args.weights:
         model = load_model(path)
         models[path.name] = (model.config, prepare_for_inference(model, torch.device("cpu"), InferenceOptions()))
-    picked = held_out_sources(args.data, args.split, args.per_patient, args.seed)
+    if args.slices:
+        picked = [tuple(pair) for pair in json.loads(args.slices.read_text())["slices"]]
+    else:
+        picked = held_out_sources(args.data, args.split, args.per_patient, args.seed)
     print(f"{len(picked)} held-out slices from {len({p for p, _ in picked})} patients", file=sys.stderr)
     results = {}
     for simulator in SIMULATORS:
@@ -138,13 +148,17 @@ def main() -> None:
                            views=np.array([m[4] for m in meta], float),
                            reconstruction=np.full(len(meta), simulator))  # one simulator, one kernel
         noise = np.array([measure_noise(image, "hu").noise_hu or np.nan for image in images], float)
-        report = {"images": len(images), "noise_hu": ordering_report(acq, -noise)}
+        full_quality = ~acq.untouched & (acq.dose == max(DOSES)) & (acq.views == max(VIEWS))
+        full_dose_noise = noise[full_quality][np.argsort(acq.source[full_quality])][acq.source]
+        report = {"images": len(images), "noise_hu": ordering_report(acq, -noise),
+                  "causes": {"noise_hu": cross_slice_causes(acq, -noise, full_dose_noise)}}
         for name, (cfg, predict) in models.items():
             scores = []
             for start in range(0, len(images), 8):
                 batch = torch.stack([prepare_slice(image, "hu", cfg) for image in images[start:start + 8]])
                 scores += predict(batch).score.tolist()
             report[name] = ordering_report(acq, np.array(scores))
+            report["causes"][name] = cross_slice_causes(acq, np.array(scores), full_dose_noise)
         report["seconds"] = round(time.perf_counter() - started, 1)
         results[simulator] = report
 
@@ -161,6 +175,10 @@ def main() -> None:
                 cells.append(f"{-value:.1f} HU" if s == "noise_hu" and m.endswith("mean")
                              else f"{value:.2f}" if m.endswith("mean") else f"{value:.4f}")
             print(f"| {m} | " + " | ".join(cells) + " |")
+        for cause in ("dose_only", "views_only", "dose_and_views", "degraded_slice_noisier", "degraded_slice_quieter"):
+            pairs = report["causes"]["noise_hu"][f"{cause}_pairs"]
+            cells = [f"{report['causes'][s][cause]:.4f}" for s in scorers]
+            print(f"| across slices, {cause} ({pairs} pairs) | " + " | ".join(cells) + " |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"slices": picked, "results": results}, indent=1) + "\n")
 

@@ -338,6 +338,30 @@ def test_ordering_report_keeps_pairs_of_one_reconstruction_apart():
     assert "by_reconstruction" not in one_kind
 
 
+def test_cross_slice_causes_split_pairs_by_what_degrades_and_by_full_dose_noise():
+    from clinreadnet_cli.evaluation import Acquisitions, cross_slice_causes
+
+    # Two slices, each at (dose, views) = (1, 1000), (0.5, 1000), (1, 180), (0.5, 180); slice 1 is
+    # noisier at full dose (a larger body under one photon budget), and the scores, reading noise
+    # alone, put it 1 lower.
+    grid = [(1.0, 1000), (0.5, 1000), (1.0, 180), (0.5, 180)]
+    acq = Acquisitions(source=np.repeat([0, 1], 4), patient=np.repeat([0, 1], 4), untouched=np.zeros(8, bool),
+                       dose=np.array([d for d, _ in grid] * 2), views=np.array([v for _, v in grid] * 2, float),
+                       reconstruction=np.full(8, "full ram-lak"))
+    quality = np.array([4.0, 3.0, 3.5, 2.5])
+    r = cross_slice_causes(acq, np.concatenate([quality, quality - 1.0]), np.repeat([12.0, 20.0], 4))
+    # Per direction: dose only (0.5 vs 1 at one view count) 2 pairs, views only 2, both 1.
+    assert (r["dose_only_pairs"], r["views_only_pairs"], r["dose_and_views_pairs"]) == (4, 4, 2)
+    assert r["degraded_slice_noisier_pairs"] == r["degraded_slice_quieter_pairs"] == 5
+    assert r["degraded_slice_noisier"] == 1.0  # worse by protocol and by noise
+    # The quiet slice degraded, against the noisy one: 3.0 < 3.0? no; 3.5 < 3.0? no; 2.5 < 3.0 yes;
+    # 2.5 < 2.5? no; 2.5 < 2.0? no -> 1 of 5.
+    assert r["degraded_slice_quieter"] == 1 / 5
+    # A lost dose step (-1) or view step (-0.5) is hidden by the noise offset (+1) when the quiet
+    # slice is the degraded one; losing both (-1.5) is not.
+    assert r["dose_only"] == 2 / 4 and r["views_only"] == 2 / 4 and r["dose_and_views"] == 1.0
+
+
 def test_label_ordering_script_reports_untouched_pairs_per_patient(tmp_path):
     """scripts/label_ordering.py --predictions --by-patient: one row per held-out patient with its
     untouched slices' noise, the model's untouched mean and its untouched-vs-low-dose ordering, and
