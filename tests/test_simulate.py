@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -83,6 +84,32 @@ def test_degradation_is_measured_in_units_of_the_source_noise_on_any_patient_and
             measured = next(r.degradation for r in sim.images if r.dose == 0.25)
             assert measured == pytest.approx(np.sqrt(1 / 0.25 - 1), rel=0.1), (filters, spacing)
             assert next(r.degradation for r in sim.images if r.dose == 1.0) == 0.0
+
+
+def test_photon_budget_sets_the_full_dose_of_full_reconstructions(half_slice):
+    """An absolute budget below the source's calibrated flux: the full reconstructions' full dose is
+    that share of the source's (noisier), it stays their reference (degradation 0, label 4), and a
+    protocol's dose loss measures sqrt((1/d - 1) / share) source-noise units. The add-difference
+    images do not change; a budget above the source's flux gives the source's dose."""
+    hu, spacing = half_slice
+    grid = dict(doses=(1.0, 0.25), views=(400,), full_views=400, mode="both", electronic_sd=(0.0, 0.0))
+    plain = simulate_slice(hu, spacing, Acquisition(**grid), np.random.default_rng(3))
+    budget = simulate_slice(hu, spacing, Acquisition(**grid, photon_budget=(plain.i0 / 4, plain.i0 / 4)),
+                            np.random.default_rng(3))
+    assert budget.full_dose_fraction == pytest.approx(0.25)
+    np.testing.assert_array_equal(budget.image(0.25, 400), plain.image(0.25, 400))  # add-difference
+    tissue = measures.tissue_mask(hu)
+    quiet, noisy = (measures.noise_sd_hu(s.image(1.0, 400, "full"), tissue) for s in (plain, budget))
+    assert 1.6 < noisy / quiet < 2.4  # a quarter of the photons: about twice the noise
+    full = {r.dose: r.degradation for r in budget.images if r.mode == "full"}
+    assert full[1.0] == 0.0
+    assert full[0.25] == pytest.approx(np.sqrt((1 / 0.25 - 1) / 0.25), rel=0.1)
+    generous = simulate_slice(hu, spacing, Acquisition(**grid, photon_budget=(plain.i0 * 4, plain.i0 * 4)),
+                              np.random.default_rng(3))
+    assert generous.full_dose_fraction == 1.0
+    np.testing.assert_array_equal(generous.image(0.25, 400, "full"), plain.image(0.25, 400, "full"))
+    with pytest.raises(ValueError, match="mode full or both"):
+        Acquisition(photon_budget=(1e5, 1e5))
 
 
 def test_pixel_spacing_scales_the_line_integrals():
@@ -266,6 +293,20 @@ def test_simulate_command(tmp_path):
     assert again.exit_code == 2 and "--overwrite" in again.output
 
 
+def test_simulate_command_photon_budget_goes_into_the_manifest(tmp_path):
+    out = tmp_path / "sim"
+    result = runner.invoke(app, ["simulate", "--source", str(REPO / "sample_data" / "nifti"), "--out", str(out),
+                                 "--full-views", "200", "--views", "full", "--doses", "1,0.25", "--mode", "full",
+                                 "--photon-budget", "1000"])
+    assert result.exit_code == 0, result.output
+    with (out / "manifest.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["full_dose_fraction"] for r in rows if r["kind"] == "source"} == {"1"}
+    fractions = [float(r["full_dose_fraction"]) for r in rows if r["kind"] == "full"]
+    assert len(fractions) == 4 * 2 and all(0 < f < 1 for f in fractions)  # 1,000 photons: far below any source
+    assert all(float(r["score"]) == 4.0 for r in rows if r["kind"] == "full" and r["dose"] == "1.0000")
+
+
 def test_simulate_command_reports_bad_sources_and_goes_on(tmp_path):
     tifffile.imwrite(tmp_path / "windowed.tif", np.zeros((64, 64), np.float32))
     result = runner.invoke(app, ["simulate", "--source", str(tmp_path / "windowed.tif"),
@@ -281,7 +322,9 @@ def test_simulate_command_reports_bad_sources_and_goes_on(tmp_path):
                                                   ("--filter", "box", "unknown FBP filter"),
                                                   ("--full-filters", "hann:2", "cutoff"),
                                                   ("--mode", "half", "mode must be"),
-                                                  ("--electronic-noise", "20,5", "low <= high")])
+                                                  ("--electronic-noise", "20,5", "low <= high"),
+                                                  ("--photon-budget", "1e5", "mode full or both"),
+                                                  ("--photon-budget", "1e5,1e4,1e3", "LOW,HIGH")])
 def test_simulate_usage_errors(tmp_path, flag, value, message):
     result = runner.invoke(app, ["simulate", "--source", str(tmp_path), "--out", str(tmp_path / "o"), flag, value])
     assert result.exit_code == 2 and message in result.output

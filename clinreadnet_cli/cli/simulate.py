@@ -37,6 +37,10 @@ def simulate(
                                                      "(comma-separated, as --filter)."),
     electronic_noise: str = typer.Option("10", help="Detector electronic noise SD in photons, or a range LOW,HIGH "
                                                     "drawn per slice (log-uniform)."),
+    photon_budget: Optional[str] = typer.Option(
+        None, help="Full reconstructions: an absolute full-dose flux in photons per bin and view, or a range "
+                   "LOW,HIGH drawn per slice (log-uniform), instead of each source's own dose; a larger body is "
+                   "then noisier at the same protocol. Needs --mode full or both."),
     source_images: bool = typer.Option(True, "--source-images/--no-source-images",
                                        help="Also write each untouched source slice (score 4)."),
     seed: int = typer.Option(0, help="Seeds the noise; same seed, same data."),
@@ -63,11 +67,15 @@ def simulate(
     electronic = _float_list(electronic_noise, "electronic-noise")
     if len(electronic) not in (1, 2):
         usage_error(f"--electronic-noise: give one value or LOW,HIGH, got {electronic_noise!r}")
+    budget = _float_list(photon_budget, "photon-budget") if photon_budget is not None else None
+    if budget is not None and len(budget) not in (1, 2):
+        usage_error(f"--photon-budget: give one value or LOW,HIGH, got {photon_budget!r}")
     try:
         acquisition = Acquisition(doses=_float_list(doses, "doses"), views=tuple(view_counts), full_views=full_views,
                                   fbp_filter=fbp_filter, mode=mode,
                                   full_filters=tuple(f.strip() for f in full_filters.split(",") if f.strip()),
-                                  electronic_sd=(electronic[0], electronic[-1]))
+                                  electronic_sd=(electronic[0], electronic[-1]),
+                                  photon_budget=(budget[0], budget[-1]) if budget else None)
     except ValueError as exc:
         usage_error(str(exc))
     if existing_dataset(out) and not overwrite:

@@ -36,7 +36,7 @@ from .lowdose import Acquisition, simulate_slice
 from .sources import SourceSlice
 
 MANIFEST_FIELDS = ("path", "score", "group", "source", "kind", "filter", "dose", "views", "i0", "electronic_sd",
-                   "noise_hu", "degradation_hu", "degradation")
+                   "full_dose_fraction", "noise_hu", "degradation_hu", "degradation")
 PARTIAL_DIR = ".image.partial"
 
 
@@ -88,14 +88,19 @@ def _simulate_job(first: int, source: SourceSlice, hu: np.ndarray, acquisition: 
     rows: list[dict] = []
     if include_source:
         rows.append({"path": write(hu), "score": 4.0, **common, "kind": "source", "filter": "", "dose": 1.0,
+                     "full_dose_fraction": "1",
                      "views": "", "noise_hu": sim.source_noise_hu, "degradation_hu": 0.0, "degradation": 0.0})
     for mode in acquisition.modes:
         recons = [r for r in sim.images if r.mode == mode]
         scores = labels.monotone_scores({(r.dose, r.views): labels.degradation_to_score(r.degradation)
                                          for r in recons})
+        # dose stays the protocol's share of its full dose; with a photon budget that full dose is
+        # full_dose_fraction of the source's
+        full_dose = sim.full_dose_fraction if mode == "full" else 1.0
         for r in recons:
             rows.append({"path": write(r.image), "score": scores[(r.dose, r.views)], **common, "kind": mode,
                          "filter": r.fbp_filter, "dose": r.dose, "views": r.views,
+                         "full_dose_fraction": f"{full_dose:.4g}",
                          "noise_hu": measures.noise_sd_hu(r.image, tissue), "degradation_hu": r.degradation_hu,
                          "degradation": r.degradation})
     return rows

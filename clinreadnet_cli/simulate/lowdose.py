@@ -27,6 +27,13 @@ class Acquisition:
     the source itself; ``full`` keeps the FBP reconstruction, with one of ``full_filters`` drawn
     per slice; ``both`` writes both from the same projections. The detector's electronic noise SD
     is drawn per slice, log-uniformly, from ``electronic_sd`` (low, high) photons.
+
+    ``photon_budget`` (low, high), photons per bin and view, drawn per slice (log-uniform), sets
+    the full dose of the full reconstructions as an absolute flux, as a scanner without tube
+    current modulation gives it: a larger body is then noisier at the same protocol. Without it
+    (the default) each slice's full dose is its source's own dose, the flux calibrated to the
+    source's noise. A budget above that flux gives the source's dose (a simulation cannot take
+    noise away).
     """
 
     doses: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1)
@@ -37,6 +44,7 @@ class Acquisition:
     electronic_sd: tuple[float, float] = (10.0, 10.0)
     default_i0: float = 1e6  # used when a slice has too little soft tissue to calibrate on
     mode: str = "add-difference"
+    photon_budget: tuple[float, float] | None = None
 
     def __post_init__(self):
         if any(not 0.0 < d <= 1.0 for d in self.doses):
@@ -48,6 +56,10 @@ class Acquisition:
         low, high = self.electronic_sd
         if not 0.0 <= low <= high:
             raise ValueError(f"electronic noise range must be 0 <= low <= high, got {self.electronic_sd}")
+        if self.photon_budget is not None and not 0.0 < self.photon_budget[0] <= self.photon_budget[1]:
+            raise ValueError(f"photon budget range must be 0 < low <= high, got {self.photon_budget}")
+        if self.photon_budget is not None and self.mode == "add-difference":
+            raise ValueError("a photon budget sets the full reconstructions' dose: use it with mode full or both")
         if not self.full_filters:
             raise ValueError("full reconstructions need at least one FBP filter")
         for name in (self.fbp_filter, *self.full_filters):
@@ -74,6 +86,7 @@ class SimulatedSlice:
     i0: float  # photons per bin and view at the source's dose, as calibrated
     source_noise_hu: float
     electronic_sd: float
+    full_dose_fraction: float = 1.0  # the full reconstructions' full dose, as a share of the source's
     images: list[Reconstruction] = field(default_factory=list)
 
     def image(self, dose: float, views: int, mode: str = "add-difference") -> np.ndarray:
@@ -101,9 +114,8 @@ def _noise_hu(scanner: ParallelScanner, noise_sinogram: np.ndarray, fbp_filter: 
     return mu_to_hu(scanner.reconstruct(noise_sinogram, fbp_filter=fbp_filter)) + 1000.0
 
 
-def _draw_electronic_sd(acquisition: Acquisition, rng: np.random.Generator) -> float:
-    """Log-uniform in the acquisition's range (uniform when it starts at 0); no draw for a fixed value."""
-    low, high = acquisition.electronic_sd
+def _draw_log_uniform(low: float, high: float, rng: np.random.Generator) -> float:
+    """Log-uniform in [low, high] (uniform when it starts at 0); no draw for a fixed value."""
     if low == high:
         return low
     return float(math.exp(rng.uniform(math.log(low), math.log(high)))) if low > 0 else float(rng.uniform(0, high))
@@ -125,12 +137,22 @@ def simulate_slice(hu: np.ndarray, pixel_mm: float, acquisition: Acquisition,
     body, tissue = measures.body_mask(hu), measures.tissue_mask(hu)
     source_noise = measures.noise_sd_hu(hu, tissue)
     i0, calibration_noise = calibrate_i0(scanner, line_integrals, source_noise, tissue, acquisition, rng)
-    electronic_sd, full_filter = _draw_electronic_sd(acquisition, rng), _draw_filter(acquisition, rng)
+    electronic_sd, full_filter = _draw_log_uniform(*acquisition.electronic_sd, rng), _draw_filter(acquisition, rng)
     result = SimulatedSlice(i0=i0, source_noise_hu=source_noise, electronic_sd=electronic_sd)
     by_dose = reduce_dose(line_integrals, acquisition.doses, i0, electronic_sd, rng)
+    full_by_dose = by_dose
+    if acquisition.photon_budget is not None:
+        result.full_dose_fraction = min(1.0, _draw_log_uniform(*acquisition.photon_budget, rng) / i0)
+        if result.full_dose_fraction < 1.0:
+            scaled = reduce_dose(line_integrals, tuple(result.full_dose_fraction * d for d in (1.0, *acquisition.doses)),
+                                 i0, electronic_sd, rng)
+            full_by_dose = {d: scaled[result.full_dose_fraction * d] for d in (1.0, *acquisition.doses)}
     for mode in acquisition.modes:
         fbp_filter = acquisition.fbp_filter if mode == "add-difference" else full_filter
-        reference = mu_to_hu(scanner.reconstruct(line_integrals, fbp_filter=fbp_filter))
+        acquired = by_dose if mode == "add-difference" else full_by_dose
+        # Degradation is measured against this mode's full-dose, full-view reconstruction (with a
+        # photon budget, the budget's own full dose: the protocol's reference, label 4).
+        reference = mu_to_hu(scanner.reconstruct(acquired.get(1.0, line_integrals), fbp_filter=fbp_filter))
         # The quantum noise this filter shows at the source's own dose: the unit of degradation,
         # so the same dose loss measures the same on every patient and with every kernel.
         noise_unit = measures.rms_hu(_noise_hu(scanner, calibration_noise, fbp_filter), body) * math.sqrt(
@@ -140,7 +162,7 @@ def simulate_slice(hu: np.ndarray, pixel_mm: float, acquisition: Acquisition,
                 if mode == "add-difference" and (dose, views) == (1.0, acquisition.full_views):
                     continue  # that is the source itself, written (or not) as such
                 indices = view_subset(acquisition.full_views, views)
-                image = mu_to_hu(scanner.reconstruct(by_dose[dose], indices, fbp_filter=fbp_filter))
+                image = mu_to_hu(scanner.reconstruct(acquired[dose], indices, fbp_filter=fbp_filter))
                 difference = image - reference
                 rms = measures.rms_hu(difference, body)
                 result.images.append(Reconstruction(
