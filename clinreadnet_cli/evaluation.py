@@ -214,6 +214,9 @@ def more_degraded(acq: Acquisitions, a: np.ndarray, b: np.ndarray) -> np.ndarray
             & ((acq.dose[a] < acq.dose[b]) | (acq.views[a] < acq.views[b])))
 
 
+CROSS_SLICE_CAUSES = ("dose_only", "views_only", "dose_and_views", "degraded_slice_noisier", "degraded_slice_quieter")
+
+
 def cross_slice_causes(acq: Acquisitions, scores: np.ndarray, full_dose_noise: np.ndarray,
                        chunk: int = 512) -> dict:
     """The cross-slice pairs of ``ordering_report`` split by what makes A the more degraded image
@@ -222,8 +225,7 @@ def cross_slice_causes(acq: Acquisitions, scores: np.ndarray, full_dose_noise: n
     patient, a larger body (or finer pixels) is noisier at the same protocol: the pairs whose more
     degraded image comes from the slice that is quieter at full dose are the ones a score has to
     judge by protocol rather than by noise."""
-    names = ("dose_only", "views_only", "dose_and_views", "degraded_slice_noisier", "degraded_slice_quieter")
-    counts = {name: [0, 0] for name in names}
+    counts = {name: [0, 0] for name in CROSS_SLICE_CAUSES}
     for a, b in scored_pairs(scores, chunk):
         pairs = more_degraded(acq, a, b) & (acq.source[a] != acq.source[b])
         right = scores[a] < scores[b]

@@ -39,7 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from clinreadnet_cli.checkpoint import load_model  # noqa: E402
-from clinreadnet_cli.evaluation import Acquisitions, cross_slice_causes, ordering_report  # noqa: E402
+from clinreadnet_cli.evaluation import (CROSS_SLICE_CAUSES, Acquisitions, cross_slice_causes,  # noqa: E402
+                                         ordering_report)
 from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference  # noqa: E402
 from clinreadnet_cli.noise import measure_noise  # noqa: E402
 from clinreadnet_cli.preprocess import prepare_slice  # noqa: E402
@@ -149,7 +150,8 @@ def main() -> None:
                            reconstruction=np.full(len(meta), simulator))  # one simulator, one kernel
         noise = np.array([measure_noise(image, "hu").noise_hu or np.nan for image in images], float)
         full_quality = ~acq.untouched & (acq.dose == max(DOSES)) & (acq.views == max(VIEWS))
-        full_dose_noise = noise[full_quality][np.argsort(acq.source[full_quality])][acq.source]
+        noise_of_slice = dict(zip(acq.source[full_quality], noise[full_quality]))
+        full_dose_noise = np.array([noise_of_slice[source] for source in acq.source])
         report = {"images": len(images), "noise_hu": ordering_report(acq, -noise),
                   "causes": {"noise_hu": cross_slice_causes(acq, -noise, full_dose_noise)}}
         for name, (cfg, predict) in models.items():
@@ -175,7 +177,7 @@ def main() -> None:
                 cells.append(f"{-value:.1f} HU" if s == "noise_hu" and m.endswith("mean")
                              else f"{value:.2f}" if m.endswith("mean") else f"{value:.4f}")
             print(f"| {m} | " + " | ".join(cells) + " |")
-        for cause in ("dose_only", "views_only", "dose_and_views", "degraded_slice_noisier", "degraded_slice_quieter"):
+        for cause in CROSS_SLICE_CAUSES:
             pairs = report["causes"]["noise_hu"][f"{cause}_pairs"]
             cells = [f"{report['causes'][s][cause]:.4f}" for s in scorers]
             print(f"| across slices, {cause} ({pairs} pairs) | " + " | ".join(cells) + " |")

@@ -20,6 +20,14 @@ def _float_list(text: str, name: str) -> tuple[float, ...]:
         usage_error(f"--{name}: expected comma-separated numbers, got {text!r}")
 
 
+def _low_high(text: str, name: str) -> tuple[float, float]:
+    """One value or LOW,HIGH -> (low, high)."""
+    values = _float_list(text, name)
+    if len(values) not in (1, 2):
+        usage_error(f"--{name}: give one value or LOW,HIGH, got {text!r}")
+    return values[0], values[-1]
+
+
 @app.command()
 def simulate(
     source: list[Path] = typer.Option(..., help="Normal-dose CT: DICOM / NIfTI / MHA / NRRD / TIFF in HU, or .npz "
@@ -64,18 +72,12 @@ def simulate(
             view_counts.append(int(item))
         else:
             usage_error(f"--views: {item!r} is neither 'full' nor a number")
-    electronic = _float_list(electronic_noise, "electronic-noise")
-    if len(electronic) not in (1, 2):
-        usage_error(f"--electronic-noise: give one value or LOW,HIGH, got {electronic_noise!r}")
-    budget = _float_list(photon_budget, "photon-budget") if photon_budget is not None else None
-    if budget is not None and len(budget) not in (1, 2):
-        usage_error(f"--photon-budget: give one value or LOW,HIGH, got {photon_budget!r}")
     try:
         acquisition = Acquisition(doses=_float_list(doses, "doses"), views=tuple(view_counts), full_views=full_views,
                                   fbp_filter=fbp_filter, mode=mode,
                                   full_filters=tuple(f.strip() for f in full_filters.split(",") if f.strip()),
-                                  electronic_sd=(electronic[0], electronic[-1]),
-                                  photon_budget=(budget[0], budget[-1]) if budget else None)
+                                  electronic_sd=_low_high(electronic_noise, "electronic-noise"),
+                                  photon_budget=_low_high(photon_budget, "photon-budget") if photon_budget else None)
     except ValueError as exc:
         usage_error(str(exc))
     if existing_dataset(out) and not overwrite:

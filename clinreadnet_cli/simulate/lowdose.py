@@ -144,9 +144,10 @@ def simulate_slice(hu: np.ndarray, pixel_mm: float, acquisition: Acquisition,
     if acquisition.photon_budget is not None:
         result.full_dose_fraction = min(1.0, _draw_log_uniform(*acquisition.photon_budget, rng) / i0)
         if result.full_dose_fraction < 1.0:
-            scaled = reduce_dose(line_integrals, tuple(result.full_dose_fraction * d for d in (1.0, *acquisition.doses)),
-                                 i0, electronic_sd, rng)
-            full_by_dose = {d: scaled[result.full_dose_fraction * d] for d in (1.0, *acquisition.doses)}
+            protocol = (1.0, *acquisition.doses)
+            scaled = reduce_dose(line_integrals, tuple(result.full_dose_fraction * d for d in protocol), i0,
+                                 electronic_sd, rng)
+            full_by_dose = {d: scaled[result.full_dose_fraction * d] for d in protocol}
     for mode in acquisition.modes:
         fbp_filter = acquisition.fbp_filter if mode == "add-difference" else full_filter
         acquired = by_dose if mode == "add-difference" else full_by_dose
