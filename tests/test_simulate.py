@@ -451,3 +451,32 @@ def test_repeat_untouched_script_repeats_or_lists_the_untouched_training_images(
     assert repeated["val"] == ["0003.tif"]  # held-out images are never repeated
     untouched = json.loads((tmp_path / "untouched.json").read_text())
     assert untouched["val"] == ["0000.tif", "0002.tif"]  # the held-out untouched 0003 is not among them
+
+
+def test_mix_datasets_script_merges_folders_keeps_held_out_patients_out(tmp_path):
+    """scripts/mix_datasets.py: one folder of links with every labelled image, untouched training
+    images repeated, a share of the degraded ones kept, and no held-out patient in the train list."""
+    def folder(name, rows):
+        (tmp_path / name / "image").mkdir(parents=True)
+        lines = ["path,group,kind"] + [f"image/{file},{group},{kind}" for file, group, kind in rows]
+        (tmp_path / name / "manifest.csv").write_text("\n".join(lines) + "\n")
+        for file, _, _ in rows:
+            (tmp_path / name / "image" / file).write_bytes(b"tif")
+        (tmp_path / name / "labels.json").write_text(json.dumps({f: 4.0 if k == "source" else 1.0 for f, _, k in rows}))
+    folder("held", [("0000.tif", "P9", "source"), ("0001.tif", "P9", "full")])
+    folder("a", [("0000.tif", "P1", "source"), ("0001.tif", "P1", "full"), ("0002.tif", "P9", "source")])
+    folder("b", [("0000.tif", "P2", "source")] + [(f"{k:04d}.tif", "P2", "full") for k in range(1, 201)])
+    script = Path(__file__).resolve().parents[1] / "scripts" / "mix_datasets.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "mix"), "--heldout", str(tmp_path / "held"),
+                    "--train", str(tmp_path / "a") + ":3", "--train", str(tmp_path / "b") + ":2:0.5",
+                    "--labels", "labels.json"], check=True, capture_output=True)
+    split = json.loads((tmp_path / "mix" / "split.json").read_text())
+    labels = json.loads((tmp_path / "mix" / "train.json").read_text())
+    assert split["val"] == ["h_0000.tif", "h_0001.tif"]
+    counts = Counter(split["train"])
+    assert counts["t0_0000.tif"] == 3 and counts["t0_0001.tif"] == 1 and counts["t1_0000.tif"] == 2
+    assert "t0_0002.tif" not in counts  # the held-out patient P9, though in a training folder
+    kept = sum(1 for name in counts if name.startswith("t1_") and name != "t1_0000.tif")
+    assert 70 <= kept <= 130  # about half of b's 200 degraded images
+    assert len(labels) == 2 + 3 + 201 and labels["t1_0000.tif"] == 4.0
+    assert (tmp_path / "mix" / "image" / "t1_0005.tif").resolve() == (tmp_path / "b" / "image" / "0005.tif").resolve()

@@ -1,0 +1,80 @@
+"""One training folder from several ``simulate`` folders: ``image/`` links prefixed per folder,
+one ``train.json``, and a ``split.json`` for ``train --split-file`` whose val list is every image of
+the held-out folder and whose train list takes, from each training folder, its untouched images
+REPEAT times and a KEEP share of its degraded ones (drawn with --seed), leaving out any patient
+of the held-out folder.
+
+    python scripts/mix_datasets.py OUT --heldout SIM_VAL --train SIM_A:2:0.4 --train SIM_B:3:0.5 \\
+        --labels train-source.json
+
+Each folder needs ``manifest.csv`` and the labels file (``--labels``, e.g. the source-unit labels
+``label_ordering.py --write`` saves). The links point at the folders' images, so OUT is small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clinreadnet_cli.atomic import write_text_atomic  # noqa: E402
+from clinreadnet_cli.data import read_manifest  # noqa: E402
+
+
+def training_folder(spec: str) -> tuple[Path, int, float]:
+    """FOLDER[:REPEAT[:KEEP]] -> (folder, repeat, keep); by default every image once."""
+    folder, repeat, keep = (spec.split(":") + ["1", "1"])[:3]
+    repeat, keep = int(repeat), float(keep)
+    if repeat < 0 or not 0 <= keep <= 1:
+        raise argparse.ArgumentTypeError(f"{spec}: REPEAT must be >= 0 and KEEP in [0, 1]")
+    return Path(folder), repeat, keep
+
+
+def link_images(out: Path, folder: Path, prefix: str, labels_name: str, labels: dict[str, float]) -> dict[str, str]:
+    """Link ``folder``'s labelled images into ``out/image`` as ``prefix + name``; their name -> the link's."""
+    links = {}
+    for name, score in json.loads((folder / labels_name).read_text()).items():
+        link = out / "image" / f"{prefix}{name}"
+        if not link.is_symlink():
+            os.symlink((folder / "image" / name).resolve(), link)
+        labels[link.name] = score
+        links[name] = link.name
+    return links
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--heldout", type=Path, required=True, help="simulate folder of the held-out patients (val)")
+    parser.add_argument("--train", type=training_folder, action="append", required=True,
+                        help="FOLDER[:REPEAT[:KEEP]], repeatable")
+    parser.add_argument("--labels", default="train.json", help="labels file inside each folder")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    draw = random.Random(args.seed)
+    (args.out / "image").mkdir(parents=True, exist_ok=True)
+    labels: dict[str, float] = {}
+    held_patients = {row["group"] for row in read_manifest(args.heldout / "manifest.csv", {"group"}).values()}
+    val = sorted(link_images(args.out, args.heldout, "h_", args.labels, labels).values())
+    train: list[str] = []
+    for k, (folder, repeat, keep) in enumerate(args.train):
+        rows = read_manifest(folder / "manifest.csv", {"group", "kind"})
+        for name, link in link_images(args.out, folder, f"t{k}_", args.labels, labels).items():
+            if rows[name]["group"] in held_patients:
+                continue
+            if rows[name]["kind"] == "source":
+                train += [link] * repeat
+            elif draw.random() < keep:
+                train.append(link)
+    write_text_atomic(args.out / "train.json", json.dumps(labels) + "\n")
+    write_text_atomic(args.out / "split.json", json.dumps({"train": train, "val": val}, indent=0) + "\n")
+    print(f"{len(train)} training entries, {len(val)} held-out images of {len(held_patients)} patients")
+
+
+if __name__ == "__main__":
+    main()
