@@ -1,8 +1,8 @@
 """One training folder from several ``simulate`` folders: ``image/`` links prefixed per folder,
 one ``train.json``, and a ``split.json`` for ``train --split-file`` whose val list is every image of
 the held-out folder and whose train list takes, from each training folder, its untouched images
-REPEAT times and a KEEP share of its degraded ones (drawn with --seed), leaving out any patient
-of the held-out folder.
+REPEAT times and a KEEP share of its degraded ones (drawn with --seed). A patient of the
+held-out folder is left out of every training folder: its images are neither linked nor labelled.
 
     python scripts/mix_datasets.py OUT --heldout SIM_VAL --train SIM_A:2:0.4 --train SIM_B:3:0.5 \\
         --labels train-source.json
@@ -35,10 +35,21 @@ def training_folder(spec: str) -> tuple[Path, int, float]:
     return Path(folder), repeat, keep
 
 
-def link_images(out: Path, folder: Path, prefix: str, labels_name: str, labels: dict[str, float]) -> dict[str, str]:
-    """Link ``folder``'s labelled images into ``out/image`` as ``prefix + name``; their name -> the link's."""
+def read_labels(folder: Path, labels_name: str, rows: dict[str, dict]) -> dict[str, float]:
+    """``folder``'s labels; every labelled image needs its manifest row (its patient and kind)."""
+    labels = json.loads((folder / labels_name).read_text())
+    missing = sorted(set(labels) - set(rows))
+    if missing:
+        raise SystemExit(f"{folder / labels_name}: {len(missing)} labelled images have no row in "
+                         f"{folder / 'manifest.csv'} (first: {missing[0]})")
+    return labels
+
+
+def link_images(out: Path, folder: Path, prefix: str, folder_labels: dict[str, float],
+                labels: dict[str, float]) -> dict[str, str]:
+    """Link the images of ``folder_labels`` into ``out/image`` as ``prefix + name``; name -> the link's."""
     links = {}
-    for name, score in json.loads((folder / labels_name).read_text()).items():
+    for name, score in folder_labels.items():
         link = out / "image" / f"{prefix}{name}"
         if not link.is_symlink():
             os.symlink((folder / "image" / name).resolve(), link)
@@ -59,14 +70,17 @@ def main() -> None:
     draw = random.Random(args.seed)
     (args.out / "image").mkdir(parents=True, exist_ok=True)
     labels: dict[str, float] = {}
-    held_patients = {row["group"] for row in read_manifest(args.heldout / "manifest.csv", {"group"}).values()}
-    val = sorted(link_images(args.out, args.heldout, "h_", args.labels, labels).values())
+    held_rows = read_manifest(args.heldout / "manifest.csv", {"group"})
+    held_patients = {row["group"] for row in held_rows.values()}
+    held_labels = read_labels(args.heldout, args.labels, held_rows)
+    val = sorted(link_images(args.out, args.heldout, "h_", held_labels, labels).values())
     train: list[str] = []
     for k, (folder, repeat, keep) in enumerate(args.train):
         rows = read_manifest(folder / "manifest.csv", {"group", "kind"})
-        for name, link in link_images(args.out, folder, f"t{k}_", args.labels, labels).items():
-            if rows[name]["group"] in held_patients:
-                continue
+        # A held-out patient's images in a training folder are neither linked nor labelled.
+        folder_labels = {name: score for name, score in read_labels(folder, args.labels, rows).items()
+                         if rows[name]["group"] not in held_patients}
+        for name, link in link_images(args.out, folder, f"t{k}_", folder_labels, labels).items():
             if rows[name]["kind"] == "source":
                 train += [link] * repeat
             elif draw.random() < keep:

@@ -476,7 +476,14 @@ def test_mix_datasets_script_merges_folders_keeps_held_out_patients_out(tmp_path
     counts = Counter(split["train"])
     assert counts["t0_0000.tif"] == 3 and counts["t0_0001.tif"] == 1 and counts["t1_0000.tif"] == 2
     assert "t0_0002.tif" not in counts  # the held-out patient P9, though in a training folder
+    assert "t0_0002.tif" not in labels and not (tmp_path / "mix" / "image" / "t0_0002.tif").exists()
     kept = sum(1 for name in counts if name.startswith("t1_") and name != "t1_0000.tif")
     assert 70 <= kept <= 130  # about half of b's 200 degraded images
-    assert len(labels) == 2 + 3 + 201 and labels["t1_0000.tif"] == 4.0
+    assert len(labels) == 2 + 2 + 201 and labels["t1_0000.tif"] == 4.0
     assert (tmp_path / "mix" / "image" / "t1_0005.tif").resolve() == (tmp_path / "b" / "image" / "0005.tif").resolve()
+    # A label without a manifest row stops the script with one line naming the file.
+    (tmp_path / "a" / "labels.json").write_text(json.dumps({"0000.tif": 4.0, "9999.tif": 1.0}))
+    failed = subprocess.run([sys.executable, str(script), str(tmp_path / "mix2"), "--heldout", str(tmp_path / "held"),
+                             "--train", str(tmp_path / "a"), "--labels", "labels.json"], capture_output=True, text=True)
+    assert failed.returncode == 1 and "9999.tif" in failed.stderr and "labels.json" in failed.stderr
+    assert "Traceback" not in failed.stderr
