@@ -1,5 +1,6 @@
 """One training folder from several ``simulate`` folders: ``image/`` links prefixed per folder,
-one ``train.json``, and a ``split.json`` for ``train --split-file`` whose val list is every image of
+one ``train.json``, one ``manifest.csv`` (each linked image's row, its path renamed, so ``train
+--images-per-source`` and the ordering reports see patients and source slices), and a ``split.json`` for ``train --split-file`` whose val list is every image of
 the held-out folder and whose train list takes, from each training folder, its untouched images
 REPEAT times and a KEEP share of its degraded ones (drawn with --seed). A patient of the
 held-out folder is left out of every training folder: its images are neither linked nor labelled.
@@ -14,6 +15,8 @@ Each folder needs ``manifest.csv`` and the labels file (``--labels``, e.g. the s
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import os
 import random
@@ -45,17 +48,28 @@ def read_labels(folder: Path, labels_name: str, rows: dict[str, dict]) -> dict[s
     return labels
 
 
-def link_images(out: Path, folder: Path, prefix: str, folder_labels: dict[str, float],
-                labels: dict[str, float]) -> dict[str, str]:
-    """Link the images of ``folder_labels`` into ``out/image`` as ``prefix + name``; name -> the link's."""
+def link_images(out: Path, folder: Path, prefix: str, folder_labels: dict[str, float], rows: dict[str, dict],
+                labels: dict[str, float], manifest: list[dict]) -> dict[str, str]:
+    """Link the images of ``folder_labels`` into ``out/image`` as ``prefix + name``, adding their labels and
+    manifest rows; name -> the link's."""
     links = {}
     for name, score in folder_labels.items():
         link = out / "image" / f"{prefix}{name}"
         if not link.is_symlink():
             os.symlink((folder / "image" / name).resolve(), link)
         labels[link.name] = score
+        manifest.append({**rows[name], "path": f"image/{link.name}"})
         links[name] = link.name
     return links
+
+
+def manifest_text(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
 
 
 def main() -> None:
@@ -70,21 +84,23 @@ def main() -> None:
     draw = random.Random(args.seed)
     (args.out / "image").mkdir(parents=True, exist_ok=True)
     labels: dict[str, float] = {}
+    manifest: list[dict] = []
     held_rows = read_manifest(args.heldout / "manifest.csv", {"group"})
     held_patients = {row["group"] for row in held_rows.values()}
     held_labels = read_labels(args.heldout, args.labels, held_rows)
-    val = sorted(link_images(args.out, args.heldout, "h_", held_labels, labels).values())
+    val = sorted(link_images(args.out, args.heldout, "h_", held_labels, held_rows, labels, manifest).values())
     train: list[str] = []
     for k, (folder, repeat, keep) in enumerate(args.train):
         rows = read_manifest(folder / "manifest.csv", {"group", "kind"})
         # A held-out patient's images in a training folder are neither linked nor labelled.
         folder_labels = {name: score for name, score in read_labels(folder, args.labels, rows).items()
                          if rows[name]["group"] not in held_patients}
-        for name, link in link_images(args.out, folder, f"t{k}_", folder_labels, labels).items():
+        for name, link in link_images(args.out, folder, f"t{k}_", folder_labels, rows, labels, manifest).items():
             if rows[name]["kind"] == "source":
                 train += [link] * repeat
             elif draw.random() < keep:
                 train.append(link)
+    write_text_atomic(args.out / "manifest.csv", manifest_text(manifest))
     write_text_atomic(args.out / "train.json", json.dumps(labels) + "\n")
     write_text_atomic(args.out / "split.json", json.dumps({"train": train, "val": val}, indent=0) + "\n")
     print(f"{len(train)} training entries, {len(val)} held-out images of {len(held_patients)} patients")

@@ -481,6 +481,10 @@ def test_mix_datasets_script_merges_folders_keeps_held_out_patients_out(tmp_path
     assert 70 <= kept <= 130  # about half of b's 200 degraded images
     assert len(labels) == 2 + 2 + 201 and labels["t1_0000.tif"] == 4.0
     assert (tmp_path / "mix" / "image" / "t1_0005.tif").resolve() == (tmp_path / "b" / "image" / "0005.tif").resolve()
+    with (tmp_path / "mix" / "manifest.csv").open() as f:
+        manifest = {row["path"]: row for row in csv.DictReader(f)}
+    assert set(manifest) == {f"image/{name}" for name in labels}  # one row per linked image
+    assert manifest["image/t1_0000.tif"]["group"] == "P2" and manifest["image/h_0001.tif"]["kind"] == "full"
     # A label without a manifest row stops the script with one line naming the file.
     (tmp_path / "a" / "labels.json").write_text(json.dumps({"0000.tif": 4.0, "9999.tif": 1.0}))
     failed = subprocess.run([sys.executable, str(script), str(tmp_path / "mix2"), "--heldout", str(tmp_path / "held"),
