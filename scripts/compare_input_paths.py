@@ -26,6 +26,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from clinreadnet_cli.atomic import write_text_atomic  # noqa: E402
 from clinreadnet_cli.config import get_config  # noqa: E402
 from clinreadnet_cli.evaluation import acquisitions_from_manifest, ordering_report  # noqa: E402
 from clinreadnet_cli.noise import noise_sd_hu, tissue_mask  # noqa: E402
@@ -89,7 +90,8 @@ def main() -> None:
         noise = noise_after_path(val_rows, args.data, overrides)
         seen = ordering_report(acq, -noise)
         results[name] = {"noise_seen": seen}
-        print(f"{name}: noise figure on the input orders {seen['cross_slice']:.4f} across slices", file=sys.stderr)
+        print(f"{name}: noise figure on the input orders {seen['cross_slice']:.4f} across slices, "
+              f"{seen['within_reconstruction']:.4f} within one reconstruction", file=sys.stderr)
         if args.no_training:
             continue
         run = args.work / name
@@ -108,15 +110,16 @@ def main() -> None:
                              train_seconds=round(train_seconds, 1))
         print(f"{name}: done", file=sys.stderr)
 
-    print("| input path | noise figure on the input: cross-slice | model: cross-slice | within-slice "
-          "| untouched vs ≤ 25 % | PLCC | SROCC |\n|---|---|---|---|---|---|---|")
+    print("| input path | noise figure on the input: cross-slice | … within one reconstruction | model: cross-slice "
+          "| within-slice | untouched vs ≤ 25 % | PLCC | SROCC |\n|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         m = r.get("model")
         trained = (f"{m['cross_slice']:.4f} | {m['within_slice']:.4f} | {m['untouched_vs_low_dose']:.4f} "
                    f"| {r['plcc']:.4f} | {r['srocc']:.4f}") if m else "– | – | – | – | –"
-        print(f"| {name} | {r['noise_seen']['cross_slice']:.4f} | {trained} |")
+        seen = r["noise_seen"]
+        print(f"| {name} | {seen['cross_slice']:.4f} | {seen['within_reconstruction']:.4f} | {trained} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"epochs": args.epochs, "stride": args.stride, "results": results}, indent=1))
+    write_text_atomic(args.out, json.dumps({"epochs": args.epochs, "stride": args.stride, "results": results}, indent=1))
 
 
 if __name__ == "__main__":
