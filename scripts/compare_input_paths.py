@@ -110,12 +110,15 @@ def main() -> None:
                              train_seconds=round(train_seconds, 1))
         print(f"{name}: done", file=sys.stderr)
 
-    print("| input path | noise figure on the input: cross-slice | … within one reconstruction | model: cross-slice "
-          "| within-slice | untouched vs ≤ 25 % | PLCC | SROCC |\n|---|---|---|---|---|---|---|---|")
+    print("| input path | noise figure on the input: across slices | noise figure on the input: within one "
+          "reconstruction | model: across slices | model: within one reconstruction | model: within a slice "
+          "| untouched vs ≤ 25 % | PLCC | SROCC |\n|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         m = r.get("model")
-        trained = (f"{m['cross_slice']:.4f} | {m['within_slice']:.4f} | {m['untouched_vs_low_dose']:.4f} "
-                   f"| {r['plcc']:.4f} | {r['srocc']:.4f}") if m else "– | – | – | – | –"
+        trained = " | ".join("–" * 6)
+        if m:
+            trained = (f"{m['cross_slice']:.4f} | {m['within_reconstruction']:.4f} | {m['within_slice']:.4f} "
+                       f"| {m['untouched_vs_low_dose']:.4f} | {r['plcc']:.4f} | {r['srocc']:.4f}")
         seen = r["noise_seen"]
         print(f"| {name} | {seen['cross_slice']:.4f} | {seen['within_reconstruction']:.4f} | {trained} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)

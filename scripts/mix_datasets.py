@@ -1,9 +1,14 @@
 """One training folder from several ``simulate`` folders: ``image/`` links prefixed per folder,
-one ``train.json``, one ``manifest.csv`` (each linked image's row, its path renamed, so ``train
---images-per-source`` and the ordering reports see patients and source slices), and a ``split.json`` for ``train --split-file`` whose val list is every image of
-the held-out folder and whose train list takes, from each training folder, its untouched images
-REPEAT times and a KEEP share of its degraded ones (drawn with --seed). A patient of the
-held-out folder is left out of every training folder: its images are neither linked nor labelled.
+one ``train.json``, one ``manifest.csv`` and a ``split.json`` for ``train --split-file``.
+
+The split's val list is every labelled image of the held-out folder; its train list takes, from
+each training folder, its untouched images REPEAT times and a KEEP share of its degraded ones
+(drawn with --seed). A patient of the held-out folder is left out of every training folder: its
+images are neither linked nor labelled. The manifest holds each linked image's row with its
+path renamed, its ``score`` set to the label it trains on, and its ``source`` prefixed like its
+link, so ``train --images-per-source`` and the ordering reports see one simulation's images of
+a slice together and never pair them with another simulation's (each labels against its own
+full dose).
 
     python scripts/mix_datasets.py OUT --heldout SIM_VAL --train SIM_A:2:0.4 --train SIM_B:3:0.5 \\
         --labels train-source.json
@@ -26,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clinreadnet_cli.atomic import write_text_atomic  # noqa: E402
-from clinreadnet_cli.data import read_manifest  # noqa: E402
+from clinreadnet_cli.data import DatasetError, read_manifest  # noqa: E402
 
 
 def training_folder(spec: str) -> tuple[Path, int, float]:
@@ -54,11 +59,15 @@ def link_images(out: Path, folder: Path, prefix: str, folder_labels: dict[str, f
     manifest rows; name -> the link's."""
     links = {}
     for name, score in folder_labels.items():
-        link = out / "image" / f"{prefix}{name}"
+        link, target = out / "image" / f"{prefix}{name}", (folder / "image" / name).resolve()
+        if link.is_symlink() and Path(os.readlink(link)) != target:
+            link.unlink()  # OUT reused with other folders
         if not link.is_symlink():
-            os.symlink((folder / "image" / name).resolve(), link)
+            os.symlink(target, link)
         labels[link.name] = score
-        manifest.append({**rows[name], "path": f"image/{link.name}"})
+        row = rows[name]
+        manifest.append({**row, "path": f"image/{link.name}", "score": f"{score:.4f}",
+                         "source": f"{prefix}{row['source']}" if row.get("source") else ""})
         links[name] = link.name
     return links
 
@@ -73,6 +82,13 @@ def manifest_text(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    try:
+        mix()
+    except (DatasetError, OSError) as exc:  # a missing or incomplete manifest: one line, no traceback
+        raise SystemExit(str(exc)) from None
+
+
+def mix() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--heldout", type=Path, required=True, help="simulate folder of the held-out patients (val)")

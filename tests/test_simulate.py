@@ -458,7 +458,7 @@ def test_mix_datasets_script_merges_folders_keeps_held_out_patients_out(tmp_path
     images repeated, a share of the degraded ones kept, and no held-out patient in the train list."""
     def folder(name, rows):
         (tmp_path / name / "image").mkdir(parents=True)
-        lines = ["path,group,kind"] + [f"image/{file},{group},{kind}" for file, group, kind in rows]
+        lines = ["path,group,kind,source"] + [f"image/{file},{group},{kind},{group}#0" for file, group, kind in rows]
         (tmp_path / name / "manifest.csv").write_text("\n".join(lines) + "\n")
         for file, _, _ in rows:
             (tmp_path / name / "image" / file).write_bytes(b"tif")
@@ -485,9 +485,16 @@ def test_mix_datasets_script_merges_folders_keeps_held_out_patients_out(tmp_path
         manifest = {row["path"]: row for row in csv.DictReader(f)}
     assert set(manifest) == {f"image/{name}" for name in labels}  # one row per linked image
     assert manifest["image/t1_0000.tif"]["group"] == "P2" and manifest["image/h_0001.tif"]["kind"] == "full"
+    # Each simulation's images of a slice form their own source, scored with the label they train on.
+    assert manifest["image/t1_0000.tif"]["source"] == "t1_P2#0" and manifest["image/h_0001.tif"]["source"] == "h_P9#0"
+    assert float(manifest["image/t1_0005.tif"]["score"]) == labels["t1_0005.tif"] == 1.0
     # A label without a manifest row stops the script with one line naming the file.
     (tmp_path / "a" / "labels.json").write_text(json.dumps({"0000.tif": 4.0, "9999.tif": 1.0}))
     failed = subprocess.run([sys.executable, str(script), str(tmp_path / "mix2"), "--heldout", str(tmp_path / "held"),
                              "--train", str(tmp_path / "a"), "--labels", "labels.json"], capture_output=True, text=True)
     assert failed.returncode == 1 and "9999.tif" in failed.stderr and "labels.json" in failed.stderr
     assert "Traceback" not in failed.stderr
+    (tmp_path / "a" / "manifest.csv").write_text("path,group\nimage/0000.tif,P1\n")  # no kind column
+    failed = subprocess.run([sys.executable, str(script), str(tmp_path / "mix3"), "--heldout", str(tmp_path / "held"),
+                             "--train", str(tmp_path / "a"), "--labels", "labels.json"], capture_output=True, text=True)
+    assert failed.returncode == 1 and "manifest.csv" in failed.stderr and "Traceback" not in failed.stderr
