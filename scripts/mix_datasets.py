@@ -20,8 +20,6 @@ Each folder needs ``manifest.csv`` and the labels file (``--labels``, e.g. the s
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import random
@@ -32,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clinreadnet_cli.atomic import write_text_atomic  # noqa: E402
 from clinreadnet_cli.data import DatasetError, read_manifest  # noqa: E402
+from clinreadnet_cli.simulate.dataset import manifest_csv  # noqa: E402
 
 
 def training_folder(spec: str) -> tuple[Path, int, float]:
@@ -66,19 +65,10 @@ def link_images(out: Path, folder: Path, prefix: str, folder_labels: dict[str, f
             os.symlink(target, link)
         labels[link.name] = score
         row = rows[name]
-        manifest.append({**row, "path": f"image/{link.name}", "score": f"{score:.4f}",
+        manifest.append({**row, "path": f"image/{link.name}", "score": float(score),
                          "source": f"{prefix}{row['source']}" if row.get("source") else ""})
         links[name] = link.name
     return links
-
-
-def manifest_text(rows: list[dict]) -> str:
-    columns = list(dict.fromkeys(column for row in rows for column in row))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue()
 
 
 def main() -> None:
@@ -116,7 +106,9 @@ def mix() -> None:
                 train += [link] * repeat
             elif draw.random() < keep:
                 train.append(link)
-    write_text_atomic(args.out / "manifest.csv", manifest_text(manifest))
+    columns = tuple(dict.fromkeys(column for row in manifest for column in row))  # folders may differ
+    rows = [{column: row.get(column, "") for column in columns} for row in manifest]
+    write_text_atomic(args.out / "manifest.csv", manifest_csv(rows, columns))
     write_text_atomic(args.out / "train.json", json.dumps(labels) + "\n")
     write_text_atomic(args.out / "split.json", json.dumps({"train": train, "val": val}, indent=0) + "\n")
     print(f"{len(train)} training entries, {len(val)} held-out images of {len(held_patients)} patients")

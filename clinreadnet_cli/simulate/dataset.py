@@ -162,15 +162,16 @@ def simulate_dataset(sources: list[SourceSlice], out: Path, acquisition: Acquisi
     os.replace(partial, out / "image")
     labels_json = {Path(r["path"]).name: round(float(r["score"]), 4) for r in run.records}
     write_text_atomic(out / "train.json", json.dumps(labels_json, indent=1) + "\n")
-    write_text_atomic(out / "manifest.csv", _manifest_csv(run.records))
+    write_text_atomic(out / "manifest.csv", manifest_csv(run.records))
     run.seconds = time.perf_counter() - started
     return run
 
 
-def _manifest_csv(records: list[dict]) -> str:
+def manifest_csv(records: list[dict], fields: tuple[str, ...] = MANIFEST_FIELDS) -> str:
+    """The text of a ``manifest.csv``: one row per record, floats to four decimals."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for r in records:
-        writer.writerow({k: (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in MANIFEST_FIELDS})
+        writer.writerow({k: (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in fields})
     return buffer.getvalue()
