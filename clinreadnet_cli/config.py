@@ -133,6 +133,8 @@ INPUT_PATHS = {
                        "that sampling drops (mean |pixel - diagonal neighbour| per kept cell); in_chans 2",
 }
 DETAIL_PATHS = {"decimate-detail"}  # input paths that feed a second (detail) channel
+DECIMATE_PATHS = {"decimate", *DETAIL_PATHS}  # input paths that sample a grid of native pixels
+SAMPLING_GRIDS = (1, 4)  # one grid, or all four offset by one native pixel (see preprocess.py)
 
 
 def input_overrides(input_path: str) -> dict[str, Any]:
@@ -152,6 +154,9 @@ class ClinReadNetConfig:
     img_size: int = 224  # network input size
     input_path: str = "decimate"  # how a slice becomes the network input: one of INPUT_PATHS
     in_chans: int = 1  # grayscale patch embedding (see docs/model.md)
+    # Decimate paths: how many sampling grids a slice is read through, their predictions averaged
+    # (one of SAMPLING_GRIDS). Four read every native pixel of a 512² slice's central 448², not one in four.
+    sampling_grids: int = 1
     patch_size: int = 4
     embed_dim: int = 96
     depths: tuple[int, ...] = (2, 2, 6, 2)
@@ -191,6 +196,11 @@ class ClinReadNetConfig:
         if (self.input_path in DETAIL_PATHS) != (self.in_chans == 2):
             raise ConfigError(f"input_path {self.input_path!r} with in_chans {self.in_chans}: the detail paths "
                               "feed two channels, the others one")
+        if self.sampling_grids not in SAMPLING_GRIDS:
+            raise ConfigError(f"sampling_grids must be one of {SAMPLING_GRIDS}, got {self.sampling_grids!r}")
+        if self.sampling_grids > 1 and self.input_path not in DECIMATE_PATHS:
+            raise ConfigError(f"sampling_grids {self.sampling_grids} needs a decimate input path, not "
+                              f"{self.input_path!r}")
 
     # --- serialisation (stored as JSON inside weights files) ---
     def to_dict(self) -> dict[str, Any]:

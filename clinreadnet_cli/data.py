@@ -276,8 +276,10 @@ def check_readable(items: list[LabelledSlice], input_range: str) -> None:
 class SliceDataset(Dataset):
     """(image (C, S, S) in [0, 1], class) pairs, through the score command's readers and preprocessing."""
 
-    def __init__(self, items: list[LabelledSlice], cfg: ClinReadNetConfig, transform=None, input_range: str = "auto"):
+    def __init__(self, items: list[LabelledSlice], cfg: ClinReadNetConfig, transform=None, input_range: str = "auto",
+                 random_grid: bool = False):
         self.items, self.cfg, self.transform, self.input_range = items, cfg, transform, input_range
+        self.random_grid = random_grid  # one of the config's sampling grids per item, not all (training)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -286,6 +288,10 @@ class SliceDataset(Dataset):
         item = self.items[index]
         ref = slice_ref(item, self.input_range)
         image = prepare_slice(ref.load(), ref.value_range, self.cfg)
+        grids = image.shape[0] // self.cfg.in_chans
+        if self.random_grid and grids > 1:  # a training step reads one sampling grid, drawn at random
+            grid = int(torch.randint(grids, ()))
+            image = image[grid * self.cfg.in_chans:(grid + 1) * self.cfg.in_chans]
         if self.transform is not None:
             image = self.transform(image)
         return image, item.label

@@ -36,7 +36,7 @@ def _nchw(feature_map: torch.Tensor) -> torch.Tensor:
 
 def quality_maps(model: ClinReadNet, images: torch.Tensor, stage: int = DEFAULT_STAGE,
                  method: str = DEFAULT_METHOD) -> np.ndarray:
-    """(B, 1, S, S) network inputs -> (B, S, S) maps in [0, 1] of what lowered each slice's score."""
+    """(B, C, S, S) network inputs -> (B, S, S) maps in [0, 1] of what lowered each slice's score."""
     if method not in CAM_METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
     model = model.eval()
@@ -49,7 +49,9 @@ def quality_maps(model: ClinReadNet, images: torch.Tensor, stage: int = DEFAULT_
     handle = layer.register_forward_hook(lambda module, inputs, output: output.requires_grad_(True))
     try:
         with CAM_METHODS[method](model=model, target_layers=[layer], reshape_transform=_nchw) as cam:
-            maps = cam(input_tensor=images.float(), targets=[Badness() for _ in range(len(images))])
+            # The first sampling grid alone: one map per slice (the other grids' are it, one pixel over).
+            first_grid = images[:, :model.config.in_chans].float()
+            maps = cam(input_tensor=first_grid, targets=[Badness() for _ in range(len(images))])
     finally:
         handle.remove()
         for parameter, flag in zip(model.parameters(), trainable):

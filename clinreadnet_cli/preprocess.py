@@ -1,7 +1,8 @@
 """The one preprocessing path shared by ``score``, ``train`` and ``evaluate``.
 
 slice (HU or already-windowed [0, 1]) -> intensity window -> clip to [0, 1] -> pad to square
--> the weights' input path (config ``input_path``) -> tensor (C, S, S), C = ``in_chans``:
+-> the weights' input path (config ``input_path``) -> tensor (C, S, S), C = ``in_chans`` x
+``sampling_grids``:
 
 - ``decimate`` (weights v2): keep every s-th pixel, s = round(side / 256) (2 for 512², 1 for
   256²), then centre crop or pad to the input size. Sampling, unlike averaging, keeps the
@@ -15,6 +16,11 @@ slice (HU or already-windowed [0, 1]) -> intensity window -> clip to [0, 1] -> p
   smooth kernel (e.g. Hann at half Nyquist) reads as a sharp, quiet image; the detail channel
   keeps what the kernel removed visible, as a magnitude a linear patch embedding can use (a
   signed difference is zero-mean noise that one has to square first).
+- ``sampling_grids = 4`` (weights v3), on either decimate path: the slice is read through all four
+  grids of the 2x sampling, offset by one native pixel, stacked on the channel axis (grid-major:
+  C = 4 x ``in_chans``); the model scores each and averages their class probabilities. One grid
+  reads a quarter of the pixels, so its score carries that grid's noise draw (0.07 points SD
+  between grids on the held-out simulation); the average uses them all.
 - ``crop``: a native-resolution centre crop (or pad).
 - ``resize`` (weights v1): antialiased resize, which filters out most of the fine FBP noise.
 """
@@ -27,7 +33,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .config import DETAIL_PATHS, ClinReadNetConfig
+from .config import DECIMATE_PATHS, DETAIL_PATHS, ClinReadNetConfig
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +43,7 @@ if TYPE_CHECKING:
 ValueRange = Literal["hu", "unit"]
 DECIMATED_SIDE = 256  # a 512² slice is read every second pixel
 LARGEST_SIDE = 512  # larger matrices are area-resampled to this first (the training data's matrix)
+GRID_OFFSETS = ((0, 0), (0, 1), (1, 0), (1, 1))  # (down, right) in native pixels, first grid first
 DETAIL_GAIN = 4.0  # scanner noise gives a detail energy of ~0.07 in window units: scaled to the image's range
 
 
@@ -102,19 +109,29 @@ def sample_slice(image: np.ndarray, value_range: ValueRange, cfg: ClinReadNetCon
     else:
         unit = np.clip(image.astype(np.float32, copy=False), 0.0, 1.0)
     square = pad_to_square(unit)
-    if cfg.input_path in ("decimate", *DETAIL_PATHS):
+    if cfg.input_path in DECIMATE_PATHS:
         if square.shape[-1] > LARGEST_SIDE:
             square = area_resample(square, LARGEST_SIDE)
         step = decimation_step(square.shape[-1])
-        channels = [square[::step, ::step]]
-        if cfg.input_path in DETAIL_PATHS:
-            channels.append(native_detail(square, step))
+        channels = []
+        for shifted in grid_shifts(square, cfg.sampling_grids):
+            channels.append(shifted[::step, ::step])
+            if cfg.input_path in DETAIL_PATHS:
+                channels.append(native_detail(shifted, step))
         sampled = np.stack([centre_crop_or_pad(c, cfg.img_size) for c in channels])
     elif cfg.input_path == "crop":
         sampled = centre_crop_or_pad(square, cfg.img_size)[None]
     else:
         sampled = square[None]
     return np.ascontiguousarray(sampled, dtype=np.float32)
+
+
+def grid_shifts(square: np.ndarray, grids: int) -> list[np.ndarray]:
+    """The square moved up and/or left by one native pixel for each sampling grid after the first
+    (zeros enter at the far edge), so that ``[::2, ::2]`` of each is one of the four 2x decimation
+    grids; on a 256² slice (step 1) the grids are four crops one pixel apart."""
+    return [np.pad(square, ((0, dy), (0, dx)))[dy:, dx:] if dy or dx else square
+            for dy, dx in GRID_OFFSETS[:grids]]
 
 
 def native_detail(square: np.ndarray, step: int) -> np.ndarray:

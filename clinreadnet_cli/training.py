@@ -308,7 +308,8 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, emit: Event, out: Pa
         write_text_atomic(split_path, json.dumps(split, indent=2) + "\n")
         write_text_atomic(out.parent / LATEST, json.dumps({"run": str(out.resolve()),
                                                           "data": str(Path(cfg.data).resolve())}, indent=2) + "\n")
-    train_set = SliceDataset(train_items, model_cfg, augmentation() if cfg.augment else None, cfg.input_range)
+    train_set = SliceDataset(train_items, model_cfg, augmentation() if cfg.augment else None, cfg.input_range,
+                             random_grid=True)
     # One sampler for one or many processes: its shuffle is seeded by (seed, epoch), so a resumed
     # run sees the same order as an uninterrupted one.
     per_process = max(1, cfg.batch_size // world)

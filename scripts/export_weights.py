@@ -1,16 +1,34 @@
 """Copy a training run's weights into a shippable file, stored as fp16 (loaded back as fp32).
 
     python scripts/export_weights.py runs/clinreadnet/best.safetensors weights/clinreadnet-sim-v2.safetensors
+
+``--sampling-grids 4`` stores the config's reading of the decimate path as every sampling grid, their
+predictions averaged (the tensors do not change: each grid is scored by the same network).
+``--average-with B.safetensors ...`` stores the mean of the source's tensors and those of other runs
+of the same architecture fine-tuned from one start (a "model soup"; integer buffers are the source's).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import torch
 
+from clinreadnet_cli.archs import create_model
 from clinreadnet_cli.checkpoint import load_model, save_weights
+from clinreadnet_cli.config import SAMPLING_GRIDS
+
+
+def averaged_state(paths: list[Path]) -> dict[str, torch.Tensor]:
+    states = [load_model(path).state_dict() for path in paths]
+    mismatched = [str(p) for p, s in zip(paths, states) if s.keys() != states[0].keys()
+                  or any(s[k].shape != v.shape for k, v in states[0].items())]
+    if mismatched:
+        raise SystemExit(f"{', '.join(mismatched)}: not the architecture of {paths[0]}")
+    return {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
+            for k, v in states[0].items()}
 
 
 def main() -> None:
@@ -18,11 +36,25 @@ def main() -> None:
     parser.add_argument("source", type=Path)
     parser.add_argument("target", type=Path)
     parser.add_argument("--fp32", action="store_true", help="keep fp32 storage (twice the size)")
+    parser.add_argument("--sampling-grids", type=int, choices=SAMPLING_GRIDS,
+                        help="how many decimation grids a slice is read through (default: the source's)")
+    parser.add_argument("--average-with", type=Path, nargs="+", default=[], metavar="WEIGHTS",
+                        help="average the source's tensors with these files' (equal shares)")
     args = parser.parse_args()
     model = load_model(args.source)
+    if args.sampling_grids is not None or args.average_with:
+        config = model.config
+        if args.sampling_grids is not None:
+            config = dataclasses.replace(config, sampling_grids=args.sampling_grids)
+        state = averaged_state([args.source, *args.average_with]) if args.average_with else model.state_dict()
+        model = create_model(config)
+        model.load_state_dict(state)
+        model.eval()
     save_weights(model, args.target, dtype=None if args.fp32 else torch.float16)
-    # fp16 storage must not move scores: compare on a fixed batch.
-    probe = torch.rand(4, 1, model.config.img_size, model.config.img_size, generator=torch.Generator().manual_seed(0))
+    # fp16 storage must not move scores: compare on a fixed batch (all the config's sampling grids).
+    channels = model.config.in_chans * model.config.sampling_grids
+    probe = torch.rand(4, channels, model.config.img_size, model.config.img_size,
+                       generator=torch.Generator().manual_seed(0))
     before, after = model.predict(probe).score, load_model(args.target).predict(probe).score
     print(f"wrote {args.target} ({args.target.stat().st_size / 2**20:.1f} MiB); "
           f"largest score change from storage precision {float((before - after).abs().max()):.2e}")

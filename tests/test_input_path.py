@@ -132,3 +132,32 @@ def test_noise_figure_says_why_it_has_no_value():
     broken = phantom(10.0)
     broken[0, 0] = np.nan
     assert measure_noise(broken, "hu").note == "non-finite pixels"
+
+
+def test_four_sampling_grids_read_every_pixel_of_the_central_448():
+    image = unit_noise(512)
+    x = prepare_slice(image, "unit", get_config("clinreadnet", sampling_grids=4)).numpy()
+    assert x.shape == (4, 224, 224)
+    for grid, (dy, dx) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        np.testing.assert_array_equal(x[grid], image[dy::2, dx::2][16:240, 16:240])
+    np.testing.assert_array_equal(x[0], prepare_slice(image, "unit", get_config("clinreadnet"))[0].numpy())
+
+
+def test_sampling_grids_stack_grid_major_with_the_detail_channel():
+    image = unit_noise(512)
+    cfg = get_config("clinreadnet", input_path="decimate-detail", in_chans=2, sampling_grids=4)
+    x = prepare_slice(image, "unit", cfg).numpy()
+    assert x.shape == (8, 224, 224)
+    np.testing.assert_array_equal(x[2], image[::2, 1::2][16:240, 16:240])  # grid 1, its image channel
+    moved_left = np.pad(image, ((0, 0), (0, 1)))[:, 1:]  # the grid one pixel right, as a square
+    np.testing.assert_allclose(x[3], native_detail(moved_left, 2)[16:240, 16:240], atol=1e-6)
+
+
+def test_sampling_grids_need_a_decimate_path_and_old_configs_read_one():
+    with pytest.raises(ConfigError, match="sampling_grids"):
+        get_config("clinreadnet", input_path="crop", sampling_grids=4)
+    with pytest.raises(ConfigError, match="sampling_grids"):
+        get_config("clinreadnet", sampling_grids=2)
+    stored = tiny_config(sampling_grids=4).to_dict()
+    del stored["sampling_grids"]
+    assert ClinReadNetConfig.from_dict(stored).sampling_grids == 1

@@ -184,6 +184,20 @@ def test_grayscale_input_and_sizes():
     assert big(torch.rand(1, 1, 256, 256)).shape == (1, 4, 21)
 
 
+def test_every_sampling_grid_is_scored_and_their_probabilities_averaged():
+    model = create_model(tiny_config("clinreadnet", sampling_grids=4)).eval()
+    grids = torch.rand(2, 4, TINY["img_size"], TINY["img_size"])
+    with torch.inference_mode():
+        each = torch.stack([model(grids[:, g:g + 1]) for g in range(4)], dim=1)  # one grid at a time
+        stacked = model(grids)
+    assert stacked.shape == (2, 4, 21)
+    torch.testing.assert_close(stacked.softmax(-1), each.softmax(-1).mean(dim=1))
+    torch.testing.assert_close(model.predict(grids).score,
+                               torch.stack([model.predict(grids[:, g:g + 1]).score for g in range(4)]).mean(0))
+    with pytest.raises(ValueError, match="1 or 4 input channels"):
+        model(grids[:, :2])
+
+
 @pytest.mark.parametrize("img_size", [224, 512])
 def test_real_input_sizes_build(img_size):
     """The full-size network accepts 224 and 512 inputs (timm pads windows where needed)."""

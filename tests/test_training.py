@@ -221,9 +221,10 @@ def test_config_file_yaml_and_flags_override_it(ldct, tmp_path):
     assert stored["soqn"]["sobel_branch"] is False
 
 
-def test_ranking_term_source_runs_and_detail_path_train_and_score(ldct, tmp_path):
+def test_ranking_term_source_runs_detail_path_and_four_grids_train_and_score(ldct, tmp_path):
     (tmp_path / "c.toml").write_text(TINY_TOML.replace("[model_overrides]", "images_per_source = 2\n"
-                                                        "[model_overrides]\nloss = {rank_weight = 1.0}"))
+                                                        "[model_overrides]\nloss = {rank_weight = 1.0}\n"
+                                                        "sampling_grids = 4"))
     out = tmp_path / "run"
     result = train("--data", ldct / "train", "--config", tmp_path / "c.toml", "--epochs", 1, "--out", out,
                    "--input-path", "decimate-detail")
@@ -233,7 +234,7 @@ def test_ranking_term_source_runs_and_detail_path_train_and_score(ldct, tmp_path
     with safe_open(str(out / "best.safetensors"), framework="pt") as f:
         stored = json.loads(f.metadata()["config"])
     assert stored["loss"]["rank_weight"] == 1.0
-    assert (stored["input_path"], stored["in_chans"]) == ("decimate-detail", 2)
+    assert (stored["input_path"], stored["in_chans"], stored["sampling_grids"]) == ("decimate-detail", 2, 4)
     scored = runner.invoke(app, ["score", str(ldct / "test"), "--weights", str(out / "best.safetensors"),
                                  "--format", "json"])
     assert scored.exit_code == 0 and all(0 <= r["score"] <= 4 for r in json.loads(scored.stdout))

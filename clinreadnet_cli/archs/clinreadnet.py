@@ -168,8 +168,22 @@ class ClinReadNet(nn.Module):
                 for i, stage in enumerate(self.backbone.layers)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) in [0, 1] -> per-head logits (B, heads, classes), in training and in eval."""
-        return self.forward_intermediates(x)[0]
+        """(B, C, H, W) in [0, 1] -> per-head logits (B, heads, classes), in training and in eval.
+
+        C is ``in_chans`` (one sampling grid: training draws one at random, CAMs read the first) or
+        ``in_chans x sampling_grids`` (every grid, stacked grid-major): each grid is scored and the
+        logits returned are the log of the grids' mean class probabilities, per head.
+        """
+        channels, grids = self.config.in_chans, x.shape[1] // self.config.in_chans
+        if x.shape[1] not in (channels, channels * self.config.sampling_grids):
+            raise ValueError(f"expected {channels} or {channels * self.config.sampling_grids} input channels "
+                             f"(one or every sampling grid), got {x.shape[1]}")
+        if grids == 1:
+            return self.forward_intermediates(x)[0]
+        batch = x.shape[0]
+        logits = self.forward_intermediates(x.reshape(batch * grids, channels, *x.shape[2:]))[0]
+        log_probs = torch.log_softmax(logits.float(), dim=-1).unflatten(0, (batch, grids))
+        return torch.logsumexp(log_probs, dim=1) - math.log(grids)
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> Prediction:
