@@ -8,7 +8,8 @@ Sections (all on data generated from ../shared/data/ct_sources; nothing large is
             (--sizes), on the CPU and on CUDA when present (ratio: time relative to swin_t)
   options   the fast-path options (threads, channels-last, int8, bf16, compile) and how far
             each moves the shipped weights' scores on sample_data/
-  scoring   a 300-slice DICOM series with each input path (decimate, then weights v1's resize):
+  scoring   a 300-slice DICOM series with each input path (decimate with one sampling grid, then
+            with all four, then weights v1's resize):
             decode only (reading, input path, noise figure), model only, end to end (ratio:
             end-to-end rate / model-only rate)
   memory    peak RSS of the `clinreadnet score` command on 300- and 1,200-slice series
@@ -136,9 +137,10 @@ def main() -> None:
         short, long = args.series
         if "scoring" in args.only or "memory" in args.only:
             scoring.build_series(tmp / "short", short)
-        if "scoring" in args.only:  # weights v2's input path, then v1's
+        if "scoring" in args.only:  # weights v2's input path, v3's (every sampling grid), then v1's
+            grids = save_weights(create_model("clinreadnet", sampling_grids=4).eval(), tmp / "grids.safetensors")
             resize = save_weights(create_model("clinreadnet", input_path="resize").eval(), tmp / "resize.safetensors")
-            for path_weights in (weights, resize):
+            for path_weights in (weights, grids, resize):
                 report(scoring.throughput(tmp / "short", path_weights, device, args.batch, workers=2,
                                           options=InferenceOptions.default_for(device)))
         if "memory" in args.only:

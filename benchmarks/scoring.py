@@ -69,7 +69,8 @@ def throughput(series_dir: Path, weights: Path, device: torch.device, batch: int
                      if items is not None for item in items)
     end_to_end = time.perf_counter() - start
     assert scored == n
-    label = f"{n}-slice DICOM series, {model.config.input_path} {model.config.img_size}²"
+    grids = f", {model.config.sampling_grids} grids" if model.config.sampling_grids > 1 else ""
+    label = f"{n}-slice DICOM series, {model.config.input_path} {model.config.img_size}²{grids}"
     return [
         {"benchmark": "scoring", "measure": f"{label}: decode only", "value": n / decode, "unit": "slices/s"},
         {"benchmark": "scoring", "measure": f"{label}: model only", "value": n / model_seconds, "unit": "slices/s"},
