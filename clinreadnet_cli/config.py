@@ -196,7 +196,7 @@ class ClinReadNetConfig:
         if (self.input_path in DETAIL_PATHS) != (self.in_chans == 2):
             raise ConfigError(f"input_path {self.input_path!r} with in_chans {self.in_chans}: the detail paths "
                               "feed two channels, the others one")
-        if self.sampling_grids not in SAMPLING_GRIDS:
+        if type(self.sampling_grids) is not int or self.sampling_grids not in SAMPLING_GRIDS:
             raise ConfigError(f"sampling_grids must be one of {SAMPLING_GRIDS}, got {self.sampling_grids!r}")
         if self.sampling_grids > 1 and self.input_path not in DECIMATE_PATHS:
             raise ConfigError(f"sampling_grids {self.sampling_grids} needs a decimate input path, not "

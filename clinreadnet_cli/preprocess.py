@@ -128,9 +128,9 @@ def sample_slice(image: np.ndarray, value_range: ValueRange, cfg: ClinReadNetCon
 
 def grid_shifts(square: np.ndarray, grids: int) -> list[np.ndarray]:
     """The square moved up and/or left by one native pixel for each sampling grid after the first
-    (zeros enter at the far edge), so that ``[::2, ::2]`` of each is one of the four 2x decimation
-    grids; on a 256² slice (step 1) the grids are four crops one pixel apart."""
-    return [np.pad(square, ((0, dy), (0, dx)))[dy:, dx:] if dy or dx else square
+    (the far edge repeats), so that ``[::2, ::2]`` of each is one of the four 2x decimation grids;
+    on a 256² slice (step 1) the grids are four crops one pixel apart, nearly the same pixels."""
+    return [np.pad(square, ((0, dy), (0, dx)), mode="edge")[dy:, dx:] if dy or dx else square
             for dy, dx in GRID_OFFSETS[:grids]]
 
 

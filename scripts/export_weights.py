@@ -22,7 +22,14 @@ from clinreadnet_cli.config import SAMPLING_GRIDS
 
 
 def averaged_state(paths: list[Path]) -> dict[str, torch.Tensor]:
-    states = [load_model(path).state_dict() for path in paths]
+    models = [load_model(path) for path in paths]
+    # The same network fed the same way; the loss and the sampling grids may differ.
+    fed = [{k: v for k, v in m.config.to_dict().items() if k not in ("loss", "sampling_grids", "description")}
+           for m in models]
+    if any(f != fed[0] for f in fed):
+        raise SystemExit(f"{', '.join(str(p) for p, f in zip(paths, fed) if f != fed[0])}: another config "
+                         f"(architecture, window or input path) than {paths[0]}")
+    states = [m.state_dict() for m in models]
     mismatched = [str(p) for p, s in zip(paths, states) if s.keys() != states[0].keys()
                   or any(s[k].shape != v.shape for k, v in states[0].items())]
     if mismatched:

@@ -149,7 +149,7 @@ def test_sampling_grids_stack_grid_major_with_the_detail_channel():
     x = prepare_slice(image, "unit", cfg).numpy()
     assert x.shape == (8, 224, 224)
     np.testing.assert_array_equal(x[2], image[::2, 1::2][16:240, 16:240])  # grid 1, its image channel
-    moved_left = np.pad(image, ((0, 0), (0, 1)))[:, 1:]  # the grid one pixel right, as a square
+    moved_left = np.pad(image, ((0, 0), (0, 1)), mode="edge")[:, 1:]  # the grid one pixel right, as a square
     np.testing.assert_allclose(x[3], native_detail(moved_left, 2)[16:240, 16:240], atol=1e-6)
 
 
