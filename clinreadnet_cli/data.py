@@ -287,11 +287,10 @@ class SliceDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         item = self.items[index]
         ref = slice_ref(item, self.input_range)
-        image = prepare_slice(ref.load(), ref.value_range, self.cfg)
-        grids = image.shape[0] // self.cfg.in_chans
-        if self.random_grid and grids > 1:  # a training step reads one sampling grid, drawn at random
-            grid = int(torch.randint(grids, ()))
-            image = image[grid * self.cfg.in_chans:(grid + 1) * self.cfg.in_chans]
+        grid = None
+        if self.random_grid and self.cfg.sampling_grids > 1:  # a training step reads one grid, drawn at random
+            grid = int(torch.randint(self.cfg.sampling_grids, ()))
+        image = prepare_slice(ref.load(), ref.value_range, self.cfg, grid)
         if self.transform is not None:
             image = self.transform(image)
         return image, item.label

@@ -99,9 +99,12 @@ def area_resample(image: np.ndarray, size: int) -> np.ndarray:
     return weights @ image.astype(np.float32, copy=False) @ weights.T
 
 
-def sample_slice(image: np.ndarray, value_range: ValueRange, cfg: ClinReadNetConfig) -> np.ndarray:
+def sample_slice(image: np.ndarray, value_range: ValueRange, cfg: ClinReadNetConfig,
+                 grid: int | None = None) -> np.ndarray:
     """A 2-D slice -> (C, S, S) float32 in [0, 1], numpy only: windowed, squared and sampled by the
-    input path; S is the input size except on the ``resize`` path, whose resize is ``model_input``'s."""
+    input path; S is the input size except on the ``resize`` path, whose resize is ``model_input``'s.
+    ``grid``: on a decimate path, that one sampling grid alone (a training draw) instead of the
+    config's ``sampling_grids``."""
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D slice, got shape {image.shape}")
     if value_range == "hu":
@@ -114,7 +117,8 @@ def sample_slice(image: np.ndarray, value_range: ValueRange, cfg: ClinReadNetCon
             square = area_resample(square, LARGEST_SIDE)
         step = decimation_step(square.shape[-1])
         channels = []
-        for shifted in grid_shifts(square, cfg.sampling_grids):
+        offsets = GRID_OFFSETS[:cfg.sampling_grids] if grid is None else GRID_OFFSETS[grid:grid + 1]
+        for shifted in grid_shifts(square, offsets):
             channels.append(shifted[::step, ::step])
             if cfg.input_path in DETAIL_PATHS:
                 channels.append(native_detail(shifted, step))
@@ -126,12 +130,12 @@ def sample_slice(image: np.ndarray, value_range: ValueRange, cfg: ClinReadNetCon
     return np.ascontiguousarray(sampled, dtype=np.float32)
 
 
-def grid_shifts(square: np.ndarray, grids: int) -> list[np.ndarray]:
-    """The square moved up and/or left by one native pixel for each sampling grid after the first
-    (the far edge repeats), so that ``[::2, ::2]`` of each is one of the four 2x decimation grids;
-    on a 256² slice (step 1) the grids are four crops one pixel apart, nearly the same pixels."""
+def grid_shifts(square: np.ndarray, offsets: tuple[tuple[int, int], ...]) -> list[np.ndarray]:
+    """The square moved up and/or left by each (down, right) offset of GRID_OFFSETS (the far edge
+    repeats), so that ``[::2, ::2]`` of each is one of the four 2x decimation grids; on a 256²
+    slice (step 1) the grids are four crops one pixel apart, nearly the same pixels."""
     return [np.pad(square, ((0, dy), (0, dx)), mode="edge")[dy:, dx:] if dy or dx else square
-            for dy, dx in GRID_OFFSETS[:grids]]
+            for dy, dx in offsets]
 
 
 def native_detail(square: np.ndarray, step: int) -> np.ndarray:
@@ -159,6 +163,7 @@ def model_input(sampled: np.ndarray, cfg: ClinReadNetConfig) -> "torch.Tensor":
     return tensor
 
 
-def prepare_slice(image: np.ndarray, value_range: ValueRange, cfg: ClinReadNetConfig) -> "torch.Tensor":
-    """A 2-D slice -> the network's (C, S, S) float32 input in [0, 1]."""
-    return model_input(sample_slice(image, value_range, cfg), cfg)
+def prepare_slice(image: np.ndarray, value_range: ValueRange, cfg: ClinReadNetConfig,
+                  grid: int | None = None) -> "torch.Tensor":
+    """A 2-D slice -> the network's (C, S, S) float32 input in [0, 1] (``grid``: see ``sample_slice``)."""
+    return model_input(sample_slice(image, value_range, cfg, grid), cfg)

@@ -21,19 +21,18 @@ from clinreadnet_cli.checkpoint import load_model, save_weights
 from clinreadnet_cli.config import SAMPLING_GRIDS
 
 
-def averaged_state(paths: list[Path]) -> dict[str, torch.Tensor]:
-    models = [load_model(path) for path in paths]
-    # The same network fed the same way; the loss and the sampling grids may differ.
-    fed = [{k: v for k, v in m.config.to_dict().items() if k not in ("loss", "sampling_grids", "description")}
-           for m in models]
-    if any(f != fed[0] for f in fed):
-        raise SystemExit(f"{', '.join(str(p) for p, f in zip(paths, fed) if f != fed[0])}: another config "
-                         f"(architecture, window or input path) than {paths[0]}")
-    states = [m.state_dict() for m in models]
-    mismatched = [str(p) for p, s in zip(paths, states) if s.keys() != states[0].keys()
-                  or any(s[k].shape != v.shape for k, v in states[0].items())]
-    if mismatched:
-        raise SystemExit(f"{', '.join(mismatched)}: not the architecture of {paths[0]}")
+def averaged_state(source: torch.nn.Module, others: list[Path]) -> dict[str, torch.Tensor]:
+    """The mean of the floating tensors of ``source`` and ``others``, which must be the same network
+    fed the same way (only the loss, the sampling grids and the description may differ): then the
+    tensors match one to one."""
+    def fed(config) -> dict:
+        return {k: v for k, v in config.to_dict().items() if k not in ("loss", "sampling_grids", "description")}
+
+    models = [load_model(path) for path in others]
+    unlike = [str(p) for p, m in zip(others, models) if fed(m.config) != fed(source.config)]
+    if unlike:
+        raise SystemExit(f"{', '.join(unlike)}: another config (architecture, window or input path) than the source")
+    states = [source.state_dict()] + [m.state_dict() for m in models]
     return {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
             for k, v in states[0].items()}
 
@@ -53,7 +52,7 @@ def main() -> None:
         config = model.config
         if args.sampling_grids is not None:
             config = dataclasses.replace(config, sampling_grids=args.sampling_grids)
-        state = averaged_state([args.source, *args.average_with]) if args.average_with else model.state_dict()
+        state = averaged_state(model, args.average_with) if args.average_with else model.state_dict()
         model = create_model(config)
         model.load_state_dict(state)
         model.eval()

@@ -141,6 +141,8 @@ def test_four_sampling_grids_read_every_pixel_of_the_central_448():
     for grid, (dy, dx) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
         np.testing.assert_array_equal(x[grid], image[dy::2, dx::2][16:240, 16:240])
     np.testing.assert_array_equal(x[0], prepare_slice(image, "unit", get_config("clinreadnet"))[0].numpy())
+    one = prepare_slice(image, "unit", get_config("clinreadnet", sampling_grids=4), grid=2).numpy()
+    np.testing.assert_array_equal(one, x[2:3])  # a training draw builds that grid alone
 
 
 def test_sampling_grids_stack_grid_major_with_the_detail_channel():
