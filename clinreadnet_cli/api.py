@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .checkpoint import load_model, resolve_weights, weights_identity
+from .checkpoint import load_model, resolve_weights, scoring_config, weights_identity
 from .decoding import Item, series_batches
 from .inference import prepare_for_inference, resolve_options
 from .readers import DEFAULT_LIMITS, InputError, Limits, Series, SliceRef, discover
@@ -37,6 +37,11 @@ class ScorerSpec:
     batch_size: int = 8
     int8: bool = False
     compile_model: bool = False
+    sampling_grids: int | None = None  # None: the weights' own (checkpoint.scoring_config)
+
+    def config(self):
+        """The config slices are read with (decoding needs it before the model is loaded)."""
+        return scoring_config(self.weights, self.sampling_grids)
 
     def build(self) -> "Scorer":
         if self.threads:
@@ -44,19 +49,27 @@ class ScorerSpec:
 
             torch.set_num_threads(self.threads)
         return Scorer(self.weights, device=self.device, precision=self.precision, int8=self.int8,
-                      compile_model=self.compile_model, batch_size=self.batch_size)
+                      compile_model=self.compile_model, batch_size=self.batch_size,
+                      sampling_grids=self.sampling_grids)
 
 
 class Scorer:
-    """A loaded model and how to run it. Raises WeightsError / ConfigError / ValueError on bad options."""
+    """A loaded model and how to run it. Raises WeightsError / ConfigError / ValueError on bad options.
+
+    ``sampling_grids`` reads slices through that many sampling grids instead of the weights' own
+    number (1 is the fast choice for weights v3; records say which was used)."""
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", precision: str = "auto",
-                 int8: bool = False, compile_model: bool = False, batch_size: int = 8):
+                 int8: bool = False, compile_model: bool = False, batch_size: int = 8,
+                 sampling_grids: int | None = None):
         path = resolve_weights(weights)
         self.device = resolve_device(device)
         self.options = resolve_options(self.device, precision, int8, compile_model)
+        config = scoring_config(path, sampling_grids)
         self.model = load_model(path)
-        self.identity = weights_identity(path)  # {"weights", "weights_sha256"}, in every record
+        self.model.config = config  # the tensors are the same for any number of grids
+        # {"weights", "weights_sha256", "sampling_grids"}, in every record
+        self.identity = {**weights_identity(path), "sampling_grids": config.sampling_grids}
         self.batch_size = batch_size
         self.predict = prepare_for_inference(self.model, self.device, self.options)
 
@@ -104,20 +117,21 @@ class Scorer:
 
 
 @lru_cache(maxsize=4)
-def _scorer(weights: str | None, device: str, precision: str) -> Scorer:
-    return Scorer(weights, device=device, precision=precision)
+def _scorer(weights: str | None, device: str, precision: str, sampling_grids: int | None) -> Scorer:
+    return Scorer(weights, device=device, precision=precision, sampling_grids=sampling_grids)
 
 
 def score_array(image: np.ndarray, weights: str | Path | None = None, value_range: str = "hu",
-                device: str = "auto", precision: str = "auto") -> dict:
+                device: str = "auto", precision: str = "auto", sampling_grids: int | None = None) -> dict:
     """Score one 2-D slice; see ``Scorer.score_array``."""
-    return _scorer(None if weights is None else str(weights), device, precision).score_array(image, value_range)
+    scorer = _scorer(None if weights is None else str(weights), device, precision, sampling_grids)
+    return scorer.score_array(image, value_range)
 
 
 def score_paths(paths: Iterable[str | Path] | str | Path, weights: str | Path | None = None, input_range: str = "auto",
-                device: str = "auto", precision: str = "auto") -> list[dict]:
+                device: str = "auto", precision: str = "auto", sampling_grids: int | None = None) -> list[dict]:
     """Score files and folders; see ``Scorer.records``."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    scorer = _scorer(None if weights is None else str(weights), device, precision)
+    scorer = _scorer(None if weights is None else str(weights), device, precision, sampling_grids)
     return list(scorer.records(paths, input_range))

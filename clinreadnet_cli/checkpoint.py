@@ -5,6 +5,7 @@ Only safetensors is read: no pickle, so a weights file cannot run code.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
@@ -49,6 +50,15 @@ def resolve_weights(value: str | Path | None) -> Path:
     if not Path(value).exists() and name in NAMED_WEIGHTS:
         return NAMED_WEIGHTS[name]
     return Path(value)
+
+
+def scoring_config(path: str | Path, sampling_grids: int | None = None) -> ClinReadNetConfig:
+    """The weights' config as scoring uses it: read through ``sampling_grids`` sampling grids in
+    place of the header's where given. The same tensors score every grid, so fewer grids cost
+    less and more average out one grid's noise draw (``preprocess``). ConfigError where the
+    weights' input path has no grids to choose."""
+    cfg = read_config(path)
+    return cfg if sampling_grids is None else dataclasses.replace(cfg, sampling_grids=sampling_grids)
 
 
 def weights_identity(path: str | Path) -> dict:

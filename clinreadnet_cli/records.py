@@ -11,7 +11,8 @@ from .readers import InputError
 from .readers.types import META_FIELDS
 
 FIELDS = ["path", "series", "series_uid", "slice", "score", "grade", "class", "head_scores", "head_sd", "entropy",
-          "uncertain", "noise_hu", "noise_note", *META_FIELDS, "weights", "weights_sha256", "error"]
+          "uncertain", "noise_hu", "noise_note", *META_FIELDS, "weights", "weights_sha256",
+          "sampling_grids", "error"]
 FORMATS = ("json", "jsonl", "csv")
 
 
@@ -35,7 +36,7 @@ def choose_format(requested: str | None, output: Path | None, stdout_is_terminal
 def to_record(item: Any, weights: dict | None = None) -> dict:
     """The record of a ``scoring.SliceScore`` (not imported: records need no model), or for a failed
     input ``{"path", "slice", "error"}`` and no score (``slice`` is null when the whole file
-    failed). ``weights``: ``{"weights", "weights_sha256"}``."""
+    failed). ``weights``: ``{"weights", "weights_sha256", "sampling_grids"}`` (``api.Scorer.identity``)."""
     if isinstance(item, InputError):
         return {"path": str(item.path), "slice": item.slice, "error": item.reason}
     return {

@@ -119,6 +119,21 @@ def test_other_weights_or_a_foreign_folder_are_refused(archive, weights, tmp_pat
     assert archive_cli(archive, "--out", out, "--weights", other, "--overwrite").exit_code == 1
 
 
+def test_other_sampling_grids_are_refused_and_a_folder_from_before_them_reads_the_weights_own(
+        archive, weights, tmp_path):
+    out = tmp_path / "results"
+    archive_cli(archive, "--out", out, "--weights", weights)
+    assert {r["sampling_grids"] for r in read_records(out) if r["score"] is not None} == {1}
+    refused = archive_cli(archive, "--out", out, "--weights", weights, "--sampling-grids", "4")
+    assert refused.exit_code == 2 and "sampling_grids differ" in refused.stderr
+    info = out / "run.json"
+    stored = json.loads(info.read_text())
+    del stored["sampling_grids"]  # as written before records named their grids
+    info.write_text(json.dumps(stored))
+    assert "0 to score" in archive_cli(archive, "--out", out, "--weights", weights).stderr
+    assert archive_cli(archive, "--out", out, "--weights", weights, "--sampling-grids", "4").exit_code == 2
+
+
 def test_rows_no_manifest_line_owns_are_dropped_on_open(archive, weights, tmp_path):
     """A run killed between renaming a shard in and appending its manifest lines."""
     out = tmp_path / "results"

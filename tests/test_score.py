@@ -28,7 +28,7 @@ runner = CliRunner()
 RECORD_KEYS = {"path", "series", "series_uid", "slice", "score", "grade", "class", "head_scores", "head_sd", "entropy",
                "uncertain", "noise_hu",
                "noise_note", "study_uid", "sop_uid", "instance_number", "z_mm", "slice_thickness_mm", "kvp", "mas",
-               "ctdivol_mgy", "kernel", "manufacturer", "weights", "weights_sha256"}
+               "ctdivol_mgy", "kernel", "manufacturer", "weights", "weights_sha256", "sampling_grids"}
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +248,31 @@ def test_records_carry_the_dicom_acquisition_and_the_weights(tmp_path, weights):
     assert records[0]["slice_thickness_mm"] == 1.25 and records[0]["manufacturer"] == "clinreadnet"
     assert records[0]["weights"] == str(weights)
     assert records[0]["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def test_sampling_grids_option_reads_the_same_tensors_through_other_grids(tmp_path, weights):
+    import dataclasses
+
+    write_series(ct_phantom(2, 256), tmp_path / "s")
+    model = create_model(tiny_config(sampling_grids=4))
+    four = save_weights(model, tmp_path / "four.safetensors")
+    model.config = dataclasses.replace(model.config, sampling_grids=1)
+    one = save_weights(model, tmp_path / "one.safetensors")  # the same tensors, a header of one grid
+
+    def records(*args):
+        result = run(tmp_path / "s", *args)
+        assert result.exit_code == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    by_header, fast, own_one = records("--weights", four), records("--weights", four, "--sampling-grids", "1"), \
+        records("--weights", one)
+    assert [r["sampling_grids"] for r in by_header + fast + own_one] == [4, 4, 1, 1, 1, 1]
+    assert [r["score"] for r in fast] == [r["score"] for r in own_one]  # one grid: exactly the one-grid file
+    assert [r["score"] for r in fast] != [r["score"] for r in by_header]
+    assert fast[0]["weights_sha256"] == by_header[0]["weights_sha256"]
+    assert [r["sampling_grids"] for r in records("--weights", weights, "--sampling-grids", "4")] == [4, 4]
+    refused = run(tmp_path / "s", "--weights", four, "--sampling-grids", "3")
+    assert refused.exit_code == 2 and "sampling_grids" in refused.stderr
 
 
 def test_quality_gate_exits_3_after_writing_every_record(study, weights, tmp_path):

@@ -18,6 +18,7 @@ from .app import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
+    SAMPLING_GRIDS_HELP,
     Device,
     InputRangeChoice,
     OutputFormat,
@@ -45,6 +46,7 @@ def score(
     int8: bool = typer.Option(False, "--int8", help="CPU: dynamic int8 quantisation of the linear layers (faster)."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (pays off on long runs)."),
     threads: Optional[int] = typer.Option(None, min=1, help="torch compute threads (default: torch's choice)."),
+    sampling_grids: Optional[int] = typer.Option(None, help=SAMPLING_GRIDS_HELP),
     fmt: Optional[OutputFormat] = typer.Option(
         None, "--format", show_default=False,
         help="table, json, jsonl or csv. Default: a table on a terminal, JSON Lines into a pipe or file, "
@@ -73,7 +75,7 @@ def score(
     # that its import and the model's loading overlap the first slices' decoding.
     from .. import records
     from ..atomic import output_problem, streaming_output
-    from ..checkpoint import read_config, resolve_weights
+    from ..checkpoint import resolve_weights, scoring_config
     from ..decoding import DecodeSettings
     from ..engine.base import plan_units
     from ..engine.local import DecodePool, in_unit_order, score_events
@@ -92,7 +94,7 @@ def score(
         usage_error(f"no weights at {weights_path}; pass --weights FILE (a clinreadnet .safetensors file)")
     try:
         limits = Limits.from_pairs(limit or [])
-        settings = DecodeSettings(read_config(weights_path), batch_size, input_range.value, limits, all_orientations)
+        settings = DecodeSettings(scoring_config(weights_path, sampling_grids), batch_size, input_range.value, limits, all_orientations)
     except ValueError as exc:  # WeightsError and ConfigError among them
         usage_error(str(exc))
 
@@ -108,7 +110,8 @@ def score(
         with contextlib.ExitStack() as stack:
             pool = stack.enter_context(DecodePool(settings, workers))
             decoded = pool.events(plan.units)  # the workers start reading now, while torch and the model load
-            scorer = _load_scorer(weights_path, device, precision, int8, compile_model, batch_size, threads)
+            scorer = _load_scorer(weights_path, device, precision, int8, compile_model, batch_size, threads,
+                                  sampling_grids)
 
             writer = None
             if fmt is not OutputFormat.table:
@@ -157,12 +160,13 @@ def score(
     raise typer.Exit(EXIT_PARTIAL if failures else EXIT_OK)
 
 
-def _load_scorer(weights_path, device, precision, int8, compile_model, batch_size, threads):
+def _load_scorer(weights_path, device, precision, int8, compile_model, batch_size, threads, sampling_grids):
     """The model (imports torch); a bad option is a usage error."""
     from ..api import ScorerSpec
 
     try:
-        return ScorerSpec(weights_path, device.value, precision.value, threads, batch_size, int8, compile_model).build()
+        return ScorerSpec(weights_path, device.value, precision.value, threads, batch_size, int8, compile_model,
+                          sampling_grids).build()
     except ValueError as exc:  # WeightsError and ConfigError among them
         usage_error(str(exc))
 

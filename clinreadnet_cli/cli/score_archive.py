@@ -15,6 +15,7 @@ from .app import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
+    SAMPLING_GRIDS_HELP,
     Device,
     InputRangeChoice,
     Precision,
@@ -49,6 +50,7 @@ def score_archive(
     batch_size: int = typer.Option(8, min=1, help="Slices per model call (batches never span two series)."),
     threads: Optional[int] = typer.Option(None, min=1, help="torch compute threads per model (default: torch's "
                                                             "choice; ray: the actor's CPUs)."),
+    sampling_grids: Optional[int] = typer.Option(None, help=SAMPLING_GRIDS_HELP),
     units_per_task: int = typer.Option(16, min=1, help="ray: series per Ray Data job and commit."),
     shard_records: int = typer.Option(4096, min=1, help="local: records per Parquet shard (a shard is also "
                                                         "committed every minute); a kill loses at most one."),
@@ -81,7 +83,8 @@ def score_archive(
                                  limits=Limits.from_pairs(limit or []), all_orientations=all_orientations,
                                  retry_failed=retry_failed, overwrite=overwrite, threshold=threshold,
                                  units_per_task=units_per_task, shard_records=shard_records)
-        spec = ScorerSpec(weights_path, device.value, precision.value, threads, batch_size)
+        spec = ScorerSpec(weights_path, device.value, precision.value, threads, batch_size,
+                          sampling_grids=sampling_grids)
         plan, store, todo = plan_archive(roots, out, spec, options)
     except ValueError as exc:  # ArchiveError, WeightsError, ConfigError
         usage_error(str(exc))

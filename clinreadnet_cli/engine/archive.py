@@ -43,7 +43,8 @@ class ArchiveResult:
 def run_info(spec: ScorerSpec, options: ArchiveOptions) -> dict:
     """What must not change between runs into one results folder (records would not compare)."""
     return {"weights_sha256": weights_identity(spec.weights)["weights_sha256"], "input_range": options.input_range,
-            "all_orientations": options.all_orientations, "limits": dataclasses.asdict(options.limits)}
+            "all_orientations": options.all_orientations, "limits": dataclasses.asdict(options.limits),
+            "sampling_grids": spec.config().sampling_grids}
 
 
 def plan_archive(roots: Iterable[str | Path], out: str | Path, spec: ScorerSpec,
@@ -51,7 +52,9 @@ def plan_archive(roots: Iterable[str | Path], out: str | Path, spec: ScorerSpec,
     """The plan, the opened results folder and the units still to score. Raises ArchiveError,
     WeightsError."""
     plan = plan_units(roots, options.all_orientations)
-    store = ArchiveStore(out, run_info(spec, options), overwrite=options.overwrite)
+    # a folder written before records named their grids was read through the weights' own
+    store = ArchiveStore(out, run_info(spec, options), overwrite=options.overwrite,
+                         assumed={"sampling_grids": read_config(spec.weights).sampling_grids})
     return plan, store, store.todo(plan.units, options.retry_failed)
 
 
@@ -66,7 +69,7 @@ def score_archive(plan: Plan, store: ArchiveStore, todo: list[Unit], spec: Score
         result.entries.append(entry)
         on_unit(entry)
 
-    settings = DecodeSettings(read_config(spec.weights), spec.batch_size, options.input_range, options.limits,
+    settings = DecodeSettings(spec.config(), spec.batch_size, options.input_range, options.limits,
                               options.all_orientations)
     if todo:
         if options.engine == "ray":

@@ -124,7 +124,7 @@ def record_schema():
     import pyarrow as pa
 
     text, number, whole = pa.string(), pa.float64(), pa.int64()
-    types = {"slice": whole, "class": whole, "instance_number": whole, "uncertain": pa.bool_(),
+    types = {"slice": whole, "class": whole, "instance_number": whole, "sampling_grids": whole, "uncertain": pa.bool_(),
              "head_scores": pa.list_(number), "score": number, "head_sd": number, "entropy": number,
              "noise_hu": number, "z_mm": number, "slice_thickness_mm": number, "kvp": number, "mas": number,
              "ctdivol_mgy": number}
@@ -163,7 +163,8 @@ class ArchiveStore:
     there exactly once.
     """
 
-    def __init__(self, out: str | Path, run_info: dict, overwrite: bool = False):
+    def __init__(self, out: str | Path, run_info: dict, overwrite: bool = False, assumed: dict | None = None):
+        """``assumed``: the value of a run_info key that a folder written before the key existed ran with."""
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
             raise ArchiveError(f"{self.out} exists and is not a folder")
@@ -175,6 +176,7 @@ class ArchiveStore:
                 stored = json.loads(info_path.read_text())
             except (OSError, ValueError) as exc:
                 raise ArchiveError(f"{info_path} is damaged ({exc}); use a new --out or --overwrite") from None
+            stored = {**(assumed or {}), **stored}
             changed = [k for k in run_info if stored.get(k) != run_info[k]]
             if changed:
                 raise ArchiveError(f"{self.out} holds results of another run ({', '.join(changed)} differ); "
