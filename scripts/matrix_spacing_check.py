@@ -2,6 +2,8 @@
 
     python scripts/matrix_spacing_check.py --data work/sim --split work/runs/clinreadnet-v2/split.json \
         --weights weights/clinreadnet-sim-v2.safetensors --weights weights/clinreadnet-sim.safetensors
+    python scripts/matrix_spacing_check.py --slices benchmarks/results/matrix_spacing.json \
+        --weights weights/clinreadnet-sim-v3.safetensors --out OUT.json   # the same slices again
 
 Held-out slices (as in ``ordering_check.py``) are projected once (ASTRA, 1,000 views, photon
 budget 1e6 per bin and view, full and 25 % dose) and each scan is reconstructed (Ram-Lak FBP)
@@ -26,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from ordering_check import held_out_sources, load_source, noisy_full_dose  # noqa: E402
+from ordering_check import add_slice_options, chosen_slices, load_source, noisy_full_dose  # noqa: E402
 
 from clinreadnet_cli.checkpoint import load_model  # noqa: E402
 from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference  # noqa: E402
@@ -60,20 +62,19 @@ def fbp_on_grid(sinogram: np.ndarray, scanner: ParallelScanner, size: int, pixel
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--split", type=Path, required=True)
+    add_slice_options(parser)
     parser.add_argument("--sources", type=Path, default=REPO.parent / "shared" / "data" / "ct_sources")
     parser.add_argument("--weights", type=Path, action="append", required=True)
     parser.add_argument("--per-patient", type=int, default=1)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "matrix_spacing.json")
     args = parser.parse_args()
+    picked = chosen_slices(parser, args)
 
     torch.set_num_threads(2)
     models = {p.name: load_model(p) for p in args.weights}
     predictors = {n: (m.config, prepare_for_inference(m, torch.device("cpu"), InferenceOptions()))
                   for n, m in models.items()}
-    picked = held_out_sources(args.data, args.split, args.per_patient, args.seed)
     scores: dict[str, dict[str, list[float]]] = {}
     for number, (_, source) in enumerate(picked):
         hu, pixel_mm = load_source(args.sources, source)

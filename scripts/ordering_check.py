@@ -99,6 +99,22 @@ def held_out_sources(data: Path, split: Path, per_patient: int, seed: int) -> li
     return picked
 
 
+def add_slice_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, help="simulate output (manifest.csv) of the run")
+    parser.add_argument("--split", type=Path, help="the run's split.json")
+    parser.add_argument("--slices", type=Path,
+                        help="instead of --data and --split: the slices of an earlier run's output JSON")
+
+
+def chosen_slices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The slices ``--slices`` names, else ``per_patient`` of each held-out patient of the run."""
+    if args.slices:
+        return [tuple(pair) for pair in json.loads(args.slices.read_text())["slices"]]
+    if not (args.data and args.split):
+        parser.error("give --data and --split, or --slices")
+    return held_out_sources(args.data, args.split, args.per_patient, args.seed)
+
+
 def load_source(sources_dir: Path, source: str) -> tuple[np.ndarray, float]:
     name, _, index = source.rpartition("#")
     archive = np.load(sources_dir / Path(name).name)
@@ -107,28 +123,20 @@ def load_source(sources_dir: Path, source: str) -> tuple[np.ndarray, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, help="simulate output (manifest.csv) of the run")
-    parser.add_argument("--split", type=Path, help="the run's split.json")
-    parser.add_argument("--slices", type=Path,
-                        help="instead of --data and --split: the slices of an earlier run's output JSON")
+    add_slice_options(parser)
     parser.add_argument("--sources", type=Path, default=REPO.parent / "shared" / "data" / "ct_sources")
     parser.add_argument("--weights", type=Path, action="append", required=True)
     parser.add_argument("--per-patient", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ordering_check.json")
     args = parser.parse_args()
-    if not args.slices and not (args.data and args.split):
-        parser.error("give --data and --split, or --slices")
+    picked = chosen_slices(parser, args)
 
     torch.set_num_threads(2)
     models = {}
     for path in args.weights:
         model = load_model(path)
         models[path.name] = (model.config, prepare_for_inference(model, torch.device("cpu"), InferenceOptions()))
-    if args.slices:
-        picked = [tuple(pair) for pair in json.loads(args.slices.read_text())["slices"]]
-    else:
-        picked = held_out_sources(args.data, args.split, args.per_patient, args.seed)
     print(f"{len(picked)} held-out slices from {len({p for p, _ in picked})} patients", file=sys.stderr)
     results = {}
     for simulator in SIMULATORS:
