@@ -21,7 +21,7 @@ from clinreadnet_cli.readers import discover
 from clinreadnet_cli.simulate import Acquisition, find_sources, simulate_dataset, simulate_slice
 from clinreadnet_cli.simulate import labels, measures
 from clinreadnet_cli.simulate.physics import ParallelScanner, hu_to_mu, mu_to_hu, reduce_dose, view_subset
-from tests.conftest import tiny_config
+from tests.conftest import ct_phantom, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 CT_SOURCES = REPO.parent / "shared" / "data" / "ct_sources"
@@ -498,3 +498,32 @@ def test_mix_datasets_script_merges_folders_keeps_held_out_patients_out(tmp_path
     failed = subprocess.run([sys.executable, str(script), str(tmp_path / "mix3"), "--heldout", str(tmp_path / "held"),
                              "--train", str(tmp_path / "a"), "--labels", "labels.json"], capture_output=True, text=True)
     assert failed.returncode == 1 and "manifest.csv" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_select_sources_script_writes_the_chosen_patients_slices(tmp_path):
+    """scripts/select_sources.py: every slice of the named patients, or the others at N evenly
+    spaced slices a patient, with every per-slice array kept; a simulation reads the result."""
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    hu = ct_phantom(5, 64).astype(np.int16)
+    np.savez_compressed(sources / "a.npz", hu=hu, pixel_spacing_mm=np.full((5, 2), 0.7, np.float32),
+                        patient_id=np.array(["P1", "P1", "P2", "P2", "P2"]), kernel=np.array(list("abcde")))
+    np.savez_compressed(sources / "b.npz", hu=hu[:2], pixel_spacing_mm=np.full((2, 2), 0.8, np.float32),
+                        patient_id=np.array(["P3", "P3"]))
+    (tmp_path / "check.json").write_text(json.dumps({"slices": [["P2", "a.npz#2"]]}))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "select_sources.py"
+
+    def select(out, *args):
+        subprocess.run([sys.executable, str(script), str(tmp_path / out), "--sources", str(sources), *args],
+                       check=True, capture_output=True)
+        return np.load(tmp_path / out)
+
+    held = select("held.npz", "--patients-from", str(tmp_path / "check.json"))
+    assert list(held["patient_id"]) == ["P2"] * 3 and list(held["kernel"]) == ["c", "d", "e"]
+    np.testing.assert_array_equal(held["hu"], hu[2:])
+    rest = select("rest.npz", "--patients-from", str(tmp_path / "check.json"), "--exclude", "--per-patient", "1")
+    assert list(rest["patient_id"]) == ["P1", "P3"]
+    assert "kernel" not in rest.files  # only arrays every contributing archive has
+    assert np.allclose(rest["pixel_spacing_mm"][:, 0], [0.7, 0.8])
+    sources_read, errors, _ = find_sources([tmp_path / "held.npz"])
+    assert not errors and [s.patient for s in sources_read] == ["P2"] * 3
