@@ -7,7 +7,8 @@ so that a simulation of chosen patients or slices is a command, not a one-off se
     python scripts/select_sources.py train60.npz --patients-from benchmarks/results/ordering_check_v2.json \
         --exclude --per-patient 2
 
-Patients are read from the archives' ``patient_id`` (a series UID stands in where it is empty).
+Patients are named as ``simulate`` names them (``simulate.find_sources``: the archive's
+``patient_id``, its file name where that is empty), so the groups of a simulation select them.
 Every per-slice array of an archive is kept, so provenance (``sop_uid``, ``kernel``, …) travels.
 """
 
@@ -24,41 +25,39 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clinreadnet_cli.atomic import atomic_path  # noqa: E402
+from clinreadnet_cli.simulate import find_sources  # noqa: E402
 
 DEFAULT_SOURCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_sources"
 
 
-def patients_of(archive) -> np.ndarray:
-    ids = archive["patient_id"].astype(str)
-    if "series_uid" in archive.files:
-        ids = np.where(ids == "", archive["series_uid"].astype(str), ids)
-    return ids
-
-
 def evenly_spaced(indices: list[int], count: int) -> list[int]:
-    """``count`` of the given slice indices spread from first to last (all of them if fewer)."""
+    """``count`` of the given slice indices spread from first to last (all of them if fewer; the
+    middle one for one)."""
     if len(indices) <= count:
         return indices
-    return [indices[round(i * (len(indices) - 1) / max(count - 1, 1))] for i in range(count)] if count > 1 \
-        else [indices[len(indices) // 2]]
+    if count == 1:
+        return [indices[len(indices) // 2]]
+    return [indices[round(i * (len(indices) - 1) / (count - 1))] for i in range(count)]
 
 
 def select(sources: Path, patients: set[str], exclude: bool, per_patient: int | None) -> dict[str, np.ndarray]:
     picked: dict[str, list[np.ndarray]] = defaultdict(list)
     archives_used = 0
     for path in sorted(sources.glob("*.npz")):
+        slices, errors, _ = find_sources([path])
+        if errors:
+            raise SystemExit(f"{errors[0].path}: {errors[0].reason}")
+        by_patient: dict[str, list[int]] = defaultdict(list)
+        for index, source in enumerate(slices):
+            if (source.patient in patients) != exclude:
+                by_patient[source.patient].append(index)
+        keep = sorted(i for members in by_patient.values()
+                      for i in (evenly_spaced(members, per_patient) if per_patient else members))
+        if not keep:
+            continue
+        archives_used += 1
+        n = len(slices)
         with np.load(path, allow_pickle=False) as archive:
-            ids = patients_of(archive)
-            by_patient: dict[str, list[int]] = defaultdict(list)
-            for index, patient in enumerate(ids):
-                if (patient in patients) != exclude:
-                    by_patient[patient].append(index)
-            keep = sorted(i for members in by_patient.values()
-                          for i in (evenly_spaced(members, per_patient) if per_patient else members))
-            if not keep:
-                continue
-            archives_used += 1
-            n = len(ids)
             for name in archive.files:
                 array = archive[name]
                 if array.shape[:1] == (n,):

@@ -94,7 +94,8 @@ def score(
         usage_error(f"no weights at {weights_path}; pass --weights FILE (a clinreadnet .safetensors file)")
     try:
         limits = Limits.from_pairs(limit or [])
-        settings = DecodeSettings(scoring_config(weights_path, sampling_grids), batch_size, input_range.value, limits, all_orientations)
+        settings = DecodeSettings(scoring_config(weights_path, sampling_grids), batch_size, input_range.value, limits,
+                                  all_orientations)
     except ValueError as exc:  # WeightsError and ConfigError among them
         usage_error(str(exc))
 
