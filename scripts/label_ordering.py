@@ -10,11 +10,15 @@ noise figure of the manifest.
 of the image's own reconstruction kernel (``simulate/labels.py``). ``--unit source`` computes the
 candidate of weights-v2 work: the same RMS degradation in HU, in units of the untouched source's
 own noise for every kernel (a smooth kernel's lower noise then counts as less degradation), with
-the same curve and the same monotone grid. ``--write`` saves the labels as a train.json, to train
-on them with ``train --split-file`` beside a run on the manifest's labels. ``--predictions`` reads
-``evaluate --predictions``' CSV instead and reports the model's scores and the labels it was
-evaluated against, on its images only. ``--by-patient`` adds, per patient, the untouched slices'
-own noise (manifest) and each scorer's untouched mean and untouched-vs-low-dose ordering.
+the same curve and the same monotone grid. ``--unit reference`` measures it in units of the quantum
+noise of the image's own full-dose reference: the kernel unit, and under ``simulate --photon-
+budget`` the budget's full dose instead of the source's, so a label depends on the acquisition
+relative to its protocol and not on how well the budget serves the body. ``--write`` saves the
+labels as a train.json, to train on them with ``train --split-file`` beside a run on the manifest's
+labels. ``--predictions`` reads ``evaluate --predictions``' CSV instead and reports the model's
+scores and the labels it was evaluated against, on its images only. ``--by-patient`` adds, per
+patient, the untouched slices' own noise (manifest) and each scorer's untouched mean and untouched-
+vs-low-dose ordering.
 """
 
 from __future__ import annotations
@@ -35,14 +39,22 @@ from clinreadnet_cli.evaluation import acquisitions_from_manifest, ordering_repo
 from clinreadnet_cli.simulate.labels import degradation_to_score, monotone_scores  # noqa: E402
 
 
-def source_unit_labels(rows: list[dict]) -> np.ndarray:
-    """Labels from ``degradation_hu`` over the untouched source's ``noise_hu``, monotone per slice and reconstruction."""
+def grid_labels(rows: list[dict], unit: str) -> np.ndarray:
+    """Labels recomputed from the manifest's degradation in another unit, with the label curve and
+    monotone per slice and reconstruction. ``source``: ``degradation_hu`` over the untouched
+    source's ``noise_hu``. ``reference``: the manifest's kernel-unit ``degradation`` times
+    sqrt(``full_dose_fraction``), i.e. in units of the quantum noise of the image's own full-dose
+    reference (the photon budget's, where there is one): pure dose loss then measures
+    sqrt(1/d - 1) whatever the body size and the budget."""
     source_noise = {r["source"]: float(r["noise_hu"]) for r in rows if r["kind"] == "source"}
     grids: dict[tuple, dict] = defaultdict(dict)
     for i, r in enumerate(rows):
         if r["kind"] != "source":
-            raw = degradation_to_score(float(r["degradation_hu"]) / source_noise[r["source"]])
-            grids[r["source"], r["kind"], r["filter"]][float(r["dose"]), int(r["views"])] = (i, raw)
+            if unit == "source":
+                degradation = float(r["degradation_hu"]) / source_noise[r["source"]]
+            else:
+                degradation = float(r["degradation"]) * float(r["full_dose_fraction"] or 1) ** 0.5
+            grids[r["source"], r["kind"], r["filter"]][float(r["dose"]), int(r["views"])] = (i, degradation_to_score(degradation))
     labels = np.full(len(rows), 4.0)
     for grid in grids.values():
         monotone = monotone_scores({point: raw for point, (_, raw) in grid.items()})
@@ -73,14 +85,14 @@ def print_by_patient(rows: list[dict], scorers: dict[str, np.ndarray]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path)
-    parser.add_argument("--unit", choices=("kernel", "source"), default="kernel")
+    parser.add_argument("--unit", choices=("kernel", "source", "reference"), default="kernel")
     parser.add_argument("--write", type=Path, help="save these labels as a train.json")
     parser.add_argument("--predictions", type=Path, help="report evaluate's predictions CSV instead of the labels")
     parser.add_argument("--by-patient", action="store_true", help="add the untouched-vs-low-dose table per patient")
     args = parser.parse_args()
     with (args.data / "manifest.csv").open() as f:
         rows = manifest_rows = list(csv.DictReader(f))
-    labels = np.array([float(r["score"]) for r in rows]) if args.unit == "kernel" else source_unit_labels(rows)
+    labels = np.array([float(r["score"]) for r in rows]) if args.unit == "kernel" else grid_labels(rows, args.unit)
     noise = -np.array([float(r["noise_hu"] or "nan") for r in rows])
     scorers = {f"label ({args.unit} unit)": labels, "noise_hu (manifest)": noise}
     if args.predictions:

@@ -434,6 +434,31 @@ def test_label_ordering_script_reports_untouched_pairs_per_patient(tmp_path):
     assert "1 untouched slices of the other (training) patients: noise_hu 12.0 / 12.0 / 12.0" in result.stdout
 
 
+def test_label_ordering_reference_unit_takes_the_photon_budget_out_of_the_label(tmp_path):
+    """scripts/label_ordering.py --unit reference: the kernel-unit degradation times
+    sqrt(full_dose_fraction), so the same dose loss under a photon budget that serves one body a
+    quarter of its source dose labels as on a body served in full (sqrt(1/d - 1) at dose d)."""
+    from clinreadnet_cli.simulate.labels import degradation_to_score
+
+    columns = "path,score,group,source,kind,filter,dose,views,full_dose_fraction,noise_hu,degradation_hu,degradation"
+    rows, index = [columns], 0
+    for patient, share, degradations in (("small", 1.0, (0.0, 1.0, 3.0)), ("large", 0.25, (0.0, 2.0, 6.0))):
+        rows.append(f"image/{index:04d}.tif,4.0,{patient},{patient}#0,source,,1.0,,1,10.0,0,0")
+        index += 1
+        for dose, degradation in zip((1.0, 0.5, 0.1), degradations):
+            rows.append(f"image/{index:04d}.tif,{degradation_to_score(degradation):.4f},{patient},{patient}#0,"
+                        f"full,hann,{dose},1000,{share},10.0,{10 * degradation},{degradation}")
+            index += 1
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "label_ordering.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path), "--unit", "reference", "--write",
+                    str(tmp_path / "labels.json")], check=True, capture_output=True)
+    labels = json.loads((tmp_path / "labels.json").read_text())
+    small, large = [[labels[f"{i:04d}.tif"] for i in range(start, start + 4)] for start in (0, 4)]
+    assert small == large  # untouched, full dose, 50 %, 10 %: the budget's share divides out
+    assert small == [4.0, 4.0, round(degradation_to_score(1.0), 4), round(degradation_to_score(3.0), 4)]
+
+
 def test_repeat_untouched_script_repeats_or_lists_the_untouched_training_images(tmp_path):
     """scripts/repeat_untouched.py: each untouched training image drawn N times, or (--untouched-val)
     listed once as the val split so that `evaluate --split val` scores them."""
