@@ -11,14 +11,14 @@ of the image's own reconstruction kernel (``simulate/labels.py``). ``--unit sour
 candidate of weights-v2 work: the same RMS degradation in HU, in units of the untouched source's
 own noise for every kernel (a smooth kernel's lower noise then counts as less degradation), with
 the same curve and the same monotone grid. ``--unit reference`` measures it in units of the quantum
-noise of the image's own full-dose reference: the kernel unit, and under ``simulate --photon-
-budget`` the budget's full dose instead of the source's, so a label depends on the acquisition
-relative to its protocol and not on how well the budget serves the body. ``--write`` saves the
-labels as a train.json, to train on them with ``train --split-file`` beside a run on the manifest's
-labels. ``--predictions`` reads ``evaluate --predictions``' CSV instead and reports the model's
-scores and the labels it was evaluated against, on its images only. ``--by-patient`` adds, per
-patient, the untouched slices' own noise (manifest) and each scorer's untouched mean and untouched-
-vs-low-dose ordering.
+noise of the image's own full-dose reference: the kernel unit, and under ``simulate
+--photon-budget`` the budget's full dose instead of the source's, so a label depends on the
+acquisition relative to its protocol and not on how well the budget serves the body. ``--write``
+saves the labels as a train.json, to train on them with ``train --split-file`` beside a run on the
+manifest's labels. ``--predictions`` reads ``evaluate --predictions``' CSV instead and reports the
+model's scores and the labels it was evaluated against, on its images only. ``--by-patient`` adds,
+per patient, the untouched slices' own noise (manifest) and each scorer's untouched mean and
+untouched-vs-low-dose ordering.
 """
 
 from __future__ import annotations
