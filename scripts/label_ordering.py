@@ -53,8 +53,10 @@ def grid_labels(rows: list[dict], unit: str) -> np.ndarray:
             if unit == "source":
                 degradation = float(r["degradation_hu"]) / source_noise[r["source"]]
             else:
-                degradation = float(r["degradation"]) * float(r["full_dose_fraction"] or 1) ** 0.5
-            grids[r["source"], r["kind"], r["filter"]][float(r["dose"]), int(r["views"])] = (i, degradation_to_score(degradation))
+                # manifests written before --photon-budget have no share: their full dose is the source's
+                degradation = float(r["degradation"]) * float(r.get("full_dose_fraction") or 1) ** 0.5
+            point = float(r["dose"]), int(r["views"])
+            grids[r["source"], r["kind"], r["filter"]][point] = (i, degradation_to_score(degradation))
     labels = np.full(len(rows), 4.0)
     for grid in grids.values():
         monotone = monotone_scores({point: raw for point, (_, raw) in grid.items()})
