@@ -15,7 +15,7 @@ from .checkpoint import load_model, resolve_weights
 from .data import DatasetError, LabelledSlice, SliceDataset, check_readable, load_labelled, read_manifest, slice_ref
 from .metrics import correlation_metrics
 from .noise import measure_noise
-from .preprocess import prepare_slice
+from .preprocess import prepare_slice, unit_to_hu
 from .training import LATEST
 
 SPLITS = ("test", "val", "train", "all")
@@ -104,15 +104,14 @@ class MeasuredSliceDataset(SliceDataset):
     measure while the model scores).
 
     Windowed [0, 1] images (the LDCTIQAG2023 layout, and what ``simulate`` writes) are mapped back
-    to HU through the weights' window, the one ``simulate`` writes in; for data windowed otherwise
+    to HU through the canonical window, the one ``simulate`` writes in; for data windowed otherwise
     the figure is off by a constant factor, which leaves its ordering and correlations unchanged.
     """
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, float]:
         ref = slice_ref(self.items[index], self.input_range)
         raw = ref.load()
-        hu = raw * self.cfg.window_width + (self.cfg.window_level - self.cfg.window_width / 2) \
-            if ref.value_range == "unit" else raw
+        hu = unit_to_hu(raw) if ref.value_range == "unit" else raw
         figure = measure_noise(hu, "hu")
         return prepare_slice(raw, ref.value_range, self.cfg), math.nan if figure.noise_hu is None else figure.noise_hu
 

@@ -44,6 +44,8 @@ ValueRange = Literal["hu", "unit"]
 DECIMATED_SIDE = 256  # a 512² slice is read every second pixel
 LARGEST_SIDE = 512  # larger matrices are area-resampled to this first (the training data's matrix)
 GRID_OFFSETS = ((0, 0), (0, 1), (1, 0), (1, 1))  # (down, right) in native pixels, first grid first
+# Windowed [0, 1] inputs (dataset TIFFs, `simulate`'s output) are in the config's default window
+UNIT_WINDOW = (ClinReadNetConfig.window_width, ClinReadNetConfig.window_level)
 DETAIL_GAIN = 4.0  # scanner noise gives a detail energy of ~0.07 in window units: scaled to the image's range
 
 
@@ -51,6 +53,20 @@ def window_hu(hu: np.ndarray, width: float, level: float) -> np.ndarray:
     """Map HU through the window [level - width/2, level + width/2] onto [0, 1], clipped."""
     low = level - width / 2.0
     return np.clip((hu.astype(np.float32, copy=False) - low) / width, 0.0, 1.0)
+
+
+def unit_to_hu(unit: np.ndarray) -> np.ndarray:
+    """Windowed [0, 1] values back to HU through ``UNIT_WINDOW`` (exact between its bounds)."""
+    width, level = UNIT_WINDOW
+    return unit * np.float32(width) + np.float32(level - width / 2.0)
+
+
+def rewindow_unit(unit: np.ndarray, cfg: ClinReadNetConfig) -> np.ndarray:
+    """Windowed [0, 1] values moved to the weights' window: exact for a window inside
+    ``UNIT_WINDOW``, whose outside is all the clipping lost."""
+    if (cfg.window_width, cfg.window_level) == UNIT_WINDOW:
+        return unit
+    return window_hu(unit_to_hu(unit), cfg.window_width, cfg.window_level)
 
 
 def pad_to_square(image: np.ndarray) -> np.ndarray:
@@ -110,7 +126,7 @@ def sample_slice(image: np.ndarray, value_range: ValueRange, cfg: ClinReadNetCon
     if value_range == "hu":
         unit = window_hu(image, cfg.window_width, cfg.window_level)
     else:
-        unit = np.clip(image.astype(np.float32, copy=False), 0.0, 1.0)
+        unit = rewindow_unit(np.clip(image.astype(np.float32, copy=False), 0.0, 1.0), cfg)
     square = pad_to_square(unit)
     if cfg.input_path in DECIMATE_PATHS:
         if square.shape[-1] > LARGEST_SIDE:

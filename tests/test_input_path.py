@@ -7,7 +7,8 @@ import pytest
 
 from clinreadnet_cli.config import ClinReadNetConfig, ConfigError, get_config
 from clinreadnet_cli.noise import measure_noise
-from clinreadnet_cli.preprocess import DETAIL_GAIN, area_resample, decimation_step, native_detail, prepare_slice
+from clinreadnet_cli.preprocess import (DETAIL_GAIN, UNIT_WINDOW, area_resample, decimation_step, native_detail,
+                                        prepare_slice, window_hu)
 
 from .conftest import tiny_config
 
@@ -48,6 +49,16 @@ def test_one_scene_on_a_768_and_a_512_grid_gives_the_same_input():
     # ...and the finer grid's pixel noise is averaged over 512² pixels, not sampled at its own pixels
     sd_768 = float(prepare_slice(unit_noise(768, sd=0.05), "unit", cfg).std())
     assert sd_768 < 0.7 * 0.05
+
+
+def test_windowed_images_are_moved_to_a_narrower_window_of_the_weights_as_hu_would_be():
+    hu = np.random.default_rng(1).normal(40, 80, (512, 512)).astype(np.float32)
+    narrow = get_config("clinreadnet", window_width=180.0)
+    from_unit = prepare_slice(window_hu(hu, *UNIT_WINDOW), "unit", narrow)
+    from_hu = prepare_slice(hu, "hu", narrow)
+    np.testing.assert_allclose(from_unit.numpy(), from_hu.numpy(), atol=1e-5)
+    # inside the narrower window the pixel noise is larger in window units, by the width ratio
+    assert float(from_hu.std()) > 1.5 * float(prepare_slice(hu, "hu", get_config("clinreadnet")).std())
 
 
 def test_small_slices_are_padded_not_stretched():
