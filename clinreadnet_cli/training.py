@@ -98,10 +98,20 @@ class TrainConfig:
         return cfg
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Training options from a TOML or YAML file (keys as in TrainConfig)."""
+def read_config_file(path: str | Path, _children: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Training options from a TOML or YAML file (keys as in TrainConfig).
+
+    ``base = "other.toml"`` (a path relative to the file) starts from that file's options: this
+    file's replace them key by key, and its tables (``model_overrides`` and the tables inside it)
+    merge into the base's, so a variant of a recipe states only what it changes.
+    """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    if path.resolve() in _children:
+        raise ConfigError(f"{path}: its base files name it again ({' <- '.join(str(c) for c in _children)})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
         if path.suffix.lower() == ".toml":
             try:
@@ -122,7 +132,23 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot parse ({exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a table of options")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    options = {k.replace("-", "_"): v for k, v in data.items()}
+    base = options.pop("base", None)
+    if base is None:
+        return options
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a file name, got {base!r}")
+    return merged_tables(read_config_file(path.parent / base, (*_children, path.resolve())), options)
+
+
+def merged_tables(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied: tables merge key by key, any other value replaces."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = merged_tables(merged[key], value)
+        merged[key] = value
+    return merged
 
 
 def augmentation() -> v2.Compose:

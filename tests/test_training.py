@@ -19,12 +19,14 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from clinreadnet_cli.checkpoint import read_config
+from clinreadnet_cli.config import ConfigError
 from clinreadnet_cli.cli import app
 from clinreadnet_cli.data import (DatasetError, LabelledSlice, SourceRunSampler, load_labelled, score_to_class,
                                   split_train_val)
 from clinreadnet_cli.dicom_export import write_series
 from clinreadnet_cli.metrics import correlation_metrics
 from clinreadnet_cli.noise import measure_noise
+from clinreadnet_cli.training import TrainConfig, read_config_file
 
 from .conftest import TINY, ct_phantom, unit_phantom
 
@@ -219,6 +221,32 @@ def test_config_file_yaml_and_flags_override_it(ldct, tmp_path):
         stored = json.loads(f.metadata()["config"])
     assert stored["name"] == "clinreadnet-no-sobel" and stored["loss"]["entropy"] is False
     assert stored["soqn"]["sobel_branch"] is False
+
+
+def test_config_file_extends_its_base_key_by_key_and_table_by_table(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "base.toml").write_text(
+        'epochs = 2\nlr = 5e-5\n[model_overrides]\ninput_path = "decimate"\nsampling_grids = 4\n'
+        '[model_overrides.loss]\nrank_weight = 5.0\nentropy = false\n')
+    (tmp_path / "variant.toml").write_text(
+        'base = "recipes/base.toml"\nepochs = 1\n[model_overrides]\nwindow_width = 180.0\n'
+        '[model_overrides.loss]\nrank_weight = 2.0\n')
+    assert read_config_file(tmp_path / "variant.toml") == {
+        "epochs": 1, "lr": 5e-5, "model_overrides": {"input_path": "decimate", "sampling_grids": 4,
+                                                     "window_width": 180.0,
+                                                     "loss": {"rank_weight": 2.0, "entropy": False}}}
+    (tmp_path / "recipes" / "base.toml").write_text('base = "../variant.toml"\n')
+    with pytest.raises(ConfigError, match="base files name it again"):
+        read_config_file(tmp_path / "variant.toml")
+    (tmp_path / "orphan.toml").write_text('base = "missing.toml"\n')
+    with pytest.raises(ConfigError, match="missing.toml: cannot read"):
+        read_config_file(tmp_path / "orphan.toml")
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "scripts" / "default_weights").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_shipped_recipes_read_into_training_options(recipe):
+    TrainConfig.from_dict({"data": "ldct", **read_config_file(recipe)}).model_config()
 
 
 def test_ranking_term_source_runs_detail_path_and_four_grids_train_and_score(ldct, tmp_path):
