@@ -70,6 +70,7 @@ class TrainConfig:
     input_range: str = "auto"
     split_file: str | None = None  # another run's split.json: train and validate on the same images (a fair comparison)
     images_per_source: int = 1  # > 1: batches drawn in runs of this many images of one simulated source slice
+    head_only: bool = False  # train the four heads alone on the frozen features of --init-weights (a read-out refit)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # config fields, e.g. {"drop_path_rate": 0.2}
 
     def __post_init__(self) -> None:
@@ -81,6 +82,9 @@ class TrainConfig:
             raise ConfigError("epochs and batch_size must be >= 1, lr > 0, val_fraction in [0, 1)")
         if self.images_per_source < 1:
             raise ConfigError(f"images_per_source must be >= 1, got {self.images_per_source}")
+        if self.head_only and not (self.init_weights or self.backbone_checkpoint):
+            raise ConfigError("head_only trains the heads on frozen features: it needs --init-weights (or "
+                              "--backbone-checkpoint) to take them from")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -353,7 +357,10 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, emit: Event, out: Pa
                         persistent_workers=False)
     val_loader = DataLoader(SliceDataset(val_items, model_cfg, None, cfg.input_range), batch_size=cfg.batch_size,
                             num_workers=cfg.workers)
-    optimizer = torch.optim.NAdam(model.parameters(), lr=cfg.lr)
+    if cfg.head_only:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.startswith("head."))
+    optimizer = torch.optim.NAdam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=1, eta_min=0.0)
     start, best = 0, float("-inf")
     if resume:
@@ -381,6 +388,9 @@ def _epochs(cfg: TrainConfig, model, loss_fn, loader, val_loader, sampler, optim
     for epoch in range(start, cfg.epochs):
         sampler.set_epoch(epoch)
         net.train()
+        if cfg.head_only:  # the frozen features as scoring reads them: no drop-path, no dropout
+            for name, module in model.named_children():
+                module.train(name == "head")
         began, total, count = time.perf_counter(), 0.0, 0
         for step, (images, labels) in enumerate(loader):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)

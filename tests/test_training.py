@@ -196,6 +196,20 @@ def test_two_epoch_run_writes_checkpoints_logs_and_config(ldct, tmp_path):
     assert scored.exit_code == 0 and len(json.loads(scored.stdout)) == 8
 
 
+def test_head_only_refits_the_heads_and_leaves_every_other_tensor_as_it_was(ldct, tmp_path):
+    common = ["--data", ldct / "train", "--config", ldct / "tiny.toml", "--epochs", 1]
+    assert train(*common, "--out", tmp_path / "first").exit_code == 0
+    first = tmp_path / "first" / "best.safetensors"
+    result = train(*common, "--out", tmp_path / "refit", "--init-weights", first, "--head-only", "--lr", 1e-2)
+    assert result.exit_code == 0, result.stderr
+    before, after = _tensors(first), _tensors(tmp_path / "refit" / "best.safetensors")
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("head."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("head."))
+    refused = train(*common, "--out", tmp_path / "nothing", "--head-only")
+    assert refused.exit_code == 2 and "needs --init-weights" in refused.stderr
+
+
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(ldct, tmp_path):
     common = ["--data", ldct / "train", "--config", ldct / "tiny.toml", "--seed", 1]
     assert train(*common, "--epochs", 2, "--out", tmp_path / "straight").exit_code == 0

@@ -55,6 +55,9 @@ def train(
                                                           f"({DEFAULT_WEIGHTS_NAME}); tensors that fit are copied. Default: none."),
     split_file: Optional[Path] = typer.Option(None, help="Train and validate on the images of another run's split.json "
                                                          "(to compare runs on the same patients). Default: a new split."),
+    head_only: Optional[bool] = typer.Option(None, "--head-only/--all-layers",
+                                             help="Train the four heads alone on the frozen features of "
+                                                  "--init-weights (a read-out refit). Default: every layer."),
 ) -> None:
     """Train a model on the LDCTIQAG2023 layout (image/*.tif + train.json) or a CSV of path,score."""
     from ..checkpoint import WeightsError
@@ -73,7 +76,7 @@ def train(
         "img_size": img_size, "val_fraction": val_fraction, "seed": seed, "device": device and device.value,
         "workers": workers, "amp": amp, "augment": augment, "loss_off": loss_off,
         "backbone_checkpoint": backbone_checkpoint, "init_weights": init_weights, "half_weights": half_weights,
-        "split_file": split_file,
+        "split_file": split_file, "head_only": head_only,
     }
     options: dict = {}
     try:
