@@ -61,6 +61,37 @@ def pooled_features(model, folder: Path, rows: list[dict], batch: int = 8) -> tu
     return [np.concatenate(s) for s in zip(*stages)], np.concatenate(scores)
 
 
+def cached_features(model, weights: Path, folder: Path, rows: list[dict], cache: Path | None):
+    """``pooled_features``, kept in ``cache`` (one .npz per weights file and folder) when given."""
+    if cache is None:
+        return pooled_features(model, folder, rows)
+    path = cache / f"{weights.parent.name}-{weights.stem}-{folder.name}-{len(rows)}.npz"
+    if not path.is_file():
+        stages, scores = pooled_features(model, folder, rows)
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez(path, scores=scores, **{f"stage{i}": s for i, s in enumerate(stages)})
+    with np.load(path) as f:
+        return [f[f"stage{i}"] for i in range(len(f.files) - 1)], f["scores"]
+
+
+def mlp(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, strength: float, hidden: int = 256,
+        steps: int = 3000) -> np.ndarray:
+    """Predictions of a one-hidden-layer network on standardised features, weight decay ``strength``."""
+    torch.manual_seed(0)
+    mean, sd = train_x.mean(0), train_x.std(0) + 1e-6
+    a = torch.from_numpy((train_x - mean) / sd).float()
+    b = torch.from_numpy((test_x - mean) / sd).float()
+    y = torch.from_numpy(train_y).float()
+    net = torch.nn.Sequential(torch.nn.Linear(a.shape[1], hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 1))
+    optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=strength)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        torch.nn.functional.mse_loss(net(a).squeeze(1), y).backward()
+        optimiser.step()
+    with torch.no_grad():
+        return net(b).squeeze(1).numpy()
+
+
 def ridge(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, strength: float) -> np.ndarray:
     """Predictions of a ridge regression on standardised features; ``strength`` x N on the diagonal."""
     mean, sd = train_x.mean(0), train_x.std(0) + 1e-6
@@ -84,7 +115,8 @@ def dose_means(rows: list[dict], scores: np.ndarray) -> str:
 def row(acq, scores: np.ndarray, labels: np.ndarray, rows: list[dict]) -> str:
     """A table row's measures for one scorer."""
     report = ordering_report(acq, scores)
-    shares = " | ".join(f"{report[k]:.3f}" for k in ("within_reconstruction", "cross_slice", "untouched_vs_low_dose"))
+    shares = " | ".join(f"{report[k]:.3f}" if report[k] == report[k] else "–"  # NaN: no such pairs
+                        for k in ("within_reconstruction", "cross_slice", "untouched_vs_low_dose"))
     return f"{shares} | {np.corrcoef(scores, labels)[0, 1]:.3f} | {dose_means(rows, scores)}"
 
 
@@ -97,6 +129,9 @@ def main() -> None:
     parser.add_argument("--labels", default="train.json", help="labels file in each folder")
     parser.add_argument("--strength", type=lambda v: [float(x) for x in v.split(",")], default=[1.0],
                         help="ridge penalty per image on standardised features; a comma list fits each")
+    parser.add_argument("--mlp", type=lambda v: [float(x) for x in v.split(",")], default=[],
+                        help="also a one-hidden-layer network on all stages, per weight decay in this comma list")
+    parser.add_argument("--cache", type=Path, help="keep the features here (an .npz per weights file and folder)")
     args = parser.parse_args()
 
     train_rows, train_y = kernel_images(args.train, args.filter, args.labels)
@@ -110,16 +145,19 @@ def main() -> None:
     print(f"| | labels | {row(acq, test_y, test_y, test_rows)} |")
     for weights in args.weights:
         model = load_model(weights)
-        train_stages, _ = pooled_features(model, args.train, train_rows)
-        test_stages, model_scores = pooled_features(model, args.heldout, test_rows)
+        train_stages, _ = cached_features(model, weights, args.train, train_rows, args.cache)
+        test_stages, model_scores = cached_features(model, weights, args.heldout, test_rows, args.cache)
         scorers = {"model": model_scores}
         for strength in args.strength:
             for i, (a, b) in enumerate(zip(train_stages, test_stages)):
                 scorers[f"probe ({strength:g}), stage {i + 1}"] = ridge(a, train_y, b, strength)
             scorers[f"probe ({strength:g}), all stages"] = ridge(np.concatenate(train_stages, 1), train_y,
                                                                 np.concatenate(test_stages, 1), strength)
+        for decay in args.mlp:
+            scorers[f"one-layer network ({decay:g}), all stages"] = mlp(
+                np.concatenate(train_stages, 1), train_y, np.concatenate(test_stages, 1), decay)
         for name, scores in scorers.items():
-            print(f"| {weights.name if name == 'model' else ''} | {name} | {row(acq, scores, test_y, test_rows)} |")
+            print(f"| {weights if name == 'model' else ''} | {name} | {row(acq, scores, test_y, test_rows)} |")
 
 
 if __name__ == "__main__":
