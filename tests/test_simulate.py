@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
@@ -552,3 +553,19 @@ def test_select_sources_script_writes_the_chosen_patients_slices(tmp_path):
     assert np.allclose(rest["pixel_spacing_mm"][:, 0], [0.7, 0.8])
     sources_read, errors, _ = find_sources([tmp_path / "held.npz"])
     assert not errors and [s.patient for s in sources_read] == ["P2"] * 3
+
+
+def test_feature_probe_ridge_reads_out_a_linear_target_and_dose_means_take_the_most_views():
+    """scripts/feature_probe.py: the ridge read-out recovers a target linear in the features on
+    unseen rows, and the dose spread is read at the most views."""
+    spec = importlib.util.spec_from_file_location("feature_probe", Path(__file__).resolve().parents[1] / "scripts"
+                                                  / "feature_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(300, 20)) * rng.uniform(0.1, 10, 20)  # columns of very different scales
+    target = features @ rng.normal(size=20) / features.std(0).mean() + 2.0
+    predicted = probe.ridge(features[:200], target[:200], features[200:], strength=1e-3)
+    assert np.corrcoef(predicted, target[200:])[0, 1] > 0.99
+    rows = [{"kind": "full", "views": v, "dose": d} for v, d in (("1000", "0.1"), ("1000", "1.0"), ("180", "0.1"))]
+    assert probe.dose_means(rows, np.array([1.0, 3.0, 0.2])) == "1.00 → 3.00"
