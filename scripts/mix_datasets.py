@@ -13,6 +13,10 @@ full dose).
     python scripts/mix_datasets.py OUT --heldout SIM_VAL --train SIM_A:2:0.4 --train SIM_B:3:0.5 \\
         --labels train-source.json
 
+``--again-filter hann:0.5`` draws a kernel's full reconstructions twice (the twenty-fourth
+attempt): a second link of each, whose source slices form runs of their own as if simulated
+again, so the ranking term pairs them among themselves.
+
 Each folder needs ``manifest.csv`` and the labels file (``--labels``, e.g. the source-unit labels
 ``label_ordering.py --write`` saves). The links point at the folders' images, so OUT is small.
 """
@@ -84,6 +88,9 @@ def mix() -> None:
     parser.add_argument("--heldout", type=Path, required=True, help="simulate folder of the held-out patients (val)")
     parser.add_argument("--train", type=training_folder, action="append", required=True,
                         help="FOLDER[:REPEAT[:KEEP]], repeatable")
+    parser.add_argument("--again-filter", action="append", default=[], metavar="FILTER",
+                        help="full reconstructions with this filter (e.g. hann:0.5) enter training a second "
+                             "time, linked again as a simulation of their own; repeatable")
     parser.add_argument("--labels", default="train.json", help="labels file inside each folder")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -106,6 +113,9 @@ def mix() -> None:
                 train += [link] * repeat
             elif draw.random() < keep:
                 train.append(link)
+        again = {name: score for name, score in folder_labels.items()
+                 if rows[name]["kind"] == "full" and rows[name].get("filter") in args.again_filter}
+        train += link_images(args.out, folder, f"t{k}again_", again, rows, labels, manifest).values()
     columns = tuple(dict.fromkeys(column for row in manifest for column in row))  # folders may differ
     rows = [{column: row.get(column, "") for column in columns} for row in manifest]
     write_text_atomic(args.out / "manifest.csv", manifest_csv(rows, columns))

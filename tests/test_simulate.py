@@ -526,6 +526,26 @@ def test_mix_datasets_script_merges_folders_keeps_held_out_patients_out(tmp_path
     assert failed.returncode == 1 and "manifest.csv" in failed.stderr and "Traceback" not in failed.stderr
 
 
+def test_mix_datasets_again_filter_links_one_kernel_a_second_time_as_its_own_simulation(tmp_path):
+    rows = [("0000.tif", "source", ""), ("0001.tif", "full", "hann:0.5"), ("0002.tif", "full", "ram-lak")]
+    for name, patient in (("held", "P9"), ("a", "P1")):
+        (tmp_path / name / "image").mkdir(parents=True)
+        lines = ["path,group,kind,filter,source"] + [f"image/{f},{patient},{k},{flt},{patient}#0" for f, k, flt in rows]
+        (tmp_path / name / "manifest.csv").write_text("\n".join(lines) + "\n")
+        (tmp_path / name / "train.json").write_text(json.dumps({f: 4.0 if k == "source" else 2.0 for f, k, _ in rows}))
+        for file, _, _ in rows:
+            (tmp_path / name / "image" / file).write_bytes(b"tif")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "mix_datasets.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "mix"), "--heldout", str(tmp_path / "held"),
+                    "--train", str(tmp_path / "a"), "--again-filter", "hann:0.5"], check=True, capture_output=True)
+    split = json.loads((tmp_path / "mix" / "split.json").read_text())
+    assert sorted(split["train"]) == ["t0_0000.tif", "t0_0001.tif", "t0_0002.tif", "t0again_0001.tif"]
+    with (tmp_path / "mix" / "manifest.csv").open() as f:
+        manifest = {row["path"]: row for row in csv.DictReader(f)}
+    assert manifest["image/t0again_0001.tif"]["source"] == "t0again_P1#0"
+    assert (tmp_path / "mix" / "image" / "t0again_0001.tif").resolve() == (tmp_path / "a" / "image" / "0001.tif").resolve()
+
+
 def test_select_sources_script_writes_the_chosen_patients_slices(tmp_path):
     """scripts/select_sources.py: every slice of the named patients, or the others at N evenly
     spaced slices a patient, with every per-slice array kept; a simulation reads the result."""
