@@ -74,13 +74,17 @@ def cached_features(model, weights: Path, folder: Path, rows: list[dict], cache:
         return [f[f"stage{i}"] for i in range(len(f.files) - 1)], f["scores"]
 
 
+def standardised(train_x: np.ndarray, test_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both feature sets scaled by the training set's per-feature mean and SD."""
+    mean, sd = train_x.mean(0), train_x.std(0) + 1e-6
+    return (train_x - mean) / sd, (test_x - mean) / sd
+
+
 def mlp(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, strength: float, hidden: int = 256,
         steps: int = 3000) -> np.ndarray:
     """Predictions of a one-hidden-layer network on standardised features, weight decay ``strength``."""
     torch.manual_seed(0)
-    mean, sd = train_x.mean(0), train_x.std(0) + 1e-6
-    a = torch.from_numpy((train_x - mean) / sd).float()
-    b = torch.from_numpy((test_x - mean) / sd).float()
+    a, b = (torch.from_numpy(x).float() for x in standardised(train_x, test_x))
     y = torch.from_numpy(train_y).float()
     net = torch.nn.Sequential(torch.nn.Linear(a.shape[1], hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 1))
     optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=strength)
@@ -94,8 +98,7 @@ def mlp(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, strength: 
 
 def ridge(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, strength: float) -> np.ndarray:
     """Predictions of a ridge regression on standardised features; ``strength`` x N on the diagonal."""
-    mean, sd = train_x.mean(0), train_x.std(0) + 1e-6
-    a, b = (train_x - mean) / sd, (test_x - mean) / sd
+    a, b = standardised(train_x, test_x)
     beta = np.linalg.solve(a.T @ a + strength * len(a) * np.eye(a.shape[1]), a.T @ (train_y - train_y.mean()))
     return b @ beta + train_y.mean()
 
@@ -147,15 +150,14 @@ def main() -> None:
         model = load_model(weights)
         train_stages, _ = cached_features(model, weights, args.train, train_rows, args.cache)
         test_stages, model_scores = cached_features(model, weights, args.heldout, test_rows, args.cache)
+        train_all, test_all = np.concatenate(train_stages, 1), np.concatenate(test_stages, 1)
         scorers = {"model": model_scores}
         for strength in args.strength:
             for i, (a, b) in enumerate(zip(train_stages, test_stages)):
                 scorers[f"probe ({strength:g}), stage {i + 1}"] = ridge(a, train_y, b, strength)
-            scorers[f"probe ({strength:g}), all stages"] = ridge(np.concatenate(train_stages, 1), train_y,
-                                                                np.concatenate(test_stages, 1), strength)
+            scorers[f"probe ({strength:g}), all stages"] = ridge(train_all, train_y, test_all, strength)
         for decay in args.mlp:
-            scorers[f"one-layer network ({decay:g}), all stages"] = mlp(
-                np.concatenate(train_stages, 1), train_y, np.concatenate(test_stages, 1), decay)
+            scorers[f"one-layer network ({decay:g}), all stages"] = mlp(train_all, train_y, test_all, decay)
         for name, scores in scorers.items():
             print(f"| {weights if name == 'model' else ''} | {name} | {row(acq, scores, test_y, test_rows)} |")
 
