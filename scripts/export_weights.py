@@ -5,7 +5,9 @@
 ``--sampling-grids 4`` stores the config's reading of the decimate path as every sampling grid, their
 predictions averaged (the tensors do not change: each grid is scored by the same network).
 ``--average-with B.safetensors ...`` stores the mean of the source's tensors and those of other runs
-of the same architecture fine-tuned from one start (a "model soup"; integer buffers are the source's).
+of the same architecture fine-tuned from one start (a "model soup"; integer buffers are the source's);
+``--shares 0.6 0.4`` weighs them instead (source first; the shares sum to 1), which interpolates two
+fine-tunes of one start that fail in opposite ways.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from clinreadnet_cli.checkpoint import load_model, save_weights
 from clinreadnet_cli.config import SAMPLING_GRIDS
 
 
-def averaged_state(source: torch.nn.Module, others: list[Path]) -> dict[str, torch.Tensor]:
-    """The mean of the floating tensors of ``source`` and ``others``, which must be the same network
-    fed the same way (only the loss, the sampling grids and the description may differ): then the
-    tensors match one to one."""
+def averaged_state(source: torch.nn.Module, others: list[Path],
+                   shares: list[float] | None = None) -> dict[str, torch.Tensor]:
+    """The mean of the floating tensors of ``source`` and ``others`` (weighted by ``shares``, source
+    first, when given), which must be the same network fed the same way (only the loss, the sampling
+    grids and the description may differ): then the tensors match one to one."""
     def fed(config) -> dict:
         return {k: v for k, v in config.to_dict().items() if k not in ("loss", "sampling_grids", "description")}
 
@@ -33,8 +36,13 @@ def averaged_state(source: torch.nn.Module, others: list[Path]) -> dict[str, tor
     if unlike:
         raise SystemExit(f"{', '.join(unlike)}: another config (architecture, window or input path) than the source")
     states = [source.state_dict()] + [m.state_dict() for m in models]
-    return {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
-            for k, v in states[0].items()}
+    weights = torch.tensor(shares if shares is not None else [1.0 / len(states)] * len(states), dtype=torch.float64)
+
+    def mixed(key: str) -> torch.Tensor:
+        stacked = torch.stack([s[key] for s in states]).double()
+        return torch.tensordot(weights, stacked, dims=1).to(states[0][key].dtype)
+
+    return {k: mixed(k) if v.is_floating_point() else v for k, v in states[0].items()}
 
 
 def main() -> None:
@@ -46,13 +54,19 @@ def main() -> None:
                         help="how many decimation grids a slice is read through (default: the source's)")
     parser.add_argument("--average-with", type=Path, nargs="+", default=[], metavar="WEIGHTS",
                         help="average the source's tensors with these files' (equal shares)")
+    parser.add_argument("--shares", type=float, nargs="+", metavar="SHARE",
+                        help="with --average-with: each file's share, the source's first; they sum to 1")
     args = parser.parse_args()
+    if args.shares is not None and (len(args.shares) != 1 + len(args.average_with)
+                                    or abs(sum(args.shares) - 1) > 1e-6 or min(args.shares) < 0):
+        parser.error("--shares needs one non-negative share for the source and one per --average-with file, "
+                     "summing to 1")
     model = load_model(args.source)
     if args.sampling_grids is not None or args.average_with:
         config = model.config
         if args.sampling_grids is not None:
             config = dataclasses.replace(config, sampling_grids=args.sampling_grids)
-        state = averaged_state(model, args.average_with) if args.average_with else model.state_dict()
+        state = averaged_state(model, args.average_with, args.shares) if args.average_with else model.state_dict()
         model = create_model(config)
         model.load_state_dict(state)
         model.eval()

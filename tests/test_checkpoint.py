@@ -188,3 +188,32 @@ def test_hostile_weights_are_refused_in_one_line(tmp_path, trained, name, change
     with pytest.raises(WeightsError, match=message) as err:
         load_model(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_export_weights_interpolates_two_fine_tunes_by_their_shares(trained, tmp_path):
+    """scripts/export_weights.py --average-with B --shares: each floating tensor is the shares'
+    weighted sum (source first), integer buffers stay the source's; shares that do not fit are a
+    usage error."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    other = create_model(tiny_config("clinreadnet"))  # same config, other tensors
+    source_path = save_weights(trained, tmp_path / "a.safetensors")
+    other_path = save_weights(other, tmp_path / "b.safetensors")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "export_weights.py"
+
+    def export(*extra):
+        return subprocess.run([sys.executable, str(script), str(source_path), str(tmp_path / "soup.safetensors"),
+                               "--fp32", "--average-with", str(other_path), *extra], capture_output=True, text=True)
+
+    assert export("--shares", "0.25", "0.75").returncode == 0
+    soup = load_model(tmp_path / "soup.safetensors").state_dict()
+    a, b = trained.state_dict(), other.state_dict()
+    floating = [k for k, v in a.items() if v.is_floating_point() and not torch.equal(v, b[k])]
+    assert floating  # the two models really differ
+    for key, value in soup.items():
+        expected = 0.25 * a[key] + 0.75 * b[key] if a[key].is_floating_point() else a[key]
+        assert torch.allclose(value, expected, atol=1e-6), key
+    assert export("--shares", "0.5", "0.6").returncode == 2
+    assert "--shares" in export("--shares", "1.0").stderr
