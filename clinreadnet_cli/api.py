@@ -3,7 +3,7 @@
     from clinreadnet_cli import score_array, score_paths
 
     record = score_array(hu_slice)                    # one 2-D slice in HU (numpy)
-    records = score_paths(["study/"], weights="sim-v3")  # files and folders, errors as records
+    records = score_paths(["study/"], weights="sim-v4")  # files and folders, errors as records
 
 ``Scorer`` keeps one model loaded for many calls; the two functions reuse one Scorer per
 weights and options. Nothing here writes files.

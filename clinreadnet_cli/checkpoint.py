@@ -24,15 +24,16 @@ if TYPE_CHECKING:  # torch and the model are imported where tensors are handled;
 
 FORMAT = "clinreadnet-weights/1"
 _WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-# Shipped weights by name, architecture.training (``--weights clinreadnet.sim-v3``, or ``sim-v3`` for
+# Shipped weights by name, architecture.training (``--weights clinreadnet.sim-v4``, or ``sim-v4`` for
 # short); each file's own header says how to build and feed its model (v1 resizes, v2 decimates one
-# sampling grid, v3 all four).
+# sampling grid, v3 and v4 all four).
 NAMED_WEIGHTS = {
     "clinreadnet.sim-v1": _WEIGHTS_DIR / "clinreadnet-sim.safetensors",
     "clinreadnet.sim-v2": _WEIGHTS_DIR / "clinreadnet-sim-v2.safetensors",
     "clinreadnet.sim-v3": _WEIGHTS_DIR / "clinreadnet-sim-v3.safetensors",
+    "clinreadnet.sim-v4": _WEIGHTS_DIR / "clinreadnet-sim-v4.safetensors",
 }
-DEFAULT_WEIGHTS_NAME = "clinreadnet.sim-v3"
+DEFAULT_WEIGHTS_NAME = "clinreadnet.sim-v4"
 SHIPPED_WEIGHTS = NAMED_WEIGHTS[DEFAULT_WEIGHTS_NAME]
 
 
@@ -42,7 +43,7 @@ def default_weights() -> Path:
 
 
 def resolve_weights(value: str | Path | None) -> Path:
-    """A weights file: a path, or the name of shipped weights (``clinreadnet.sim-v3`` or ``sim-v3``);
+    """A weights file: a path, or the name of shipped weights (``clinreadnet.sim-v4`` or ``sim-v4``);
     None: the default."""
     if value is None:
         return default_weights()

@@ -17,11 +17,12 @@ from clinreadnet_cli.cli import app
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_default_weights_are_v3_and_each_keeps_its_input_path(monkeypatch):
+def test_default_weights_are_v4_and_each_keeps_its_input_path(monkeypatch):
     monkeypatch.delenv("CLINREADNET_WEIGHTS", raising=False)
-    assert default_weights() == SHIPPED_WEIGHTS == NAMED_WEIGHTS["clinreadnet.sim-v3"]
-    v3 = read_config(SHIPPED_WEIGHTS)
-    assert v3.name == "clinreadnet" and (v3.input_path, v3.sampling_grids) == ("decimate", 4)
+    assert default_weights() == SHIPPED_WEIGHTS == NAMED_WEIGHTS["clinreadnet.sim-v4"]
+    for name in ("clinreadnet.sim-v4", "clinreadnet.sim-v3"):
+        config = read_config(NAMED_WEIGHTS[name])
+        assert config.name == "clinreadnet" and (config.input_path, config.sampling_grids) == ("decimate", 4), name
     v2 = read_config(NAMED_WEIGHTS["clinreadnet.sim-v2"])  # stored before sampling_grids existed: one grid
     assert v2.name == "clinreadnet" and (v2.input_path, v2.sampling_grids) == ("decimate", 1)
     assert v2.mtmsa.log_temperatures and v2.mtmsa.mixing_sharpness
@@ -30,7 +31,7 @@ def test_default_weights_are_v3_and_each_keeps_its_input_path(monkeypatch):
     assert not v1.mtmsa.log_temperatures and not v1.mtmsa.mixing_sharpness
 
 
-@pytest.mark.parametrize("weights", [None, "sim-v2", "clinreadnet.sim-v1"])  # None: v3
+@pytest.mark.parametrize("weights", [None, "sim-v3", "sim-v2", "clinreadnet.sim-v1"])  # None: v4
 def test_shipped_weights_rank_the_sample_degradations(weights, monkeypatch):
     monkeypatch.delenv("CLINREADNET_WEIGHTS", raising=False)
     args = ["score", str(REPO / "sample_data" / "dicom"), "--format", "json"]

@@ -32,7 +32,7 @@ WEIGHTS_HELP = (f"Weights file (.safetensors) or shipped weights by name ({DEFAU
                 f"{DEFAULT_WEIGHTS_NAME.split('.')[1]}; clinreadnet.sim-v1 for the first release).")
 DEFAULT_WEIGHTS_HELP = f"{WEIGHTS_HELP} Default: {DEFAULT_WEIGHTS_NAME}."
 SAMPLING_GRIDS_HELP = ("Read each slice through N sampling grids (1 or 4, decimate input paths) instead of the "
-                       "weights' own number (sim-v3: 4). 1 costs a quarter of the model time; records say which.")
+                       "weights' own number (sim-v4: 4). 1 costs a quarter of the model time; records say which.")
 
 
 class ListFormat(str, Enum):

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Rebuild weights/clinreadnet-sim-v4.safetensors from the shipped v3 and the real CT sources:
+# v3 fine-tuned for two epochs on reference-unit labels, then v3 and that fine-tune averaged half and half
+# (weights/MODEL_CARD.md, "Weights v4"). Finished steps are skipped when the script is re-run.
+#
+#   bash scripts/train_weights_v4.sh [SOURCES] [WORK]
+#
+# SOURCES: normal-dose CT (default ../shared/data/ct_sources); WORK: simulated data and runs
+# (default work/, ignored by git). Wall time on a 2-core CPU with AVX512-BF16: simulations ~16 min,
+# training ~11 min, held-out evaluation ~10 min, other-simulator check ~15 min. bf16 training is
+# not bit-reproducible, so a rebuild gives nearby weights, not the same file.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SOURCES=${1:-../shared/data/ct_sources}
+WORK=${2:-work}
+CLI=${CLINREADNET:-.venv/bin/clinreadnet}
+PY=${PYTHON:-.venv/bin/python}
+HELDOUT=benchmarks/results/ordering_check_v2.json  # names the 11 held-out patients
+mkdir -p "$WORK"
+
+# Held out: every slice of the 11 patients; training: two evenly spaced slices of each other patient.
+[ -f "$WORK/heldout.npz" ] || "$PY" scripts/select_sources.py "$WORK/heldout.npz" --sources "$SOURCES" --patients-from "$HELDOUT"
+[ -f "$WORK/train2.npz" ] || "$PY" scripts/select_sources.py "$WORK/train2.npz" --sources "$SOURCES" --patients-from "$HELDOUT" \
+  --exclude --per-patient 2
+[ -f "$WORK/sim_val/train.json" ] || "$CLI" simulate --source "$WORK/heldout.npz" --out "$WORK/sim_val" --overwrite \
+  --mode both --full-filters ram-lak,shepp-logan,cosine,hann,hann:0.5 --electronic-noise 5,20 --seed 0
+# Full reconstructions at a fixed photon budget, Hann at half Nyquist drawn for a third of the slices.
+[ -f "$WORK/sim_t46/train.json" ] || "$CLI" simulate --source "$WORK/train2.npz" --out "$WORK/sim_t46" --overwrite \
+  --mode both --photon-budget 3e5,3e6 --full-filters hann:0.5,hann:0.5,ram-lak,shepp-logan,cosine,hann \
+  --electronic-noise 5,20 --seed 5
+
+# Reference-unit labels: degradation in units of the quantum noise of each image's own full-dose reference.
+for sim in sim_val sim_t46; do
+  [ -f "$WORK/$sim/train-ref.json" ] || "$PY" scripts/label_ordering.py "$WORK/$sim" --unit reference \
+    --write "$WORK/$sim/train-ref.json"
+done
+if [ ! -f "$WORK/sim_val-ref/train.json" ]; then  # the held-out images under those labels, for evaluate
+  mkdir -p "$WORK/sim_val-ref"
+  ln -sfn "$(cd "$WORK/sim_val" && pwd)/image" "$WORK/sim_val-ref/image"
+  cp "$WORK/sim_val/manifest.csv" "$WORK/sim_val-ref/manifest.csv"
+  cp "$WORK/sim_val/train-ref.json" "$WORK/sim_val-ref/train.json"
+fi
+
+# Untouched training images twelve times, every Hann-at-half-Nyquist reconstruction a second time;
+# validation (it only picks the epoch) on 192 held-out images drawn at random.
+if [ ! -f "$WORK/mix25/split-val192.json" ]; then
+  "$PY" scripts/mix_datasets.py "$WORK/mix25" --heldout "$WORK/sim_val" --train "$WORK/sim_t46:12:1.0" \
+    --again-filter hann:0.5 --labels train-ref.json
+  "$PY" -c "import json, random, sys
+split = json.load(open(sys.argv[1])); random.Random(0).shuffle(split['val']); split['val'] = sorted(split['val'][:192])
+json.dump(split, open(sys.argv[2], 'w'))" "$WORK/mix25/split.json" "$WORK/mix25/split-val192.json"
+  "$PY" -c "import json, sys; l = json.load(open(sys.argv[1])); json.dump({'train': [], 'val': sorted(l)}, open(sys.argv[2], 'w'))" \
+    "$WORK/sim_val-ref/train.json" "$WORK/val-all.json"
+fi
+
+# The fine-tune (the twenty-fifth attempt): two epochs from v3, ranking term, bf16 where the CPU
+# has it; an interrupted run resumes.
+RUN="$WORK/runs/a25"
+if [ ! -f "$RUN/metrics.jsonl" ] || [ "$(wc -l < "$RUN/metrics.jsonl")" -lt 2 ]; then
+  resume=(); [ -f "$RUN/last_state.safetensors" ] && resume=(--resume)
+  "$CLI" train --config scripts/default_weights/attempt19.toml --data "$WORK/mix25" \
+    --split-file "$WORK/mix25/split-val192.json" --init-weights weights/clinreadnet-sim-v3.safetensors \
+    --out "$RUN" "${resume[@]}"
+fi
+
+# v4: v3 and the fine-tune averaged half and half, read through all four sampling grids, fp16.
+"$PY" scripts/export_weights.py weights/clinreadnet-sim-v3.safetensors "$WORK/clinreadnet-sim-v4.safetensors" \
+  --average-with "$RUN/best.safetensors" --shares 0.5 0.5
+
+# Held-out patients (reference-unit labels) and the two other simulators.
+"$CLI" evaluate --data "$WORK/sim_val-ref" --split val --split-file "$WORK/val-all.json" \
+  --weights "$WORK/clinreadnet-sim-v4.safetensors" --predictions "$WORK/heldout-v4.csv"
+"$PY" scripts/label_ordering.py "$WORK/sim_val-ref" --predictions "$WORK/heldout-v4.csv" --by-patient
+"$PY" scripts/ordering_check.py --slices "$HELDOUT" --sources "$SOURCES" --weights "$WORK/clinreadnet-sim-v4.safetensors" \
+  --out "$WORK/ordering_check_v4.json"
+echo "copy $WORK/clinreadnet-sim-v4.safetensors to weights/ to ship it"
