@@ -13,6 +13,7 @@ full dose).
     python scripts/mix_datasets.py OUT --heldout SIM_VAL --train SIM_A:2:0.4 --train SIM_B:3:0.5 \\
         --labels train-source.json
 
+``--val-count 192`` keeps that many held-out images, drawn at random, in the split's val list.
 ``--again-filter hann:0.5`` draws a kernel's full reconstructions twice (the twenty-fourth
 attempt): a second link of each, whose source slices form runs of their own as if simulated
 again, so the ranking term pairs them among themselves.
@@ -93,6 +94,9 @@ def mix() -> None:
                              "time, linked again as a simulation of their own; repeatable")
     parser.add_argument("--labels", default="train.json", help="labels file inside each folder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-count", type=int, metavar="N",
+                        help="validate on N held-out images drawn with --seed (validation only picks the epoch); "
+                             "default: all of them")
     args = parser.parse_args()
     draw = random.Random(args.seed)
     (args.out / "image").mkdir(parents=True, exist_ok=True)
@@ -102,6 +106,9 @@ def mix() -> None:
     held_patients = {row["group"] for row in held_rows.values()}
     held_labels = read_labels(args.heldout, args.labels, held_rows)
     val = sorted(link_images(args.out, args.heldout, "h_", held_labels, held_rows, labels, manifest).values())
+    if args.val_count is not None:
+        random.Random(args.seed).shuffle(val)
+        val = sorted(val[:args.val_count])
     train: list[str] = []
     for k, (folder, repeat, keep) in enumerate(args.train):
         rows = read_manifest(folder / "manifest.csv", {"group", "kind"})

@@ -43,12 +43,9 @@ fi
 
 # Untouched training images twelve times, every Hann-at-half-Nyquist reconstruction a second time;
 # validation (it only picks the epoch) on 192 held-out images drawn at random.
-if [ ! -f "$WORK/mix25/split-val192.json" ]; then
+if [ ! -f "$WORK/mix25/split.json" ]; then
   "$PY" scripts/mix_datasets.py "$WORK/mix25" --heldout "$WORK/sim_val" --train "$WORK/sim_t46:12:1.0" \
-    --again-filter hann:0.5 --labels train-ref.json
-  "$PY" -c "import json, random, sys
-split = json.load(open(sys.argv[1])); random.Random(0).shuffle(split['val']); split['val'] = sorted(split['val'][:192])
-json.dump(split, open(sys.argv[2], 'w'))" "$WORK/mix25/split.json" "$WORK/mix25/split-val192.json"
+    --again-filter hann:0.5 --labels train-ref.json --val-count 192
   "$PY" -c "import json, sys; l = json.load(open(sys.argv[1])); json.dump({'train': [], 'val': sorted(l)}, open(sys.argv[2], 'w'))" \
     "$WORK/sim_val-ref/train.json" "$WORK/val-all.json"
 fi
@@ -59,7 +56,7 @@ RUN="$WORK/runs/a25"
 if [ ! -f "$RUN/metrics.jsonl" ] || [ "$(wc -l < "$RUN/metrics.jsonl")" -lt 2 ]; then
   resume=(); [ -f "$RUN/last_state.safetensors" ] && resume=(--resume)
   "$CLI" train --config scripts/default_weights/attempt19.toml --data "$WORK/mix25" \
-    --split-file "$WORK/mix25/split-val192.json" --init-weights weights/clinreadnet-sim-v3.safetensors \
+    --split-file "$WORK/mix25/split.json" --init-weights weights/clinreadnet-sim-v3.safetensors \
     --out "$RUN" "${resume[@]}"
 fi
 

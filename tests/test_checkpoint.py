@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,10 +197,6 @@ def test_export_weights_interpolates_two_fine_tunes_by_their_shares(trained, tmp
     """scripts/export_weights.py --average-with B --shares: each floating tensor is the shares'
     weighted sum (source first), integer buffers stay the source's; shares that do not fit are a
     usage error."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     other = create_model(tiny_config("clinreadnet"))  # same config, other tensors
     source_path = save_weights(trained, tmp_path / "a.safetensors")
     other_path = save_weights(other, tmp_path / "b.safetensors")

@@ -540,6 +540,13 @@ def test_mix_datasets_again_filter_links_one_kernel_a_second_time_as_its_own_sim
                     "--train", str(tmp_path / "a"), "--again-filter", "hann:0.5"], check=True, capture_output=True)
     split = json.loads((tmp_path / "mix" / "split.json").read_text())
     assert sorted(split["train"]) == ["t0_0000.tif", "t0_0001.tif", "t0_0002.tif", "t0again_0001.tif"]
+    # --val-count: that many held-out images, drawn with --seed, the same draw on every run.
+    def val_cut(out):
+        subprocess.run([sys.executable, str(script), str(out), "--heldout", str(tmp_path / "held"),
+                        "--train", str(tmp_path / "a"), "--val-count", "2"], check=True, capture_output=True)
+        return json.loads((out / "split.json").read_text())["val"]
+    cut = [val_cut(tmp_path / "cut0"), val_cut(tmp_path / "cut1")]
+    assert cut[0] == cut[1] and len(cut[0]) == 2 and set(cut[0]) < set(split["val"])
     with (tmp_path / "mix" / "manifest.csv").open() as f:
         manifest = {row["path"]: row for row in csv.DictReader(f)}
     assert manifest["image/t0again_0001.tif"]["source"] == "t0again_P1#0"
