@@ -237,6 +237,36 @@ def cross_slice_causes(acq: Acquisitions, scores: np.ndarray, full_dose_noise: n
     return _shares(counts)
 
 
+def cross_group_interval(acq: Acquisitions, scores: np.ndarray, groups: np.ndarray, resamples: int = 2000,
+                         level: float = 0.95, seed: int = 0, chunk: int = 512) -> tuple[float, float]:
+    """A bootstrap interval of the share of pairs ordered across groups: ``ordering_report``'s
+    cross-slice share with ``groups=acq.source``, its cross-patient share with ``acq.patient``.
+
+    The pairs of a few slices are far from independent: one slice scored high at every dose
+    decides many of them. So the groups are resampled with replacement, and each resample's share
+    is taken over the pairs between two different groups it drew (a group drawn twice counts its
+    pairs with each other group twice, and is never paired with its own copy)."""
+    names, group_of = np.unique(groups, return_inverse=True)
+    pairs = np.zeros((len(names), len(names)))
+    right = np.zeros_like(pairs)
+    for a, b in scored_pairs(scores, chunk):
+        worse = more_degraded(acq, a, b) & (groups[a] != groups[b])
+        ga, gb = np.broadcast_arrays(group_of[a], group_of[b])
+        np.add.at(pairs, (ga[worse], gb[worse]), 1)
+        np.add.at(right, (ga[worse], gb[worse]), (scores[a] < scores[b])[worse])
+    pairs, right = pairs + pairs.T, right + right.T  # unordered group pairs: (i, j) and (j, i) alike
+    rng = np.random.default_rng(seed)
+    shares = []
+    for _ in range(resamples):
+        drawn = np.bincount(rng.integers(len(names), size=len(names)), minlength=len(names))
+        weight = np.outer(drawn, drawn)  # pairs of groups i != j, each as often as both were drawn
+        np.fill_diagonal(weight, 0)
+        if (total := (weight * pairs).sum()) > 0:
+            shares.append((weight * right).sum() / total)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(shares, tail)), float(np.percentile(shares, 100 - tail))
+
+
 def ordering_report(acq: Acquisitions, scores: np.ndarray, chunk: int = 512) -> dict:
     """How well ``scores`` (higher = better quality) order images by their acquisition.
 

@@ -20,6 +20,10 @@ Each image is scored with each weights file and measured with ``noise_hu``; the 
 ``benchmarks/results/ordering_check.json``, with the cross-slice pairs split by cause
 (``cross_slice_causes``: less dose, fewer views or both; the more degraded image's slice noisier
 or quieter than the other's at its own full dose and views, ``noise_hu`` of that acquisition).
+The cross-slice and cross-patient shares come with 95 % bootstrap intervals over the slices and
+over the patients (``cross_slice_95``, ``cross_patient_95``): with a dozen slices, one slice read
+high at every dose moves the share by a point or more. The
+JSON keeps every image's acquisition and scores, so other measures need no re-run.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from clinreadnet_cli.checkpoint import load_model  # noqa: E402
 from clinreadnet_cli.evaluation import (CROSS_SLICE_CAUSES, Acquisitions, cross_slice_causes,  # noqa: E402
-                                         ordering_report)
+                                         cross_group_interval, ordering_report)
 from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference  # noqa: E402
 from clinreadnet_cli.noise import measure_noise  # noqa: E402
 from clinreadnet_cli.preprocess import prepare_slice  # noqa: E402
@@ -160,15 +164,20 @@ def main() -> None:
         full_quality = ~acq.untouched & (acq.dose == max(DOSES)) & (acq.views == max(VIEWS))
         noise_of_slice = dict(zip(acq.source[full_quality], noise[full_quality]))
         full_dose_noise = np.array([noise_of_slice[source] for source in acq.source])
-        report = {"images": len(images), "noise_hu": ordering_report(acq, -noise),
-                  "causes": {"noise_hu": cross_slice_causes(acq, -noise, full_dose_noise)}}
+        report = {"images": len(images), "acquisitions": [list(m) for m in meta], "scores": {"noise_hu": [None if np.isnan(v) else v for v in noise]},
+                  "causes": {}}
         for name, (cfg, predict) in models.items():
             scores = []
             for start in range(0, len(images), 8):
                 batch = torch.stack([prepare_slice(image, "hu", cfg) for image in images[start:start + 8]])
                 scores += predict(batch).score.tolist()
-            report[name] = ordering_report(acq, np.array(scores))
-            report["causes"][name] = cross_slice_causes(acq, np.array(scores), full_dose_noise)
+            report["scores"][name] = scores
+        for name, scores in report["scores"].items():
+            higher_is_better = (-1 if name == "noise_hu" else 1) * np.array(scores, float)  # None: not measured
+            report[name] = ordering_report(acq, higher_is_better)
+            report[name]["cross_slice_95"] = cross_group_interval(acq, higher_is_better, acq.source)
+            report[name]["cross_patient_95"] = cross_group_interval(acq, higher_is_better, acq.patient)
+            report["causes"][name] = cross_slice_causes(acq, higher_is_better, full_dose_noise)
         report["seconds"] = round(time.perf_counter() - started, 1)
         results[simulator] = report
 
@@ -185,6 +194,9 @@ def main() -> None:
                 cells.append(f"{-value:.1f} HU" if s == "noise_hu" and m.endswith("mean")
                              else f"{value:.2f}" if m.endswith("mean") else f"{value:.4f}")
             print(f"| {m} | " + " | ".join(cells) + " |")
+            if m in ("cross_slice", "cross_patient"):
+                cells = ["{:.3f}–{:.3f}".format(*report[s][f"{m}_95"]) for s in scorers]
+                print(f"| {m}, 95 % interval ({m.split('_')[1]}s resampled) | " + " | ".join(cells) + " |")
         for cause in CROSS_SLICE_CAUSES:
             pairs = report["causes"]["noise_hu"][f"{cause}_pairs"]
             cells = [f"{report['causes'][s][cause]:.4f}" for s in scorers]

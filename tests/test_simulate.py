@@ -406,6 +406,27 @@ def test_cross_slice_causes_split_pairs_by_what_degrades_and_by_full_dose_noise(
     assert r["dose_only"] == 2 / 4 and r["views_only"] == 2 / 4 and r["dose_and_views"] == 1.0
 
 
+def test_cross_group_interval_resamples_slices_or_patients_around_the_share():
+    from clinreadnet_cli.evaluation import Acquisitions, cross_group_interval, ordering_report
+
+    # Six slices of three patients at the same four acquisitions; scores follow the acquisition
+    # exactly, except that one slice reads a whole point high at every acquisition.
+    grid = [(1.0, 1000), (0.5, 1000), (1.0, 180), (0.5, 180)]
+    acq = Acquisitions(source=np.repeat(np.arange(6), 4), patient=np.repeat(np.arange(6) // 2, 4),
+                       untouched=np.zeros(24, bool), dose=np.array([d for d, _ in grid] * 6),
+                       views=np.array([v for _, v in grid] * 6, float), reconstruction=np.full(24, "full ram-lak"))
+    quality = np.tile([4.0, 3.0, 3.5, 2.5], 6)
+    assert cross_group_interval(acq, quality, acq.source, resamples=200) == (1.0, 1.0)
+    offset = quality + np.repeat([1.0, 0, 0, 0, 0, 0], 4)
+    report = ordering_report(acq, offset)
+    low, high = cross_group_interval(acq, offset, acq.source, resamples=500)
+    assert low < report["cross_slice"] < high == 1.0  # resamples without the odd slice order every pair
+    assert (low, high) == cross_group_interval(acq, offset, acq.source, resamples=500)  # seeded
+    # Over the three patients, the odd slice's patient is resampled as a whole.
+    patient_low, patient_high = cross_group_interval(acq, offset, acq.patient, resamples=500)
+    assert patient_low < report["cross_patient"] < patient_high == 1.0
+
+
 def test_label_ordering_script_reports_untouched_pairs_per_patient(tmp_path):
     """scripts/label_ordering.py --predictions --by-patient: one row per held-out patient with its
     untouched slices' noise, the model's untouched mean and its untouched-vs-low-dose ordering, and
