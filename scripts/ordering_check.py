@@ -22,8 +22,8 @@ Each image is scored with each weights file and measured with ``noise_hu``; the 
 or quieter than the other's at its own full dose and views, ``noise_hu`` of that acquisition).
 The cross-slice and cross-patient shares come with 95 % bootstrap intervals over the slices and
 over the patients (``cross_slice_95``, ``cross_patient_95``): with a dozen slices, one slice read
-high at every dose moves the share by a point or more. The
-JSON keeps every image's acquisition and scores, so other measures need no re-run.
+high at every dose moves the share by a point or more. The JSON keeps every image's acquisition
+and scores, so other measures need no re-run.
 """
 
 from __future__ import annotations
@@ -164,8 +164,8 @@ def main() -> None:
         full_quality = ~acq.untouched & (acq.dose == max(DOSES)) & (acq.views == max(VIEWS))
         noise_of_slice = dict(zip(acq.source[full_quality], noise[full_quality]))
         full_dose_noise = np.array([noise_of_slice[source] for source in acq.source])
-        report = {"images": len(images), "acquisitions": [list(m) for m in meta], "scores": {"noise_hu": [None if np.isnan(v) else v for v in noise]},
-                  "causes": {}}
+        report = {"images": len(images), "acquisitions": [list(m) for m in meta],
+                  "scores": {"noise_hu": [None if np.isnan(v) else v for v in noise]}, "causes": {}}
         for name, (cfg, predict) in models.items():
             scores = []
             for start in range(0, len(images), 8):
