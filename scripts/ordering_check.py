@@ -23,7 +23,9 @@ or quieter than the other's at its own full dose and views, ``noise_hu`` of that
 The cross-slice and cross-patient shares come with 95 % bootstrap intervals over the slices and
 over the patients (``cross_slice_95``, ``cross_patient_95``): with a dozen slices, one slice read
 high at every dose moves the share by a point or more. The JSON keeps every image's acquisition
-and scores, so other measures need no re-run.
+and scores, so other measures need no re-run. ``--cache DIR`` keeps each simulator's images
+(``DIR/SIMULATOR-seedN.npz``, about 0.4 GB for 23 slices), so checking further weights on the
+same slices costs only their scoring.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from skimage.transform import iradon, radon
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from clinreadnet_cli.atomic import atomic_path  # noqa: E402
 from clinreadnet_cli.checkpoint import load_model  # noqa: E402
 from clinreadnet_cli.evaluation import (CROSS_SLICE_CAUSES, Acquisitions, cross_slice_causes,  # noqa: E402
                                          cross_group_interval, ordering_report)
@@ -83,6 +86,43 @@ def acquire(name: str, hu: np.ndarray, pixel_mm: float, rng) -> dict[tuple[float
     full = noisy_full_dose(sinogram, settings["i0"], settings["electronic"], rng)
     by_dose = reduce_dose(full, DOSES, settings["i0"], settings["electronic"], rng)
     return {(d, v): reconstruct(by_dose[d], view_subset(1000, v)) for d in DOSES for v in VIEWS}
+
+
+def acquire_all(simulator: str, picked: list[tuple[str, str]], sources: Path, seed: int
+                ) -> tuple[list[tuple], list[np.ndarray]]:
+    """Every picked slice untouched and at each (dose, views): (source, patient, untouched, dose,
+    views) per image, and the HU images."""
+    meta, images = [], []
+    for number, (patient, source) in enumerate(picked):
+        hu, pixel_mm = load_source(sources, source)
+        rng = np.random.default_rng([seed, number])
+        meta.append((source, patient, True, 1.0, 1000))
+        images.append(hu)
+        for (dose, views), image in acquire(simulator, hu, pixel_mm, rng).items():
+            meta.append((source, patient, False, dose, views))
+            images.append(image)
+        print(f"  {simulator}: {number + 1}/{len(picked)} slices", file=sys.stderr)
+    return meta, images
+
+
+def cached_acquisitions(cache: Path | None, simulator: str, picked: list[tuple[str, str]], sources: Path,
+                        seed: int) -> tuple[list[tuple], list[np.ndarray]]:
+    """``acquire_all``, read from ``cache`` when an earlier run stored the same slices and seed."""
+    if cache is None:
+        return acquire_all(simulator, picked, sources, seed)
+    path = cache / f"{simulator}-seed{seed}.npz"
+    if path.is_file():
+        stored = np.load(path)
+        if json.loads(str(stored["picked"])) == [list(p) for p in picked]:
+            print(f"  {simulator}: images from {path}", file=sys.stderr)
+            meta = [(s, p, bool(u), float(d), int(v)) for s, p, u, d, v in json.loads(str(stored["meta"]))]
+            return meta, list(stored["images"])
+        print(f"  {simulator}: {path} holds other slices; simulating anew", file=sys.stderr)
+    meta, images = acquire_all(simulator, picked, sources, seed)
+    with atomic_path(path) as tmp:
+        with tmp.open("wb") as f:  # a file object: np.savez would add ".npz" to a bare temp name
+            np.savez(f, images=np.stack(images), meta=json.dumps(meta), picked=json.dumps(picked))
+    return meta, images
 
 
 def held_out_sources(data: Path, split: Path, per_patient: int, seed: int) -> list[tuple[str, str]]:
@@ -133,6 +173,7 @@ def main() -> None:
     parser.add_argument("--per-patient", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ordering_check.json")
+    parser.add_argument("--cache", type=Path, help="folder that keeps the simulated images for later runs")
     args = parser.parse_args()
     picked = chosen_slices(parser, args)
 
@@ -145,16 +186,7 @@ def main() -> None:
     results = {}
     for simulator in SIMULATORS:
         started = time.perf_counter()
-        meta, images = [], []
-        for number, (patient, source) in enumerate(picked):
-            hu, pixel_mm = load_source(args.sources, source)
-            rng = np.random.default_rng([args.seed, number])
-            meta.append((source, patient, True, 1.0, 1000))
-            images.append(hu)
-            for (dose, views), image in acquire(simulator, hu, pixel_mm, rng).items():
-                meta.append((source, patient, False, dose, views))
-                images.append(image)
-            print(f"  {simulator}: {number + 1}/{len(picked)} slices", file=sys.stderr)
+        meta, images = cached_acquisitions(args.cache, simulator, picked, args.sources, args.seed)
         acq = Acquisitions(source=np.unique([m[0] for m in meta], return_inverse=True)[1],
                            patient=np.unique([m[1] for m in meta], return_inverse=True)[1],
                            untouched=np.array([m[2] for m in meta]), dose=np.array([m[3] for m in meta], float),

@@ -617,3 +617,30 @@ def test_feature_probe_ridge_reads_out_a_linear_target_and_dose_means_take_the_m
     assert np.corrcoef(predicted, target[200:])[0, 1] > 0.99
     rows = [{"kind": "full", "views": v, "dose": d} for v, d in (("1000", "0.1"), ("1000", "1.0"), ("180", "0.1"))]
     assert probe.dose_means(rows, np.array([1.0, 3.0, 0.2])) == "1.00 → 3.00"
+
+
+def test_ordering_check_cache_serves_the_same_slices_and_resimulates_others(tmp_path, monkeypatch):
+    """scripts/ordering_check.py --cache: a second run on the same slices reads the stored images
+    (no simulation); other slices are simulated anew and replace the stored file."""
+    spec = importlib.util.spec_from_file_location("ordering_check", Path(__file__).resolve().parents[1] / "scripts"
+                                                  / "ordering_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    np.savez(tmp_path / "src.npz", hu=ct_phantom(2, size=32),
+             pixel_spacing_mm=np.full((2, 2), 0.7))
+    calls = []
+
+    def fake_acquire(simulator, hu, pixel_mm, rng):
+        calls.append(pixel_mm)
+        return {(1.0, 1000): hu + rng.normal(size=hu.shape).astype(np.float32)}
+
+    monkeypatch.setattr(check, "acquire", fake_acquire)
+    picked = [("P1", "src.npz#0"), ("P2", "src.npz#1")]
+    meta, images = check.cached_acquisitions(tmp_path / "cache", "astra-fixed-flux", picked, tmp_path, seed=7)
+    assert len(calls) == 2 and meta[1] == ("src.npz#0", "P1", False, 1.0, 1000)
+    again_meta, again = check.cached_acquisitions(tmp_path / "cache", "astra-fixed-flux", picked, tmp_path, seed=7)
+    assert len(calls) == 2 and again_meta == meta
+    np.testing.assert_array_equal(np.stack(again), np.stack(images))
+    check.cached_acquisitions(tmp_path / "cache", "astra-fixed-flux", picked[:1], tmp_path, seed=7)
+    assert len(calls) == 3 and sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
+        "astra-fixed-flux-seed7.npz"]
