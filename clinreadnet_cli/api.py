@@ -102,14 +102,17 @@ class Scorer:
             else:
                 yield from (to_record(scored, self.identity) for scored in self.stream([item]))
 
-    def score_array(self, image: np.ndarray, value_range: str = "hu", name: str = "array") -> dict:
-        """The record of one 2-D slice (HU, or ``value_range="unit"`` for windowed [0, 1] values).
+    def score_array(self, image: np.ndarray, value_range: str = "hu", name: str = "array",
+                    pixel_spacing_mm: tuple[float, float] | None = None) -> dict:
+        """The record of one 2-D slice (HU, or ``value_range="unit"`` for windowed [0, 1] values);
+        with its (row, column) ``pixel_spacing_mm`` the record has the patient's ``wed_mm`` too.
 
         Raises InputError where the slice cannot be scored (NaN, constant, not CT in HU, ...).
         """
         array = np.asarray(image, dtype=np.float32)
         series = Series(label=name, series_uid=None,
-                        slices=[SliceRef(path=Path(name), index=0, value_range=value_range, decode=lambda: array)])
+                        slices=[SliceRef(path=Path(name), index=0, value_range=value_range, decode=lambda: array,
+                                         pixel_spacing_mm=pixel_spacing_mm)])
         (item,) = list(self.stream([series]))
         if isinstance(item, InputError):
             raise item
@@ -122,10 +125,11 @@ def _scorer(weights: str | None, device: str, precision: str, sampling_grids: in
 
 
 def score_array(image: np.ndarray, weights: str | Path | None = None, value_range: str = "hu",
-                device: str = "auto", precision: str = "auto", sampling_grids: int | None = None) -> dict:
+                device: str = "auto", precision: str = "auto", sampling_grids: int | None = None,
+                pixel_spacing_mm: tuple[float, float] | None = None) -> dict:
     """Score one 2-D slice; see ``Scorer.score_array``."""
     scorer = _scorer(None if weights is None else str(weights), device, precision, sampling_grids)
-    return scorer.score_array(image, value_range)
+    return scorer.score_array(image, value_range, pixel_spacing_mm=pixel_spacing_mm)
 
 
 def score_paths(paths: Iterable[str | Path] | str | Path, weights: str | Path | None = None, input_range: str = "auto",

@@ -16,6 +16,7 @@ import numpy as np
 
 from .config import ClinReadNetConfig
 from .noise import NoiseFigure, measure_noise
+from .patient_size import measure_diameter
 from .preprocess import sample_slice
 from .readers import DEFAULT_LIMITS, InputError, Limits, Series, SliceRef
 
@@ -41,6 +42,7 @@ class PreparedSlice:
     slice: int
     pixels: np.ndarray  # (C, S, S) float32 from preprocess.sample_slice
     noise: NoiseFigure
+    wed_mm: float | None  # the patient's water-equivalent diameter (patient_size), beside the score too
     meta: dict = field(default_factory=dict)
 
 
@@ -61,12 +63,13 @@ def prepare(ref: SliceRef, series: Series, cfg: ClinReadNetConfig) -> PreparedSl
         image = ref.load()
         pixels = sample_slice(image, ref.value_range, cfg)
         noise = measure_noise(image, ref.value_range)
+        wed_mm = measure_diameter(image, ref.value_range, ref.pixel_spacing_mm)
     except InputError:
         raise
     except Exception as exc:
         raise InputError(ref.path, f"{type(exc).__name__}: {exc}", slice=ref.index) from None
     return PreparedSlice(path=ref.path, series=series.label, series_uid=series.series_uid, slice=ref.index,
-                         pixels=pixels, noise=noise, meta=ref.meta)
+                         pixels=pixels, noise=noise, wed_mm=wed_mm, meta=ref.meta)
 
 
 def series_batches(series: Iterable[Series], cfg: ClinReadNetConfig, batch_size: int,

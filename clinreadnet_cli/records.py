@@ -11,7 +11,7 @@ from .readers import InputError
 from .readers.types import META_FIELDS
 
 FIELDS = ["path", "series", "series_uid", "slice", "score", "grade", "class", "head_scores", "head_sd", "entropy",
-          "uncertain", "noise_hu", "noise_note", *META_FIELDS, "weights", "weights_sha256",
+          "uncertain", "noise_hu", "noise_note", "wed_mm", *META_FIELDS, "weights", "weights_sha256",
           "sampling_grids", "error"]
 FORMATS = ("json", "jsonl", "csv")
 
@@ -46,6 +46,7 @@ def to_record(item: Any, weights: dict | None = None) -> dict:
         "entropy": round(item.entropy, 4), "uncertain": item.uncertain,
         "noise_hu": None if item.noise.noise_hu is None else round(item.noise.noise_hu, 2),
         "noise_note": item.noise.note,
+        "wed_mm": None if item.wed_mm is None else round(item.wed_mm, 1),
         **{name: item.meta.get(name) for name in META_FIELDS},
         **(weights or {}),
     }

@@ -40,6 +40,7 @@ class SliceScore:
     head_sd: float  # spread of the four heads' scores: the model's own uncertainty
     entropy: float  # of the head-averaged distribution over the classes, 0 (one class) .. 1 (flat)
     noise: NoiseFigure  # the classical noise figure, beside (never inside) the score
+    wed_mm: float | None = None  # the patient's water-equivalent diameter, beside (never inside) the score
     meta: dict = field(default_factory=dict)  # where the slice comes from (DICOM UIDs, acquisition), see SliceRef
 
     @property
@@ -77,7 +78,7 @@ def score_batch(predict: Callable[[torch.Tensor], Prediction], items: list[Item]
         out.append(SliceScore(
             path=item.path, series=item.series, series_uid=item.series_uid, slice=item.slice, score=scores[k],
             grade=grade_name(scores[k]), label=labels[k], head_scores=heads[k], head_sd=spreads[k],
-            entropy=entropies[k], noise=item.noise, meta=item.meta,
+            entropy=entropies[k], noise=item.noise, wed_mm=item.wed_mm, meta=item.meta,
         ))
         k += 1
     return out

@@ -15,7 +15,11 @@ with two simulators that differ from the training data's:
 - ``skimage-hann``: scikit-image's radon / iradon (another projector and FBP), a smooth Hann
   kernel, a lower budget (2e5) and more electronic noise (20).
 
-Each image is scored with each weights file and measured with ``noise_hu``; the ordering report
+Each image is scored with each weights file and measured with two classical figures: ``noise_hu``
+and ``noise_hu_size``, the same divided by the growth of quantum noise with the patient's
+water-equivalent diameter (``clinreadnet_cli.patient_size``; each image's own diameter, kept as
+``wed_mm``). With one flux for every patient, the second estimates the protocol's dose whatever
+the patient's size, which the first cannot. The ordering report
 (``clinreadnet_cli.evaluation.ordering_report``) goes to stdout as a table and to
 ``benchmarks/results/ordering_check.json``, with the cross-slice pairs split by cause
 (``cross_slice_causes``: less dose, fewer views or both; the more degraded image's slice noisier
@@ -50,12 +54,14 @@ from clinreadnet_cli.evaluation import (CROSS_SLICE_CAUSES, Acquisitions, cross_
                                          cross_group_interval, ordering_report)
 from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference  # noqa: E402
 from clinreadnet_cli.noise import measure_noise  # noqa: E402
+from clinreadnet_cli.patient_size import size_adjusted_noise, water_equivalent_diameter  # noqa: E402
 from clinreadnet_cli.preprocess import prepare_slice  # noqa: E402
 from clinreadnet_cli.simulate.physics import (ParallelScanner, hu_to_mu, mu_to_hu, reduce_dose,  # noqa: E402
                                               view_subset)
 
 DOSES = (1.0, 0.5, 0.25, 0.1)
 VIEWS = (1000, 720, 360, 180)
+CLASSICAL = ("noise_hu", "noise_hu_size")  # lower is better; the rest are weights files
 SIMULATORS = {"astra-fixed-flux": dict(i0=1e6, electronic=10.0), "skimage-hann": dict(i0=2e5, electronic=20.0)}
 
 
@@ -193,11 +199,16 @@ def main() -> None:
                            views=np.array([m[4] for m in meta], float),
                            reconstruction=np.full(len(meta), simulator))  # one simulator, one kernel
         noise = np.array([measure_noise(image, "hu").noise_hu or np.nan for image in images], float)
+        pixel_mm = {source: load_source(args.sources, source)[1] for source, *_ in meta}
+        diameter = np.array([water_equivalent_diameter(image, (pixel_mm[m[0]],) * 2) for m, image in zip(meta, images)])
+        adjusted = np.array([size_adjusted_noise(n, d) for n, d in zip(noise, diameter)])
         full_quality = ~acq.untouched & (acq.dose == max(DOSES)) & (acq.views == max(VIEWS))
         noise_of_slice = dict(zip(acq.source[full_quality], noise[full_quality]))
         full_dose_noise = np.array([noise_of_slice[source] for source in acq.source])
         report = {"images": len(images), "acquisitions": [list(m) for m in meta],
-                  "scores": {"noise_hu": [None if np.isnan(v) else v for v in noise]}, "causes": {}}
+                  "wed_mm": [round(float(d), 1) for d in diameter], "causes": {},
+                  "scores": {name: [None if np.isnan(v) else v for v in values]
+                             for name, values in (("noise_hu", noise), ("noise_hu_size", adjusted))}}
         for name, (cfg, predict) in models.items():
             scores = []
             for start in range(0, len(images), 8):
@@ -205,7 +216,7 @@ def main() -> None:
                 scores += predict(batch).score.tolist()
             report["scores"][name] = scores
         for name, scores in report["scores"].items():
-            higher_is_better = (-1 if name == "noise_hu" else 1) * np.array(scores, float)  # None: not measured
+            higher_is_better = (-1 if name in CLASSICAL else 1) * np.array(scores, float)  # None: not measured
             report[name] = ordering_report(acq, higher_is_better)
             report[name]["cross_slice_95"] = cross_group_interval(acq, higher_is_better, acq.source)
             report[name]["cross_patient_95"] = cross_group_interval(acq, higher_is_better, acq.patient)
@@ -214,7 +225,7 @@ def main() -> None:
         results[simulator] = report
 
     measures = ("cross_slice", "cross_patient", "within_slice", "untouched_vs_low_dose", "untouched_mean", "worst_mean")
-    scorers = ["noise_hu", *models]
+    scorers = [*CLASSICAL, *models]
     for simulator, report in results.items():
         print(f"\n{simulator} ({report['images']} images, {len(picked)} slices)")
         print("| measure | " + " | ".join(scorers) + " |")
@@ -223,7 +234,7 @@ def main() -> None:
             cells = []
             for s in scorers:
                 value = report[s][m]
-                cells.append(f"{-value:.1f} HU" if s == "noise_hu" and m.endswith("mean")
+                cells.append(f"{-value:.1f} HU" if s in CLASSICAL and m.endswith("mean")
                              else f"{value:.2f}" if m.endswith("mean") else f"{value:.4f}")
             print(f"| {m} | " + " | ".join(cells) + " |")
             if m in ("cross_slice", "cross_patient"):

@@ -39,6 +39,9 @@ def test_score_array_scores_one_slice_and_refuses_what_is_not_ct(weights):
     record = score_array(hu, weights=weights)
     assert 0 <= record["score"] <= 4 and record["noise_hu"] == pytest.approx(20, rel=0.15)
     assert record == Scorer(weights).score_array(hu)  # the cached scorer and a fresh one agree
+    assert record["wed_mm"] is None  # no spacing, no mm; with one, the patient's size
+    sized = score_array(hu, weights=weights, pixel_spacing_mm=(0.7, 0.7))
+    assert sized["wed_mm"] > 0 and sized["score"] == record["score"]  # beside the score, never inside it
     with pytest.raises(InputError, match="constant image"):
         score_array(np.zeros((96, 96)), weights=weights)
 

@@ -7,6 +7,8 @@ import pytest
 
 from clinreadnet_cli.config import ClinReadNetConfig, ConfigError, get_config
 from clinreadnet_cli.noise import measure_noise
+from clinreadnet_cli.patient_size import (MU_WATER_PER_MM, REFERENCE_DIAMETER_MM, measure_diameter,
+                                          size_adjusted_noise, water_equivalent_diameter)
 from clinreadnet_cli.preprocess import (DETAIL_GAIN, UNIT_WINDOW, area_resample, decimation_step, native_detail,
                                         prepare_slice, window_hu)
 
@@ -143,6 +145,37 @@ def test_noise_figure_says_why_it_has_no_value():
     broken = phantom(10.0)
     broken[0, 0] = np.nan
     assert measure_noise(broken, "hu").note == "non-finite pixels"
+
+
+def test_water_equivalent_diameter_of_a_water_disk_is_its_diameter_in_mm():
+    """A 40 HU disk of radius 100 pixels: D_w = 200 px x spacing x sqrt(1.04). Filled lungs count
+    at their density; a table apart from the body does not count; air alone has no body."""
+    noisy = phantom(20.0)
+    for rows_mm, columns_mm in ((0.6, 0.6), (0.9, 0.9), (0.6, 0.9)):  # the area is what counts
+        assert water_equivalent_diameter(noisy, (rows_mm, columns_mm)) == pytest.approx(
+            200 * np.sqrt(rows_mm * columns_mm * 1.04), rel=0.01)
+    yy, xx = np.mgrid[:256, :256]
+    with_lung = np.where((yy - 128) ** 2 + (xx - 100) ** 2 < 30 ** 2, -850.0, noisy).astype(np.float32)
+    expected_area = np.pi * 100 ** 2 * 1.04 - np.pi * 30 ** 2 * (1.04 - 0.15)
+    assert water_equivalent_diameter(with_lung, (1.0, 1.0)) == pytest.approx(2 * np.sqrt(expected_area / np.pi),
+                                                                              rel=0.01)
+    on_table = noisy.copy()
+    on_table[240:250, 20:236] = 200.0  # a table below the body, not touching it
+    assert water_equivalent_diameter(on_table, (1.0, 1.0)) == pytest.approx(
+        water_equivalent_diameter(noisy, (1.0, 1.0)), rel=1e-3)
+    air = np.full((64, 64), -1000.0, np.float32)
+    assert np.isnan(water_equivalent_diameter(air, (1.0, 1.0)))
+    # A score record's wed_mm: only for HU with a known spacing, and with a body
+    assert measure_diameter(noisy, "hu", (0.7, 0.7)) == pytest.approx(140 * np.sqrt(1.04), rel=0.01)
+    assert measure_diameter(noisy, "hu", None) is None and measure_diameter(air, "hu", (0.7, 0.7)) is None
+    assert measure_diameter(np.full((64, 64), 0.5, np.float32), "unit", (0.7, 0.7)) is None
+
+
+def test_size_adjusted_noise_divides_out_the_growth_of_noise_with_size():
+    assert size_adjusted_noise(20.0, REFERENCE_DIAMETER_MM) == 20.0
+    # 40 mm more water: exp(mu x 40 / 2) more noise at the same flux, which the adjustment removes
+    grown = 20.0 * np.exp(MU_WATER_PER_MM * 40 / 2)
+    assert size_adjusted_noise(grown, REFERENCE_DIAMETER_MM + 40) == pytest.approx(20.0)
 
 
 def test_four_sampling_grids_read_every_pixel_of_the_central_448():

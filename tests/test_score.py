@@ -21,14 +21,15 @@ from clinreadnet_cli.cli import app
 from clinreadnet_cli.dicom_export import write_series
 from clinreadnet_cli.readers import Series, SliceRef
 from clinreadnet_cli.api import Scorer
+from clinreadnet_cli.patient_size import water_equivalent_diameter
 
 from .conftest import ct_phantom, tiny_config, unit_phantom
 
 runner = CliRunner()
 RECORD_KEYS = {"path", "series", "series_uid", "slice", "score", "grade", "class", "head_scores", "head_sd", "entropy",
-               "uncertain", "noise_hu",
-               "noise_note", "study_uid", "sop_uid", "instance_number", "z_mm", "slice_thickness_mm", "kvp", "mas",
-               "ctdivol_mgy", "kernel", "manufacturer", "weights", "weights_sha256", "sampling_grids"}
+               "uncertain", "noise_hu", "noise_note", "wed_mm", "study_uid", "sop_uid", "instance_number", "z_mm",
+               "slice_thickness_mm", "kvp", "mas", "ctdivol_mgy", "kernel", "manufacturer", "weights", "weights_sha256",
+               "sampling_grids"}
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,12 @@ def test_json_schema(study, weights):
         # The study's slices carry 20 HU white noise: the noise figure finds it.
         assert r["noise_hu"] == pytest.approx(20.0, rel=0.1) and r["noise_note"] is None
     dicom = [r for r in records if r["path"].endswith(".dcm")]
+    # The patient's size from the pixels and the file's spacing: 0.7 mm in the series, 1 mm in the NIfTI
+    hu = ct_phantom(3, 96)
+    for r, slice_hu in zip(dicom, hu):
+        assert r["wed_mm"] == pytest.approx(water_equivalent_diameter(slice_hu, (0.7, 0.7)), abs=0.1)
+    assert [r["wed_mm"] for r in records if r["path"].endswith(".nii.gz")] == pytest.approx(
+        [water_equivalent_diameter(s, (1.0, 1.0)) for s in hu], abs=0.1)
     assert [r["slice"] for r in dicom] == [0, 1, 2] and all(r["series_uid"] for r in dicom)
     volume = [r for r in records if r["path"].endswith(".nii.gz")]
     assert [r["slice"] for r in volume] == [0, 1, 2] and all(r["series_uid"] is None for r in volume)
@@ -106,6 +113,7 @@ def test_noise_is_null_with_a_reason_where_it_cannot_be_measured(study, weights,
     records = json.loads(run(study / "slice.tif", tmp_path / "air", "--weights", weights, "--format", "json").stdout)
     notes = {Path(r["path"]).suffix: (r["noise_hu"], r["noise_note"]) for r in records}
     assert notes[".tif"] == (None, "not in HU")  # a windowed [0, 1] TIFF
+    assert [r["wed_mm"] for r in records if r["path"].endswith(".tif")] == [None]  # nor its size
     assert notes[".dcm"][0] is None and "soft-tissue" in notes[".dcm"][1]
     assert all(isinstance(r["score"], float) for r in records)  # the score does not need it
 

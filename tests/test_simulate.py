@@ -644,3 +644,27 @@ def test_ordering_check_cache_serves_the_same_slices_and_resimulates_others(tmp_
     check.cached_acquisitions(tmp_path / "cache", "astra-fixed-flux", picked[:1], tmp_path, seed=7)
     assert len(calls) == 3 and sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
         "astra-fixed-flux-seed7.npz"]
+
+
+def test_size_check_noise_adjusted_for_size_orders_one_flux_across_patients():
+    """scripts/size_check.py: at one flux a larger patient's image is noisier at every dose, so the
+    noise figure misorders pairs across the two patients; with the size divided out it orders all."""
+    spec = importlib.util.spec_from_file_location("size_check", Path(__file__).resolve().parents[1] / "scripts"
+                                                  / "size_check.py")
+    size_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(size_check)
+    from clinreadnet_cli.evaluation import Acquisitions
+    from clinreadnet_cli.patient_size import MU_WATER_PER_MM
+
+    doses = np.array([1.0, 0.5, 0.25, 0.1] * 2)
+    diameter = np.repeat([200.0, 320.0], 4)
+    noise = 10.0 / np.sqrt(doses) * np.exp(MU_WATER_PER_MM * diameter / 2)
+    acq = Acquisitions(source=np.repeat([0, 1], 4), patient=np.repeat([0, 1], 4), untouched=np.zeros(8, bool),
+                       dose=doses, views=np.full(8, 1000.0), reconstruction=np.full(8, "full"))
+    scores = {"noise_hu": noise, "noise_hu_size": noise * np.exp(-MU_WATER_PER_MM * (diameter - 250) / 2),
+              "model": -np.log(noise)}
+    rows = {(scorer, added): share for scorer, added, share in
+            size_check.rows_of(acq, scores, diameter, np.full(8, 0.7))}
+    assert rows[("noise_hu", "")] < 0.7 and rows[("noise_hu_size", "")] == 1.0
+    assert rows[("model", "")] == rows[("noise_hu", "")]  # a score that reads the noise alone misorders alike
+    assert max(share for (scorer, added), share in rows.items() if scorer == "model") > rows[("model", "")]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import astra
 import numpy as np
 
-MU_WATER_PER_MM = 0.0193  # water at ~70 keV, the effective energy of a 120 kVp beam
+from ..patient_size import MU_WATER_PER_MM
 FBP_FILTERS = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
 
 
