@@ -38,7 +38,7 @@ from clinreadnet_cli.patient_size import (REFERENCE_DIAMETER_MM, size_adjusted_n
 from ordering_check import CLASSICAL, load_source  # noqa: E402
 
 RATES_PER_PIXEL = (0.001, 0.002, 0.003, 0.004, 0.006)
-BETAS = (0.2, 0.4, 0.6, 0.8, 1.0)
+BETAS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 
 
 def check_sets(report: dict, sources: Path) -> dict[str, tuple]:
