@@ -134,6 +134,18 @@ def test_other_sampling_grids_are_refused_and_a_folder_from_before_them_reads_th
     assert archive_cli(archive, "--out", out, "--weights", weights, "--sampling-grids", "4").exit_code == 2
 
 
+def test_a_folder_written_with_other_record_fields_is_refused(archive, weights, tmp_path):
+    """Records gained wed_mm: a folder whose shards lack it is not resumed into mixed columns."""
+    out = tmp_path / "results"
+    archive_cli(archive, "--out", out, "--weights", weights)
+    for shard in (out / "records").glob("*.parquet"):
+        pq.write_table(pq.read_table(shard).drop_columns(["wed_mm"]), shard)
+    refused = archive_cli(archive, "--out", out, "--weights", weights)
+    assert refused.exit_code == 2 and "other fields (wed_mm)" in refused.stderr
+    assert archive_cli(archive, "--out", out, "--weights", weights, "--overwrite").exit_code == 1
+    assert all("wed_mm" in r for r in read_records(out))
+
+
 def test_rows_no_manifest_line_owns_are_dropped_on_open(archive, weights, tmp_path):
     """A run killed between renaming a shard in and appending its manifest lines."""
     out = tmp_path / "results"

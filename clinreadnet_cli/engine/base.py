@@ -187,8 +187,26 @@ class ArchiveStore:
             self.out.mkdir(parents=True, exist_ok=True)
             write_text_atomic(info_path, json.dumps(run_info, indent=2) + "\n")
         (self.out / RECORDS).mkdir(exist_ok=True)
+        self._check_record_fields()
         self.entries = self._read_manifest()
         self.reconcile()
+
+    def _check_record_fields(self) -> None:
+        """Refuse a folder whose shards have other columns (written by a version with other record
+        fields): the new shards would not read as one table with them."""
+        import pyarrow.parquet as pq
+
+        shard = next(iter(sorted((self.out / RECORDS).glob("*.parquet"))), None)
+        if shard is None:
+            return
+        try:
+            names = pq.read_schema(shard).names
+        except (OSError, ValueError) as exc:
+            raise ArchiveError(f"{shard} is damaged ({exc}); use a new --out or --overwrite") from None
+        if names != record_schema().names:
+            differ = sorted(set(record_schema().names) ^ set(names)) or ["their order"]
+            raise ArchiveError(f"{self.out} holds records with other fields ({', '.join(differ)}), written by "
+                               "another version of clinreadnet; use a new --out, or --overwrite to start again")
 
     # the manifest
     def _read_manifest(self) -> dict[str, dict]:
