@@ -68,6 +68,7 @@ def test_the_page_is_one_self_contained_file(page):
     assert "Chest low dose" in html and "B30f" in html and "100" in html  # acquisition from the records
     assert "damaged.dcm" in html and "Inputs that could not be scored" in html
     assert "tiny.safetensors" in html  # the weights used
+    assert len(re.findall(r"patient \d+ mm water-equivalent", html)) == 2  # each shown slice's patient size
 
 
 def test_a_report_is_rebuilt_from_records_without_the_model(study, weights, tmp_path):

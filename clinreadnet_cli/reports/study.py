@@ -73,6 +73,7 @@ def _series_section(rows: list[dict], summary, inputs: ReportInputs) -> str:
         view = inputs.views.get((r["path"], r["slice"]))
         caption = (f'slice {r["slice"]} · score {r["score"]:.2f} <span class="grade-{r["grade"]}">{r["grade"]}</span>'
                    + (f' · noise {r["noise_hu"]:.1f} HU' if r.get("noise_hu") is not None else "")
+                   + (f' · patient {r["wed_mm"]:.0f} mm water-equivalent' if r.get("wed_mm") is not None else "")
                    + (' · <span class="flag">uncertain</span>' if r.get("uncertain") else ""))
         if view is not None:
             png = figures.slice_figure(view.image, view.heatmap)
@@ -115,5 +116,6 @@ def build_report(inputs: ReportInputs) -> str:
         title=html.escape(inputs.title), meta=html.escape(f"{overview} · {inputs.generated}".strip(" ·")),
         body="\n".join(sections),
         footer=html.escape("Scores 0-4: 0 bad, 1 poor, 2 fair, 3 good, 4 excellent. noise_hu is the classical "
-                           "noise figure beside the score (never part of it). Maps show what lowered a slice's "
+                           "noise figure beside the score (never part of it); the patient's water-equivalent diameter "
+                           "(wed_mm) says how much noise the same dose gives this patient. Maps show what lowered a slice's "
                            "score (Grad-CAM of 4 - score)."))
