@@ -131,6 +131,15 @@ def cached_acquisitions(cache: Path | None, simulator: str, picked: list[tuple[s
     return meta, images
 
 
+def acquisitions_of(meta: list, simulator: str) -> Acquisitions:
+    """The ordering report's view of ``acquire_all``'s (source, patient, untouched, dose, views) rows."""
+    return Acquisitions(source=np.unique([m[0] for m in meta], return_inverse=True)[1],
+                        patient=np.unique([m[1] for m in meta], return_inverse=True)[1],
+                        untouched=np.array([m[2] for m in meta]), dose=np.array([m[3] for m in meta], float),
+                        views=np.array([m[4] for m in meta], float),
+                        reconstruction=np.full(len(meta), simulator))  # one simulator, one kernel
+
+
 def held_out_sources(data: Path, split: Path, per_patient: int, seed: int) -> list[tuple[str, str]]:
     """(patient, source 'file.npz#k') of the run's validation patients, ``per_patient`` each."""
     with (data / "manifest.csv").open() as f:
@@ -193,11 +202,7 @@ def main() -> None:
     for simulator in SIMULATORS:
         started = time.perf_counter()
         meta, images = cached_acquisitions(args.cache, simulator, picked, args.sources, args.seed)
-        acq = Acquisitions(source=np.unique([m[0] for m in meta], return_inverse=True)[1],
-                           patient=np.unique([m[1] for m in meta], return_inverse=True)[1],
-                           untouched=np.array([m[2] for m in meta]), dose=np.array([m[3] for m in meta], float),
-                           views=np.array([m[4] for m in meta], float),
-                           reconstruction=np.full(len(meta), simulator))  # one simulator, one kernel
+        acq = acquisitions_of(meta, simulator)
         noise = np.array([measure_noise(image, "hu").noise_hu or np.nan for image in images], float)
         pixel_mm = {source: load_source(args.sources, source)[1] for source, *_ in meta}
         diameter = np.array([water_equivalent_diameter(image, (pixel_mm[m[0]],) * 2) for m, image in zip(meta, images)])

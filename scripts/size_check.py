@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 from clinreadnet_cli.evaluation import Acquisitions, acquisitions_from_manifest, ordering_report  # noqa: E402
 from clinreadnet_cli.patient_size import (REFERENCE_DIAMETER_MM, size_adjusted_noise,  # noqa: E402
                                           water_equivalent_diameter)
-from ordering_check import CLASSICAL, load_source  # noqa: E402
+from ordering_check import CLASSICAL, acquisitions_of, load_source  # noqa: E402
 
 RATES_PER_PIXEL = (0.001, 0.002, 0.003, 0.004, 0.006)
 BETAS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -46,10 +46,7 @@ def check_sets(report: dict, sources: Path) -> dict[str, tuple]:
     sets = {}
     for simulator, result in report["results"].items():
         meta = result["acquisitions"]
-        acq = Acquisitions(source=np.unique([m[0] for m in meta], return_inverse=True)[1],
-                           patient=np.unique([m[1] for m in meta], return_inverse=True)[1],
-                           untouched=np.array([m[2] for m in meta]), dose=np.array([m[3] for m in meta], float),
-                           views=np.array([m[4] for m in meta], float), reconstruction=np.full(len(meta), simulator))
+        acq = acquisitions_of(meta, simulator)
         spacing = {source: load_source(sources, source)[1] for source, *_ in meta}
         scores = {name: np.array(values, float) for name, values in result["scores"].items()}
         sets[simulator] = (acq, scores, np.array(result["wed_mm"], float), np.array([spacing[m[0]] for m in meta]))
