@@ -15,6 +15,7 @@ from .checkpoint import load_model, resolve_weights
 from .data import DatasetError, LabelledSlice, SliceDataset, check_readable, load_labelled, read_manifest, slice_ref
 from .metrics import correlation_metrics
 from .noise import measure_noise
+from .patient_size import size_adjusted_noise
 from .preprocess import prepare_slice, unit_to_hu
 from .training import LATEST
 
@@ -136,7 +137,8 @@ def evaluate(weights: Path, items: list[LabelledSlice], device: torch.device, ba
 
 def simulation_checks(data: str | Path, predictions: list[ImagePrediction]) -> dict[str, dict[str, float]] | None:
     """Degradation ordering when ``data`` is a folder written by ``simulate`` (it has a manifest):
-    ``{"model": ..., "noise_hu": ...}``, see ``ordering_report``."""
+    ``{"model": ..., "noise_hu": ..., "noise_hu_size": ...}``, see ``ordering_report``; the last, the
+    noise figure with the patient's size divided out, where the manifest has each image's ``wed_mm``."""
     manifest_path = Path(data) / "manifest.csv"
     if not manifest_path.is_file():
         return None
@@ -146,9 +148,14 @@ def simulation_checks(data: str | Path, predictions: list[ImagePrediction]) -> d
     if not rows:
         return None
     acquisitions = acquisitions_from_manifest([row for _, row in rows])
-    return {"model": ordering_report(acquisitions, np.array([predictions[k].score for k, _ in rows])),
-            # more noise is worse: order by -noise_hu
-            "noise_hu": ordering_report(acquisitions, -np.array([predictions[k].noise_hu for k, _ in rows]))}
+    noise = np.array([predictions[k].noise_hu for k, _ in rows])
+    checks = {"model": ordering_report(acquisitions, np.array([predictions[k].score for k, _ in rows])),
+              # more noise is worse: order by -noise_hu
+              "noise_hu": ordering_report(acquisitions, -noise)}
+    diameter = np.array([float(row.get("wed_mm") or "nan") for _, row in rows])
+    if np.isfinite(diameter).any():  # manifests written before the wed_mm column have no sizes
+        checks["noise_hu_size"] = ordering_report(acquisitions, -size_adjusted_noise(noise, diameter))
+    return checks
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def measure_diameter(image: np.ndarray, value_range: str, spacing_mm: tuple[floa
     return diameter if math.isfinite(diameter) else None
 
 
-def size_adjusted_noise(noise_hu: float, diameter_mm: float) -> float:
+def size_adjusted_noise(noise_hu, diameter_mm):
     """noise_hu scaled to a patient of REFERENCE_DIAMETER_MM at the same flux: the SD falls by
-    exp(mu_water x (D_w - reference) / 2)."""
-    return noise_hu * math.exp(-MU_WATER_PER_MM * (diameter_mm - REFERENCE_DIAMETER_MM) / 2.0)
+    exp(mu_water x (D_w - reference) / 2). Numbers or arrays; NaN where either is NaN."""
+    return noise_hu * np.exp(-MU_WATER_PER_MM * (np.asarray(diameter_mm) - REFERENCE_DIAMETER_MM) / 2.0)

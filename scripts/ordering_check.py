@@ -206,7 +206,7 @@ def main() -> None:
         noise = np.array([measure_noise(image, "hu").noise_hu or np.nan for image in images], float)
         pixel_mm = {source: load_source(args.sources, source)[1] for source, *_ in meta}
         diameter = np.array([water_equivalent_diameter(image, (pixel_mm[m[0]],) * 2) for m, image in zip(meta, images)])
-        adjusted = np.array([size_adjusted_noise(n, d) for n, d in zip(noise, diameter)])
+        adjusted = size_adjusted_noise(noise, diameter)
         full_quality = ~acq.untouched & (acq.dose == max(DOSES)) & (acq.views == max(VIEWS))
         noise_of_slice = dict(zip(acq.source[full_quality], noise[full_quality]))
         full_dose_noise = np.array([noise_of_slice[source] for source in acq.source])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from collections import Counter
@@ -306,6 +307,14 @@ def test_simulate_command_photon_budget_goes_into_the_manifest(tmp_path):
     fractions = [float(r["full_dose_fraction"]) for r in rows if r["kind"] == "full"]
     assert len(fractions) == 4 * 2 and all(0 < f < 1 for f in fractions)  # 1,000 photons: far below any source
     assert all(float(r["score"]) == 4.0 for r in rows if r["kind"] == "full" and r["dose"] == "1.0000")
+    # every image carries its source's water-equivalent diameter: one value per slice, whatever the dose
+    from clinreadnet_cli.patient_size import water_equivalent_diameter
+
+    slices, _, _ = find_sources([REPO / "sample_data" / "nifti"])
+    expected = {s.source: water_equivalent_diameter(s.load(), (s.pixel_mm, s.pixel_mm)) for s in slices}
+    for r in rows:
+        assert float(r["wed_mm"]) == pytest.approx(expected[r["source"]], abs=0.05)
+    assert 250 < min(expected.values()) and max(expected.values()) < 300  # the KiTS volume: 264-291 mm
 
 
 def test_simulate_command_reports_bad_sources_and_goes_on(tmp_path):
@@ -425,6 +434,59 @@ def test_cross_group_interval_resamples_slices_or_patients_around_the_share():
     # Over the three patients, the odd slice's patient is resampled as a whole.
     patient_low, patient_high = cross_group_interval(acq, offset, acq.patient, resamples=500)
     assert patient_low < report["cross_patient"] < patient_high == 1.0
+
+
+def test_simulation_checks_add_the_size_adjusted_noise_where_the_manifest_has_sizes(tmp_path):
+    """evaluate's ordering report on a simulate folder: at one flux a larger patient is noisier at
+    every dose, so noise_hu misorders pairs across patients and noise_hu_size (the manifest's
+    wed_mm) orders them all; a manifest without sizes reports the first two scorers only."""
+    from clinreadnet_cli.data import LabelledSlice
+    from clinreadnet_cli.evaluation import ImagePrediction, simulation_checks
+    from clinreadnet_cli.patient_size import MU_WATER_PER_MM
+
+    columns = "path,score,group,source,kind,filter,dose,views,wed_mm"
+    lines, predictions = [columns], []
+    for patient, diameter in (("small", 200.0), ("large", 320.0)):
+        for dose in (1.0, 0.5, 0.25, 0.1):
+            name = f"image/{len(predictions):04d}.tif"
+            lines.append(f"{name},{dose * 4},{patient},{patient}#0,full,hann,{dose},1000,{diameter}")
+            noise = 10.0 / math.sqrt(dose) * math.exp(MU_WATER_PER_MM * diameter / 2)
+            predictions.append(ImagePrediction(item=LabelledSlice(name, tmp_path / name, dose * 4), score=dose * 4,
+                                               label=0, head_sd=0.0, noise_hu=noise))
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+    checks = simulation_checks(tmp_path, predictions)
+    assert checks["model"]["cross_slice"] == 1.0
+    assert checks["noise_hu"]["cross_slice"] < 0.7 and checks["noise_hu_size"]["cross_slice"] == 1.0
+    assert checks["noise_hu"]["within_slice"] == checks["noise_hu_size"]["within_slice"] == 1.0
+    (tmp_path / "manifest.csv").write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
+    assert set(simulation_checks(tmp_path, predictions)) == {"model", "noise_hu"}
+
+
+def test_size_check_fits_beta_per_kernel_on_a_one_flux_simulation():
+    """scripts/size_check.py --fit: on a one-flux training simulation a score that reads the noise
+    misorders the two patients' acquisitions; the fitted beta (mean over kernels of the cross-slice
+    share) is the smallest that orders them all, and adding it to a check set shows as its own row."""
+    spec = importlib.util.spec_from_file_location("size_check", Path(__file__).resolve().parents[1] / "scripts"
+                                                  / "size_check.py")
+    size_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(size_check)
+    from clinreadnet_cli.evaluation import Acquisitions, ordering_report
+    from clinreadnet_cli.patient_size import MU_WATER_PER_MM
+
+    doses = np.tile([1.0, 0.5, 0.25, 0.1], 4)
+    diameter = np.repeat([200.0, 320.0, 200.0, 320.0], 4)
+    kernel = np.repeat(["full ram-lak", "full ram-lak", "full hann", "full hann"], 4)
+    log_noise = np.log(10.0 / np.sqrt(doses)) + MU_WATER_PER_MM * diameter / 2 + (kernel == "full hann") * -0.5
+    acq = Acquisitions(source=np.repeat([0, 1, 0, 1], 4), patient=np.repeat([0, 1, 0, 1], 4),
+                       untouched=np.zeros(16, bool), dose=doses, views=np.full(16, 1000.0), reconstruction=kernel)
+    score = 3.0 - log_noise  # one score point per e-fold of noise: the size costs 0.965 points per 100 mm
+    beta, share = size_check.fit_beta(acq, score, diameter)
+    assert share == 1.0 and 0.0 < beta <= 1.0
+    assert ordering_report(acq, score + size_check.size_term(diameter, beta - 0.125))["cross_slice"] < 1.0
+    rows = size_check.rows_of(acq, {"noise_hu": np.exp(log_noise), "noise_hu_size": np.exp(log_noise), "m": score},
+                              diameter, np.full(16, 0.7), fitted=("m", beta))
+    assert rows[-1][0] == "m" and "fitted" in rows[-1][1] and rows[-1][2] == pytest.approx(
+        ordering_report(acq, score + size_check.size_term(diameter, beta))["cross_slice"])
 
 
 def test_label_ordering_script_reports_untouched_pairs_per_patient(tmp_path):

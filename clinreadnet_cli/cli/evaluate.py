@@ -83,9 +83,13 @@ def evaluate(
                                "noise_hu_baseline": {**baseline, "images": len(measured)}, **extra,
                                "error_by_uncertainty": error_by_uncertainty(preds)}, indent=2))
         return
-    table = Table("metric", "model", "noise_hu (baseline)", title=f"{split} split, {len(preds)} images")
+    sized = ordering.get("noise_hu_size") if ordering else None  # a simulate folder whose manifest has sizes
+    table = Table("metric", "model", "noise_hu (baseline)", *(["noise_hu_size"] if sized else []),
+                  title=f"{split} split, {len(preds)} images")
+    blank = ["–"] if sized else []
     for name in ("plcc", "srocc", "krocc", "score"):
-        table.add_row(name.upper() if name != "score" else "Score", f"{metrics[name]:.4f}", f"{baseline[name]:.4f}")
+        table.add_row(name.upper() if name != "score" else "Score", f"{metrics[name]:.4f}", f"{baseline[name]:.4f}",
+                      *blank)
     if ordering:  # a simulated dataset: does the score fall with dose and views?
         model, classical = ordering["model"], ordering["noise_hu"]
         for name, label in (("within_slice", "ordering within a slice"),
@@ -93,12 +97,17 @@ def evaluate(
                             ("cross_slice", "ordering across slices"),
                             ("cross_patient", "ordering across patients"),
                             ("untouched_vs_low_dose", "untouched vs its <= 25 % dose")):
-            table.add_row(f"{label} ({model[name + '_pairs']} pairs)", f"{model[name]:.2%}", f"{classical[name]:.2%}")
+            table.add_row(f"{label} ({model[name + '_pairs']} pairs)", f"{model[name]:.2%}", f"{classical[name]:.2%}",
+                          *([f"{sized[name]:.2%}"] if sized else []))
         for kind, measured in model.get("by_reconstruction", {}).items():
-            theirs = classical.get("by_reconstruction", {}).get(kind)  # absent where noise_hu is never measured
+            cells = []
+            for figure in (classical, sized) if sized else (classical,):
+                theirs = figure.get("by_reconstruction", {}).get(kind)  # absent where noise_hu is never measured
+                cells.append(f"{theirs['within_slice']:.2%} / {theirs['cross_slice']:.2%}" if theirs else "–")
             table.add_row(f"  {kind}: within / across slices",
-                          f"{measured['within_slice']:.2%} / {measured['cross_slice']:.2%}",
-                          f"{theirs['within_slice']:.2%} / {theirs['cross_slice']:.2%}" if theirs else "–")
-        table.add_row("mean, untouched sources", f"{model['untouched_mean']:.2f}", f"{-classical['untouched_mean']:.1f} HU")
-        table.add_row("mean, least dose + fewest views", f"{model['worst_mean']:.2f}", f"{-classical['worst_mean']:.1f} HU")
+                          f"{measured['within_slice']:.2%} / {measured['cross_slice']:.2%}", *cells)
+        for name, label in (("untouched_mean", "mean, untouched sources"),
+                            ("worst_mean", "mean, least dose + fewest views")):
+            table.add_row(label, f"{model[name]:.2f}", f"{-classical[name]:.1f} HU",
+                          *([f"{-sized[name]:.1f} HU"] if sized else []))
     stdout.print(table)

@@ -29,6 +29,7 @@ import tifffile
 
 from ..atomic import atomic_path, write_text_atomic
 from ..config import ClinReadNetConfig
+from ..patient_size import water_equivalent_diameter
 from ..preprocess import window_hu
 from ..readers import InputError
 from . import labels, measures
@@ -36,7 +37,7 @@ from .lowdose import Acquisition, simulate_slice
 from .sources import SourceSlice
 
 MANIFEST_FIELDS = ("path", "score", "group", "source", "kind", "filter", "dose", "views", "i0", "electronic_sd",
-                   "full_dose_fraction", "noise_hu", "degradation_hu", "degradation")
+                   "full_dose_fraction", "noise_hu", "degradation_hu", "degradation", "wed_mm")
 PARTIAL_DIR = ".image.partial"
 
 
@@ -77,8 +78,10 @@ def _simulate_job(first: int, source: SourceSlice, hu: np.ndarray, acquisition: 
     sim = simulate_slice(hu, source.pixel_mm, acquisition, rng)
     tissue = measures.tissue_mask(hu)
     names = (f"{k:0{name_width}d}.tif" for k in itertools.count(first))
+    # The source's size is every acquisition's: at one flux it sets how noisy each of them is
+    wed = water_equivalent_diameter(hu, (source.pixel_mm, source.pixel_mm))
     common = {"group": source.patient, "source": source.source, "i0": f"{sim.i0:.4g}",
-              "electronic_sd": round(sim.electronic_sd, 2)}
+              "electronic_sd": round(sim.electronic_sd, 2), "wed_mm": f"{wed:.1f}" if np.isfinite(wed) else ""}
 
     def write(image_hu: np.ndarray) -> str:
         name = next(names)
