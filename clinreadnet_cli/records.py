@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
+from .patient_size import size_adjusted_noise
 from .readers import InputError
 from .readers.types import META_FIELDS
 
 FIELDS = ["path", "series", "series_uid", "slice", "score", "grade", "class", "head_scores", "head_sd", "entropy",
-          "uncertain", "noise_hu", "noise_note", "wed_mm", *META_FIELDS, "weights", "weights_sha256",
+          "uncertain", "noise_hu", "noise_note", "wed_mm", "noise_hu_size", *META_FIELDS, "weights", "weights_sha256",
           "sampling_grids", "error"]
 FORMATS = ("json", "jsonl", "csv")
 
@@ -39,14 +40,16 @@ def to_record(item: Any, weights: dict | None = None) -> dict:
     failed). ``weights``: ``{"weights", "weights_sha256", "sampling_grids"}`` (``api.Scorer.identity``)."""
     if isinstance(item, InputError):
         return {"path": str(item.path), "slice": item.slice, "error": item.reason}
+    noise, size = item.noise.noise_hu, item.wed_mm
     return {
         "path": str(item.path), "series": item.series, "series_uid": item.series_uid, "slice": item.slice,
         "score": round(item.score, 4), "grade": item.grade, "class": item.label,
         "head_scores": [round(h, 4) for h in item.head_scores], "head_sd": round(item.head_sd, 4),
         "entropy": round(item.entropy, 4), "uncertain": item.uncertain,
-        "noise_hu": None if item.noise.noise_hu is None else round(item.noise.noise_hu, 2),
+        "noise_hu": None if noise is None else round(noise, 2),
         "noise_note": item.noise.note,
-        "wed_mm": None if item.wed_mm is None else round(item.wed_mm, 1),
+        "wed_mm": None if size is None else round(size, 1),
+        "noise_hu_size": None if noise is None or size is None else round(float(size_adjusted_noise(noise, size)), 2),
         **{name: item.meta.get(name) for name in META_FIELDS},
         **(weights or {}),
     }

@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from .conftest import ct_phantom, tiny_config, unit_phantom
 
 runner = CliRunner()
 RECORD_KEYS = {"path", "series", "series_uid", "slice", "score", "grade", "class", "head_scores", "head_sd", "entropy",
-               "uncertain", "noise_hu", "noise_note", "wed_mm", "study_uid", "sop_uid", "instance_number", "z_mm",
+               "uncertain", "noise_hu", "noise_note", "wed_mm", "noise_hu_size", "study_uid", "sop_uid", "instance_number", "z_mm",
                "slice_thickness_mm", "kvp", "mas", "ctdivol_mgy", "kernel", "manufacturer", "weights", "weights_sha256",
                "sampling_grids"}
 
@@ -102,6 +103,9 @@ def test_json_schema(study, weights):
         assert r["wed_mm"] == pytest.approx(water_equivalent_diameter(slice_hu, (0.7, 0.7)), abs=0.1)
     assert [r["wed_mm"] for r in records if r["path"].endswith(".nii.gz")] == pytest.approx(
         [water_equivalent_diameter(s, (1.0, 1.0)) for s in hu], abs=0.1)
+    # The noise of a 250 mm patient at the same flux: the growth of noise with size divided out
+    for r in records:
+        assert r["noise_hu_size"] == pytest.approx(r["noise_hu"] * math.exp(-0.00965 * (r["wed_mm"] - 250)), rel=2e-3)
     assert [r["slice"] for r in dicom] == [0, 1, 2] and all(r["series_uid"] for r in dicom)
     volume = [r for r in records if r["path"].endswith(".nii.gz")]
     assert [r["slice"] for r in volume] == [0, 1, 2] and all(r["series_uid"] is None for r in volume)
@@ -114,6 +118,7 @@ def test_noise_is_null_with_a_reason_where_it_cannot_be_measured(study, weights,
     notes = {Path(r["path"]).suffix: (r["noise_hu"], r["noise_note"]) for r in records}
     assert notes[".tif"] == (None, "not in HU")  # a windowed [0, 1] TIFF
     assert [r["wed_mm"] for r in records if r["path"].endswith(".tif")] == [None]  # nor its size
+    assert all(r["noise_hu_size"] is None for r in records)  # neither has a noise figure and a size
     assert notes[".dcm"][0] is None and "soft-tissue" in notes[".dcm"][1]
     assert all(isinstance(r["score"], float) for r in records)  # the score does not need it
 
