@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,6 +33,18 @@ def choose_format(requested: str | None, output: Path | None, stdout_is_terminal
     if requested is not None:
         return requested
     return "table" if stdout_is_terminal else "jsonl"
+
+
+def with_nulls(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (a share of no pairs, a correlation of constant
+    scores) replaced by None, so that it writes as strict JSON: ``null``, never ``NaN``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: with_nulls(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [with_nulls(item) for item in value]
+    return value
 
 
 def to_record(item: Any, weights: dict | None = None) -> dict:

@@ -317,6 +317,31 @@ def test_simulate_command_photon_budget_goes_into_the_manifest(tmp_path):
     assert 250 < min(expected.values()) and max(expected.values()) < 300  # the KiTS volume: 264-291 mm
 
 
+def test_evaluate_on_a_simulated_folder_writes_strict_json(tmp_path):
+    """evaluate --format json on a simulate folder of one patient: the ordering report has the
+    size-adjusted noise, and a share of no pairs (across patients) is null, never NaN."""
+    from clinreadnet_cli.archs import create_model
+    from clinreadnet_cli.checkpoint import save_weights
+
+    out = tmp_path / "sim"
+    made = runner.invoke(app, ["simulate", "--source", str(REPO / "sample_data" / "nifti"), "--out", str(out),
+                               "--full-views", "100", "--views", "full", "--doses", "1,0.25", "--mode", "full"])
+    assert made.exit_code == 0, made.output
+    weights = save_weights(create_model(tiny_config()), tmp_path / "tiny.safetensors")
+    result = runner.invoke(app, ["evaluate", "--data", str(out), "--split", "all", "--weights", str(weights),
+                                 "--format", "json", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    report = json.loads(result.stdout, parse_constant=refuse)
+    assert set(report["ordering"]) == {"model", "noise_hu", "noise_hu_size"}
+    for scorer in report["ordering"].values():
+        assert scorer["cross_patient_pairs"] == 0 and scorer["cross_patient"] is None
+        assert scorer["within_slice_pairs"] > 0 and 0 <= scorer["within_slice"] <= 1
+
+
 def test_simulate_command_reports_bad_sources_and_goes_on(tmp_path):
     tifffile.imwrite(tmp_path / "windowed.tif", np.zeros((64, 64), np.float32))
     result = runner.invoke(app, ["simulate", "--source", str(tmp_path / "windowed.tif"),

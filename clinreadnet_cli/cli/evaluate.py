@@ -46,6 +46,7 @@ def evaluate(
     from ..evaluation import evaluate as run_evaluation
     from ..evaluation import resolve_inputs, select_split, simulation_checks
     from ..metrics import correlation_metrics
+    from ..records import with_nulls
     from ..scoring import resolve_device
 
     try:
@@ -79,9 +80,10 @@ def evaluate(
         write_text_atomic(predictions, buffer.getvalue())
     if fmt is ListFormat.json:
         extra = {"ordering": ordering} if ordering else {}
-        typer.echo(json.dumps({"split": split, "images": len(preds), **metrics,
-                               "noise_hu_baseline": {**baseline, "images": len(measured)}, **extra,
-                               "error_by_uncertainty": error_by_uncertainty(preds)}, indent=2))
+        report = {"split": split, "images": len(preds), **metrics,
+                  "noise_hu_baseline": {**baseline, "images": len(measured)}, **extra,
+                  "error_by_uncertainty": error_by_uncertainty(preds)}
+        typer.echo(json.dumps(with_nulls(report), indent=2, allow_nan=False))
         return
     sized = ordering.get("noise_hu_size") if ordering else None  # a simulate folder whose manifest has sizes
     table = Table("metric", "model", "noise_hu (baseline)", *(["noise_hu_size"] if sized else []),
