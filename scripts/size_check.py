@@ -103,11 +103,11 @@ def rows_of(acq: Acquisitions, scores: dict[str, np.ndarray], diameter: np.ndarr
     rows = [(name, "", cross(-scores[name])) for name in CLASSICAL]
     rows += [("noise_hu", f"size in pixels, {rate} per pixel", cross(-(log_noise - rate * diameter / spacing)))
              for rate in RATES_PER_PIXEL]
-    for name in (n for n in scores if n not in CLASSICAL):
+    models = [n for n in scores if n not in CLASSICAL]
+    for name in models:
         rows.append((name, "", cross(scores[name])))
         rows += [(name, f"+ {beta} x (D_w - {REFERENCE_DIAMETER_MM:.0f}) / 100",
                   cross(scores[name] + size_term(diameter, beta))) for beta in BETAS]
-    models = [n for n in scores if n not in CLASSICAL]
     if fitted is not None and (fitted[0] in models or len(models) == 1):  # a held-out CSV is the model's
         model, beta = fitted[0] if fitted[0] in models else models[0], fitted[1]
         rows.append((model, f"+ {beta} x (D_w - {REFERENCE_DIAMETER_MM:.0f}) / 100, beta fitted",

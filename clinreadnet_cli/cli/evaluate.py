@@ -85,31 +85,31 @@ def evaluate(
                   "error_by_uncertainty": error_by_uncertainty(preds)}
         typer.echo(json.dumps(with_nulls(report), indent=2, allow_nan=False))
         return
-    sized = ordering.get("noise_hu_size") if ordering else None  # a simulate folder whose manifest has sizes
-    table = Table("metric", "model", "noise_hu (baseline)", *(["noise_hu_size"] if sized else []),
+    # The classical figures ordered beside the model: noise_hu, and noise_hu_size where the simulate
+    # folder's manifest has sizes. The correlations exist for noise_hu only.
+    classical = [ordering[name] for name in ("noise_hu", "noise_hu_size") if name in ordering] if ordering else []
+    table = Table("metric", "model", "noise_hu (baseline)", *(["noise_hu_size"] if len(classical) > 1 else []),
                   title=f"{split} split, {len(preds)} images")
-    blank = ["–"] if sized else []
     for name in ("plcc", "srocc", "krocc", "score"):
         table.add_row(name.upper() if name != "score" else "Score", f"{metrics[name]:.4f}", f"{baseline[name]:.4f}",
-                      *blank)
+                      *["–"] * (len(classical) - 1))
     if ordering:  # a simulated dataset: does the score fall with dose and views?
-        model, classical = ordering["model"], ordering["noise_hu"]
+        model = ordering["model"]
         for name, label in (("within_slice", "ordering within a slice"),
                             ("within_reconstruction", "  same slice, one reconstruction"),
                             ("cross_slice", "ordering across slices"),
                             ("cross_patient", "ordering across patients"),
                             ("untouched_vs_low_dose", "untouched vs its <= 25 % dose")):
-            table.add_row(f"{label} ({model[name + '_pairs']} pairs)", f"{model[name]:.2%}", f"{classical[name]:.2%}",
-                          *([f"{sized[name]:.2%}"] if sized else []))
+            table.add_row(f"{label} ({model[name + '_pairs']} pairs)", f"{model[name]:.2%}",
+                          *(f"{figure[name]:.2%}" for figure in classical))
         for kind, measured in model.get("by_reconstruction", {}).items():
             cells = []
-            for figure in (classical, sized) if sized else (classical,):
+            for figure in classical:
                 theirs = figure.get("by_reconstruction", {}).get(kind)  # absent where noise_hu is never measured
                 cells.append(f"{theirs['within_slice']:.2%} / {theirs['cross_slice']:.2%}" if theirs else "–")
             table.add_row(f"  {kind}: within / across slices",
                           f"{measured['within_slice']:.2%} / {measured['cross_slice']:.2%}", *cells)
         for name, label in (("untouched_mean", "mean, untouched sources"),
                             ("worst_mean", "mean, least dose + fewest views")):
-            table.add_row(label, f"{model[name]:.2f}", f"{-classical[name]:.1f} HU",
-                          *([f"{-sized[name]:.1f} HU"] if sized else []))
+            table.add_row(label, f"{model[name]:.2f}", *(f"{-figure[name]:.1f} HU" for figure in classical))
     stdout.print(table)

@@ -126,8 +126,8 @@ def record_schema():
     text, number, whole = pa.string(), pa.float64(), pa.int64()
     types = {"slice": whole, "class": whole, "instance_number": whole, "sampling_grids": whole, "uncertain": pa.bool_(),
              "head_scores": pa.list_(number), "score": number, "head_sd": number, "entropy": number,
-             "noise_hu": number, "wed_mm": number, "noise_hu_size": number, "z_mm": number, "slice_thickness_mm": number, "kvp": number,
-             "mas": number, "ctdivol_mgy": number}
+             "noise_hu": number, "wed_mm": number, "noise_hu_size": number, "z_mm": number,
+             "slice_thickness_mm": number, "kvp": number, "mas": number, "ctdivol_mgy": number}
     return pa.schema([(name, types.get(name, text)) for name in RECORD_COLUMNS])
 
 
