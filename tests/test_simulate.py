@@ -755,3 +755,26 @@ def test_size_check_noise_adjusted_for_size_orders_one_flux_across_patients():
     assert rows[("noise_hu", "")] < 0.7 and rows[("noise_hu_size", "")] == 1.0
     assert rows[("model", "")] == rows[("noise_hu", "")]  # a score that reads the noise alone misorders alike
     assert max(share for (scorer, added), share in rows.items() if scorer == "model") > rows[("model", "")]
+
+
+def test_slice_offsets_finds_the_slice_that_reads_high_at_every_protocol(tmp_path):
+    """scripts/slice_offsets.py: a slice scored half a point above the other at each acquisition gets
+    an offset of +0.25 (the other -0.25) against a dose step of the scorer's own; the untouched images
+    do not count; each slice's kernel and spacing come from its source archive."""
+    spec = importlib.util.spec_from_file_location("slice_offsets", Path(__file__).resolve().parents[1] / "scripts"
+                                                  / "slice_offsets.py")
+    offsets_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(offsets_script)
+    acquisitions, scores = [], []
+    for source, lift in (("src.npz#0", 0.5), ("src.npz#1", 0.0)):
+        acquisitions.append([source, source, True, 1.0, 1000])
+        scores.append(0.0)  # untouched: would move the offsets if it counted
+        for dose, base in ((1.0, 3.0), (0.1, 1.0)):
+            acquisitions.append([source, source, False, dose, 1000])
+            scores.append(base + lift)
+    offsets, step = offsets_script.slice_offsets(acquisitions, np.array(scores))
+    assert offsets == pytest.approx({"src.npz#0": 0.25, "src.npz#1": -0.25}) and step == pytest.approx(2.0)
+    np.savez(tmp_path / "src.npz", hu=ct_phantom(2, size=32), pixel_spacing_mm=np.array([[0.7, 0.7], [0.98, 0.98]]),
+             kernel=np.array(["B20f", "59 .10.AB50"]), slice_thickness_mm=np.array([5.0, 8.0]))
+    assert offsets_script.source_facts(tmp_path, "src.npz#1") == {"kernel": "59 .10.AB50", "pixel_mm": 0.98,
+                                                                  "thickness_mm": 8.0}
