@@ -6,7 +6,8 @@ the same acquisitions, grouped by what its source file says of it, on an ``order
 A scorer that ordered protocols perfectly across slices would give every slice the same value at
 the same (dose, views); what the slice itself adds is its offset. For every degraded image, the
 offset is its value minus the mean over all slices at its (dose, views); a slice's offset is the
-mean over its acquisitions. Classical figures are read as -ln(noise) so that higher is better for
+mean over its acquisitions (an image a figure could not measure, null in the JSON, is left
+out). Classical figures are read as -ln(noise) so that higher is better for
 every scorer. To compare scorers in their different units, the spread of the slices' offsets (SD)
 is divided by the scorer's own step from full to 10 % dose at full views (mean over the slices):
 0.25 means the slice moves the value by a quarter of what that dose step does.
@@ -36,13 +37,13 @@ def slice_offsets(acquisitions: list, values: np.ndarray) -> tuple[dict[str, flo
     full to 10 % dose at the most views) over the degraded images of one simulator's check."""
     degraded = [i for i, (_, _, untouched, _, _) in enumerate(acquisitions) if not untouched]
     protocol = [tuple(acquisitions[i][3:5]) for i in degraded]
-    mean_of = {p: np.mean([values[i] for i, q in zip(degraded, protocol) if q == p]) for p in set(protocol)}
+    mean_of = {p: np.nanmean([values[i] for i, q in zip(degraded, protocol) if q == p]) for p in set(protocol)}
     by_source: dict[str, list[float]] = {}
     for i, p in zip(degraded, protocol):
         by_source.setdefault(acquisitions[i][0], []).append(values[i] - mean_of[p])
     most_views = max(p[1] for p in protocol)
     step = mean_of[(max(p[0] for p in protocol), most_views)] - mean_of[(min(p[0] for p in protocol), most_views)]
-    return {source: float(np.mean(offsets)) for source, offsets in by_source.items()}, float(step)
+    return {source: float(np.nanmean(offsets)) for source, offsets in by_source.items()}, float(step)
 
 
 def source_facts(sources: Path, source: str) -> dict:

@@ -760,7 +760,7 @@ def test_size_check_noise_adjusted_for_size_orders_one_flux_across_patients():
 def test_slice_offsets_finds_the_slice_that_reads_high_at_every_protocol(tmp_path):
     """scripts/slice_offsets.py: a slice scored half a point above the other at each acquisition gets
     an offset of +0.25 (the other -0.25) against a dose step of the scorer's own; the untouched images
-    do not count; each slice's kernel and spacing come from its source archive."""
+    and the unmeasured ones do not count; each slice's kernel and spacing come from its source archive."""
     spec = importlib.util.spec_from_file_location("slice_offsets", Path(__file__).resolve().parents[1] / "scripts"
                                                   / "slice_offsets.py")
     offsets_script = importlib.util.module_from_spec(spec)
@@ -772,6 +772,8 @@ def test_slice_offsets_finds_the_slice_that_reads_high_at_every_protocol(tmp_pat
         for dose, base in ((1.0, 3.0), (0.1, 1.0)):
             acquisitions.append([source, source, False, dose, 1000])
             scores.append(base + lift)
+    acquisitions.append(["src.npz#0", "src.npz#0", False, 0.1, 1000])
+    scores.append(np.nan)  # a figure that could not measure this image (null in the JSON): left out
     offsets, step = offsets_script.slice_offsets(acquisitions, np.array(scores))
     assert offsets == pytest.approx({"src.npz#0": 0.25, "src.npz#1": -0.25}) and step == pytest.approx(2.0)
     np.savez(tmp_path / "src.npz", hu=ct_phantom(2, size=32), pixel_spacing_mm=np.array([[0.7, 0.7], [0.98, 0.98]]),
