@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from ordering_check import add_slice_options, chosen_slices, load_source, noisy_full_dose  # noqa: E402
+from ordering_check import add_slice_options, chosen_slices, load_source, noisy_full_dose, weights_labels  # noqa: E402
 
 from clinreadnet_cli.checkpoint import load_model  # noqa: E402
 from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference  # noqa: E402
@@ -72,7 +72,7 @@ def main() -> None:
     picked = chosen_slices(parser, args)
 
     torch.set_num_threads(2)
-    models = {p.name: load_model(p) for p in args.weights}
+    models = {label: load_model(p) for label, p in zip(weights_labels(args.weights), args.weights)}
     predictors = {n: (m.config, prepare_for_inference(m, torch.device("cpu"), InferenceOptions()))
                   for n, m in models.items()}
     scores: dict[str, dict[str, list[float]]] = {}

@@ -174,6 +174,17 @@ def chosen_slices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     return held_out_sources(args.data, args.split, args.per_patient, args.seed)
 
 
+def weights_labels(paths: list[Path]) -> list[str]:
+    """Each weights file's column name: its file name, with as many parent folders as it takes to tell
+    files of one name apart (runs/a/best.safetensors beside runs/b/best.safetensors)."""
+    deepest = max(len(p.parts) for p in paths)
+    for depth in range(1, deepest + 1):
+        labels = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(labels)) == len(labels):
+            break
+    return labels
+
+
 def load_source(sources_dir: Path, source: str) -> tuple[np.ndarray, float]:
     name, _, index = source.rpartition("#")
     archive = np.load(sources_dir / Path(name).name)
@@ -194,9 +205,9 @@ def main() -> None:
 
     torch.set_num_threads(2)
     models = {}
-    for path in args.weights:
+    for label, path in zip(weights_labels(args.weights), args.weights):
         model = load_model(path)
-        models[path.name] = (model.config, prepare_for_inference(model, torch.device("cpu"), InferenceOptions()))
+        models[label] = (model.config, prepare_for_inference(model, torch.device("cpu"), InferenceOptions()))
     print(f"{len(picked)} held-out slices from {len({p for p, _ in picked})} patients", file=sys.stderr)
     results = {}
     for simulator in SIMULATORS:

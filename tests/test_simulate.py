@@ -733,6 +733,19 @@ def test_ordering_check_cache_serves_the_same_slices_and_resimulates_others(tmp_
         "astra-fixed-flux-seed7.npz"]
 
 
+def test_ordering_check_names_weights_of_one_file_name_apart():
+    """Two runs' best.safetensors get one column each (their folders added), not one shared column."""
+    spec = importlib.util.spec_from_file_location("ordering_check", Path(__file__).resolve().parents[1] / "scripts"
+                                                  / "ordering_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    assert check.weights_labels([Path("weights/v4.safetensors"), Path("runs/a/best.safetensors")]) == [
+        "v4.safetensors", "best.safetensors"]
+    assert check.weights_labels([Path("w/v4.safetensors"), Path("runs/a/best.safetensors"),
+                                 Path("runs/b/best.safetensors")]) == [
+        "w/v4.safetensors", "a/best.safetensors", "b/best.safetensors"]
+
+
 def test_size_check_noise_adjusted_for_size_orders_one_flux_across_patients():
     """scripts/size_check.py: at one flux a larger patient's image is noisier at every dose, so the
     noise figure misorders pairs across the two patients; with the size divided out it orders all."""
