@@ -185,10 +185,15 @@ def weights_labels(paths: list[Path]) -> list[str]:
     return labels
 
 
-def load_source(sources_dir: Path, source: str) -> tuple[np.ndarray, float]:
+def source_archive(sources_dir: Path, source: str) -> tuple[np.lib.npyio.NpzFile, int]:
+    """The archive in ``sources_dir`` that ``archive.npz#k`` names, and k."""
     name, _, index = source.rpartition("#")
-    archive = np.load(sources_dir / Path(name).name)
-    return archive["hu"][int(index)].astype(np.float32), float(archive["pixel_spacing_mm"][int(index)][0])
+    return np.load(sources_dir / Path(name).name), int(index)
+
+
+def load_source(sources_dir: Path, source: str) -> tuple[np.ndarray, float]:
+    archive, k = source_archive(sources_dir, source)
+    return archive["hu"][k].astype(np.float32), float(archive["pixel_spacing_mm"][k][0])
 
 
 def main() -> None:

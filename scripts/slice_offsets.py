@@ -29,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from ordering_check import CLASSICAL  # noqa: E402
+from ordering_check import CLASSICAL, source_archive  # noqa: E402
 
 
 def slice_offsets(acquisitions: list, values: np.ndarray) -> tuple[dict[str, float], float]:
@@ -48,8 +48,7 @@ def slice_offsets(acquisitions: list, values: np.ndarray) -> tuple[dict[str, flo
 
 def source_facts(sources: Path, source: str) -> dict:
     """Kernel, pixel spacing and slice thickness of ``archive.npz#k`` as its archive records them."""
-    name, _, index = source.rpartition("#")
-    archive, k = np.load(sources / Path(name).name), int(index)
+    archive, k = source_archive(sources, source)
     return {"kernel": str(archive["kernel"][k]).strip() if "kernel" in archive.files else "?",
             "pixel_mm": float(archive["pixel_spacing_mm"][k][0]),
             "thickness_mm": float(archive["slice_thickness_mm"][k]) if "slice_thickness_mm" in archive.files
