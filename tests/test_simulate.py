@@ -31,6 +31,14 @@ PANCREAS = CT_SOURCES / "tcia-pancreatic-ct-cbct-seg_Pancreas-CT-CB_001.npz"
 SAMPLE_SERIES = REPO / "sample_data" / "dicom" / "pancreas-ct-cb-001"  # slice 1 = PANCREAS #32, untouched
 
 
+def script_module(name: str):
+    """scripts/NAME.py imported as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def real_slice() -> tuple[np.ndarray, float]:
     """An abdominal slice (512 x 512, HU) and its pixel spacing, from the CT sources or, where
@@ -491,10 +499,7 @@ def test_size_check_fits_beta_per_kernel_on_a_one_flux_simulation():
     """scripts/size_check.py --fit: on a one-flux training simulation a score that reads the noise
     misorders the two patients' acquisitions; the fitted beta (mean over kernels of the cross-slice
     share) is the smallest that orders them all, and adding it to a check set shows as its own row."""
-    spec = importlib.util.spec_from_file_location("size_check", Path(__file__).resolve().parents[1] / "scripts"
-                                                  / "size_check.py")
-    size_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(size_check)
+    size_check = script_module("size_check")
     from clinreadnet_cli.evaluation import Acquisitions, ordering_report
     from clinreadnet_cli.patient_size import MU_WATER_PER_MM
 
@@ -693,10 +698,7 @@ def test_select_sources_script_writes_the_chosen_patients_slices(tmp_path):
 def test_feature_probe_ridge_reads_out_a_linear_target_and_dose_means_take_the_most_views():
     """scripts/feature_probe.py: the ridge read-out recovers a target linear in the features on
     unseen rows, and the dose spread is read at the most views."""
-    spec = importlib.util.spec_from_file_location("feature_probe", Path(__file__).resolve().parents[1] / "scripts"
-                                                  / "feature_probe.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = script_module("feature_probe")
     rng = np.random.default_rng(0)
     features = rng.normal(size=(300, 20)) * rng.uniform(0.1, 10, 20)  # columns of very different scales
     target = features @ rng.normal(size=20) / features.std(0).mean() + 2.0
@@ -709,10 +711,7 @@ def test_feature_probe_ridge_reads_out_a_linear_target_and_dose_means_take_the_m
 def test_ordering_check_cache_serves_the_same_slices_and_resimulates_others(tmp_path, monkeypatch):
     """scripts/ordering_check.py --cache: a second run on the same slices reads the stored images
     (no simulation); other slices are simulated anew and replace the stored file."""
-    spec = importlib.util.spec_from_file_location("ordering_check", Path(__file__).resolve().parents[1] / "scripts"
-                                                  / "ordering_check.py")
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    check = script_module("ordering_check")
     np.savez(tmp_path / "src.npz", hu=ct_phantom(2, size=32),
              pixel_spacing_mm=np.full((2, 2), 0.7))
     calls = []
@@ -735,10 +734,7 @@ def test_ordering_check_cache_serves_the_same_slices_and_resimulates_others(tmp_
 
 def test_ordering_check_names_weights_of_one_file_name_apart():
     """Two runs' best.safetensors get one column each (their folders added), not one shared column."""
-    spec = importlib.util.spec_from_file_location("ordering_check", Path(__file__).resolve().parents[1] / "scripts"
-                                                  / "ordering_check.py")
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    check = script_module("ordering_check")
     assert check.weights_labels([Path("weights/v4.safetensors"), Path("runs/a/best.safetensors")]) == [
         "v4.safetensors", "best.safetensors"]
     assert check.weights_labels([Path("w/v4.safetensors"), Path("runs/a/best.safetensors"),
@@ -749,10 +745,7 @@ def test_ordering_check_names_weights_of_one_file_name_apart():
 def test_size_check_noise_adjusted_for_size_orders_one_flux_across_patients():
     """scripts/size_check.py: at one flux a larger patient's image is noisier at every dose, so the
     noise figure misorders pairs across the two patients; with the size divided out it orders all."""
-    spec = importlib.util.spec_from_file_location("size_check", Path(__file__).resolve().parents[1] / "scripts"
-                                                  / "size_check.py")
-    size_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(size_check)
+    size_check = script_module("size_check")
     from clinreadnet_cli.evaluation import Acquisitions
     from clinreadnet_cli.patient_size import MU_WATER_PER_MM
 
@@ -774,10 +767,7 @@ def test_slice_offsets_finds_the_slice_that_reads_high_at_every_protocol(tmp_pat
     """scripts/slice_offsets.py: a slice scored half a point above the other at each acquisition gets
     an offset of +0.25 (the other -0.25) against a dose step of the scorer's own; the untouched images
     and the unmeasured ones do not count; each slice's kernel and spacing come from its source archive."""
-    spec = importlib.util.spec_from_file_location("slice_offsets", Path(__file__).resolve().parents[1] / "scripts"
-                                                  / "slice_offsets.py")
-    offsets_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(offsets_script)
+    offsets_script = script_module("slice_offsets")
     acquisitions, scores = [], []
     for source, lift in (("src.npz#0", 0.5), ("src.npz#1", 0.0)):
         acquisitions.append([source, source, True, 1.0, 1000])
