@@ -168,12 +168,16 @@ class Acquisitions:
     dose: np.ndarray
     views: np.ndarray  # the untouched source counts as the full view count
     # How the image was reconstructed: "scanner" (the untouched source and the add-difference
-    # images: the source's own kernel) or "full <filter>" (simulate's full FBP reconstructions).
+    # images: the source's own kernel) or "full <filter>" (simulate's full FBP reconstructions),
+    # with " on <grid>" for those made on another grid (simulate --grids).
     reconstruction: np.ndarray
 
 
 def reconstruction_of(row: dict) -> str:
-    return f"full {row.get('filter') or ''}".strip() if row["kind"] == "full" else "scanner"
+    if row["kind"] != "full":
+        return "scanner"
+    kernel = f"full {row.get('filter') or ''}".strip()
+    return f"{kernel} on {row['grid']}" if row.get("grid") else kernel
 
 
 def acquisitions_from_manifest(rows: list[dict]) -> Acquisitions:

@@ -20,7 +20,6 @@ import json
 import sys
 from pathlib import Path
 
-import astra
 import numpy as np
 import torch
 
@@ -34,30 +33,9 @@ from clinreadnet_cli.checkpoint import load_model  # noqa: E402
 from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference  # noqa: E402
 from clinreadnet_cli.noise import measure_noise  # noqa: E402
 from clinreadnet_cli.preprocess import prepare_slice  # noqa: E402
-from clinreadnet_cli.simulate.physics import ParallelScanner, hu_to_mu, mu_to_hu, reduce_dose  # noqa: E402
+from clinreadnet_cli.simulate.physics import ParallelScanner, ReconGrid, hu_to_mu, mu_to_hu, reduce_dose  # noqa: E402
 
 I0, ELECTRONIC = 1e6, 10.0
-
-
-def fbp_on_grid(sinogram: np.ndarray, scanner: ParallelScanner, size: int, pixel_mm: float) -> np.ndarray:
-    """FBP of a full-view sinogram onto a size x size grid of pixel_mm pixels, centred (HU)."""
-    half = size * pixel_mm / 2
-    vol = astra.create_vol_geom(size, size, -half, half, -half, half)
-    geometry = scanner._geometry()
-    projector = astra.create_projector("linear", geometry, vol)
-    sino_id = astra.data2d.create("-sino", geometry, np.ascontiguousarray(sinogram, np.float32))
-    rec_id = astra.data2d.create("-vol", vol)
-    config = astra.astra_dict("FBP")
-    config.update(ProjectorId=projector, ProjectionDataId=sino_id, ReconstructionDataId=rec_id,
-                  option={"FilterType": "ram-lak"})
-    algorithm = astra.algorithm.create(config)
-    try:
-        astra.algorithm.run(algorithm)
-        return mu_to_hu(astra.data2d.get(rec_id).astype(np.float32))
-    finally:
-        astra.algorithm.delete(algorithm)
-        astra.data2d.delete([sino_id, rec_id])
-        astra.projector.delete(projector)
 
 
 def main() -> None:
@@ -82,10 +60,10 @@ def main() -> None:
         rng = np.random.default_rng([args.seed, number])
         full = noisy_full_dose(scanner.project(hu_to_mu(hu)), I0, ELECTRONIC, rng)
         for dose, sinogram in reduce_dose(full, (1.0, 0.25), I0, ELECTRONIC, rng).items():
-            grids = {"source grid": (512, pixel_mm), "768² same FOV": (768, pixel_mm * 512 / 768),
-                     "512² at 0.6 mm": (512, 0.6), "512² at 0.9 mm": (512, 0.9)}
-            for grid, (size, spacing) in grids.items():
-                image = fbp_on_grid(sinogram, scanner, size, spacing)
+            grids = {"source grid": None, "768² same FOV": ReconGrid(768),
+                     "512² at 0.6 mm": ReconGrid(512, 0.6), "512² at 0.9 mm": ReconGrid(512, 0.9)}
+            for grid, recon_grid in grids.items():
+                image = mu_to_hu(scanner.reconstruct(sinogram, grid=recon_grid))
                 key = f"{grid}, dose {dose:g}"
                 entry = scores.setdefault(key, {})
                 entry.setdefault("noise_hu", []).append(measure_noise(image, "hu").noise_hu or np.nan)

@@ -22,7 +22,7 @@ from clinreadnet_cli.data import SliceDataset, load_labelled, split_train_val
 from clinreadnet_cli.readers import discover
 from clinreadnet_cli.simulate import Acquisition, find_sources, simulate_dataset, simulate_slice
 from clinreadnet_cli.simulate import labels, measures
-from clinreadnet_cli.simulate.physics import ParallelScanner, hu_to_mu, mu_to_hu, reduce_dose, view_subset
+from clinreadnet_cli.simulate.physics import ParallelScanner, ReconGrid, hu_to_mu, mu_to_hu, reduce_dose, view_subset
 from tests.conftest import ct_phantom, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,6 +120,42 @@ def test_photon_budget_sets_the_full_dose_of_full_reconstructions(half_slice):
     np.testing.assert_array_equal(generous.image(0.25, 400, "full"), plain.image(0.25, 400, "full"))
     with pytest.raises(ValueError, match="mode full or both"):
         Acquisition(photon_budget=(1e5, 1e5))
+
+
+def test_other_grids_reconstruct_the_same_scan_with_labels_that_do_not_depend_on_the_grid(half_slice):
+    """One projection, three grids: the source's, a finer matrix over the same field of view, and
+    larger pixels over a larger one. Each grid shows the same body at its own scale, has its own
+    full-dose reference (degradation 0), and the same dose loss measures sqrt(1/d - 1) on every grid."""
+    hu, spacing = half_slice
+    finer, coarser = ReconGrid(384), ReconGrid(256, spacing * 1.5)
+    acq = Acquisition(doses=(1.0, 0.25), views=(400,), full_views=400, mode="full", electronic_sd=(0.0, 0.0),
+                      grids=(finer, coarser))
+    sim = simulate_slice(hu, spacing, acq, np.random.default_rng(4))
+    assert acq.reconstructions() == [("full", None), ("full", finer), ("full", coarser)]
+    assert {r.grid for r in sim.images} == {"", "384", str(coarser)} and len(sim.images) == 3 * 2
+    body_area_mm2 = measures.body_mask(hu).sum() * spacing ** 2
+    for grid, size, pixel_mm in (("", 256, spacing), ("384", 384, spacing * 256 / 384), (str(coarser), 256, spacing * 1.5)):
+        full = sim.image(1.0, 400, "full", grid)
+        assert full.shape == (size, size)
+        assert measures.body_mask(full).sum() * pixel_mm ** 2 == pytest.approx(body_area_mm2, rel=0.03)
+        degradation = {r.dose: r.degradation for r in sim.images if r.grid == grid}
+        assert degradation[1.0] == 0.0
+        assert degradation[0.25] == pytest.approx(np.sqrt(1 / 0.25 - 1), rel=0.1), grid
+        assert all(np.isfinite(r.noise_hu) and r.noise_hu > 0 for r in sim.images if r.grid == grid)
+    with pytest.raises(ValueError, match="mode full or both"):
+        Acquisition(grids=(finer,))
+
+
+@pytest.mark.parametrize("spec, grid", [("768", ReconGrid(768)), (" 512@0.9", ReconGrid(512, 0.9))])
+def test_recon_grid_reads_size_or_size_at_pixel_mm(spec, grid):
+    assert ReconGrid.parse(spec) == grid and ReconGrid.parse(str(grid)) == grid
+    assert grid.spacing(384.0) == pytest.approx(0.5 if grid.pixel_mm is None else 0.9)  # 384 mm over 768 pixels
+
+
+@pytest.mark.parametrize("spec", ["big", "512@", "512@x", "8", "512@0"])
+def test_recon_grid_refuses_what_is_not_a_grid(spec):
+    with pytest.raises(ValueError, match="reconstruction grid"):
+        ReconGrid.parse(spec)
 
 
 def test_pixel_spacing_scales_the_line_integrals():
@@ -325,6 +361,26 @@ def test_simulate_command_photon_budget_goes_into_the_manifest(tmp_path):
     assert 250 < min(expected.values()) and max(expected.values()) < 300  # the KiTS volume: 264-291 mm
 
 
+def test_simulate_command_grids_write_each_scan_on_every_grid(tmp_path):
+    out = tmp_path / "sim"
+    result = runner.invoke(app, ["simulate", "--source", str(REPO / "sample_data" / "nifti"), "--out", str(out),
+                                 "--full-views", "200", "--views", "full", "--doses", "1,0.25", "--mode", "full",
+                                 "--grids", "128@2,96"])
+    assert result.exit_code == 0, result.output
+    with (out / "manifest.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    full = [r for r in rows if r["kind"] == "full"]
+    assert Counter(r["grid"] for r in full) == {"": 4 * 2, "128@2": 4 * 2, "96": 4 * 2}
+    for r in full:
+        shape = tifffile.imread(out / r["path"]).shape
+        assert shape == {"": shape, "128@2": (128, 128), "96": (96, 96)}[r["grid"]]
+        assert (float(r["score"]) == 4.0) == (r["dose"] == "1.0000")  # each grid's own full dose is its reference
+    from clinreadnet_cli.evaluation import acquisitions_from_manifest
+
+    assert set(acquisitions_from_manifest(rows).reconstruction) == {"scanner", "full ram-lak", "full ram-lak on 128@2",
+                                                                    "full ram-lak on 96"}
+
+
 def test_evaluate_on_a_simulated_folder_writes_strict_json(tmp_path):
     """evaluate --format json on a simulate folder of one patient: the ordering report has the
     size-adjusted noise, and a share of no pairs (across patients) is null, never NaN."""
@@ -367,7 +423,9 @@ def test_simulate_command_reports_bad_sources_and_goes_on(tmp_path):
                                                   ("--mode", "half", "mode must be"),
                                                   ("--electronic-noise", "20,5", "low <= high"),
                                                   ("--photon-budget", "1e5", "mode full or both"),
-                                                  ("--photon-budget", "1e5,1e4,1e3", "LOW,HIGH")])
+                                                  ("--photon-budget", "1e5,1e4,1e3", "LOW,HIGH"),
+                                                  ("--grids", "512@0.9", "mode full or both"),
+                                                  ("--grids", "512x512", "SIZE or SIZE@MM")])
 def test_simulate_usage_errors(tmp_path, flag, value, message):
     result = runner.invoke(app, ["simulate", "--source", str(tmp_path), "--out", str(tmp_path / "o"), flag, value])
     assert result.exit_code == 2 and message in result.output
@@ -571,6 +629,19 @@ def test_label_ordering_reference_unit_takes_the_photon_budget_out_of_the_label(
     small, large = [[labels[f"{i:04d}.tif"] for i in range(start, start + 4)] for start in (0, 4)]
     assert small == large  # untouched, full dose, 50 %, 10 %: the budget's share divides out
     assert small == [4.0, 4.0, round(degradation_to_score(1.0), 4), round(degradation_to_score(3.0), 4)]
+
+
+def test_label_ordering_labels_each_grid_of_a_slice_on_its_own():
+    """grid_labels keeps a slice's grids apart: each is made monotone alone, and none overwrites another."""
+    from clinreadnet_cli.simulate.labels import degradation_to_score
+
+    grid_labels = script_module("label_ordering").grid_labels
+    rows = [{"source": "s#0", "kind": "full", "filter": "ram-lak", "grid": grid, "dose": str(dose), "views": "1000",
+             "degradation": str(degradation), "full_dose_fraction": "1"}
+            for grid, degradations in (("", (0.0, 1.0)), ("512@0.9", (0.0, 2.0)))
+            for dose, degradation in zip((1.0, 0.25), degradations)]
+    assert list(grid_labels(rows, "reference")) == pytest.approx(
+        [4.0, degradation_to_score(1.0), 4.0, degradation_to_score(2.0)])
 
 
 def test_repeat_untouched_script_repeats_or_lists_the_untouched_training_images(tmp_path):

@@ -49,6 +49,10 @@ def simulate(
         None, help="Full reconstructions: an absolute full-dose flux in photons per bin and view, or a range "
                    "LOW,HIGH drawn per slice (log-uniform), instead of each source's own dose; a larger body is "
                    "then noisier at the same protocol. Needs --mode full or both."),
+    grids: Optional[str] = typer.Option(
+        None, help="Full reconstructions: also reconstruct each scan onto these grids from the same projections, "
+                   "comma-separated: SIZE (SIZE² over the source's field of view) or SIZE@MM (SIZE² pixels of MM mm), "
+                   "e.g. 768,512@0.6,512@0.9. Needs --mode full or both."),
     source_images: bool = typer.Option(True, "--source-images/--no-source-images",
                                        help="Also write each untouched source slice (score 4)."),
     seed: int = typer.Option(0, help="Seeds the noise; same seed, same data."),
@@ -59,7 +63,7 @@ def simulate(
 ) -> None:
     """Simulate low-dose and sparse-view CT from normal-dose slices, with proxy quality labels."""
     try:
-        from ..simulate import Acquisition, existing_dataset, find_sources, simulate_dataset
+        from ..simulate import Acquisition, ReconGrid, existing_dataset, find_sources, simulate_dataset
     except ImportError as exc:  # the tomography toolkits are an extra
         usage_error(f"simulate needs the tomography toolkits ({exc.name} is missing): "
                     "pip install 'clinreadnet[simulate]'")
@@ -77,7 +81,8 @@ def simulate(
                                   fbp_filter=fbp_filter, mode=mode,
                                   full_filters=tuple(f.strip() for f in full_filters.split(",") if f.strip()),
                                   electronic_sd=_low_high(electronic_noise, "electronic-noise"),
-                                  photon_budget=_low_high(photon_budget, "photon-budget") if photon_budget else None)
+                                  photon_budget=_low_high(photon_budget, "photon-budget") if photon_budget else None,
+                                  grids=tuple(ReconGrid.parse(g) for g in (grids or "").split(",") if g.strip()))
     except ValueError as exc:
         usage_error(str(exc))
     if existing_dataset(out) and not overwrite:
@@ -89,8 +94,8 @@ def simulate(
         if errors:
             raise typer.Exit(EXIT_PARTIAL)
         usage_error("no source slices found in " + ", ".join(map(str, source)))
-    grid = len(acquisition.doses) * len(acquisition.views) * len(acquisition.modes)
-    stderr.print(f"simulating {len(slices)} slices x {grid} acquisitions on {workers} worker(s)")
+    images = len(acquisition.doses) * len(acquisition.views) * len(acquisition.reconstructions())
+    stderr.print(f"simulating {len(slices)} slices x {images} images on {workers} worker(s)")
     with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=stderr, transient=True,
                   disable=not stderr.is_terminal) as progress:
         task = progress.add_task("simulating", total=len(slices))

@@ -32,12 +32,12 @@ from ..config import ClinReadNetConfig
 from ..patient_size import water_equivalent_diameter
 from ..preprocess import window_hu
 from ..readers import InputError
-from . import labels, measures
+from . import labels
 from .lowdose import Acquisition, simulate_slice
 from .sources import SourceSlice
 
 MANIFEST_FIELDS = ("path", "score", "group", "source", "kind", "filter", "dose", "views", "i0", "electronic_sd",
-                   "full_dose_fraction", "noise_hu", "degradation_hu", "degradation", "wed_mm")
+                   "full_dose_fraction", "noise_hu", "degradation_hu", "degradation", "wed_mm", "grid")
 PARTIAL_DIR = ".image.partial"
 
 
@@ -76,12 +76,12 @@ def _simulate_job(first: int, source: SourceSlice, hu: np.ndarray, acquisition: 
     ``image_dir`` and return their manifest rows."""
     rng = np.random.default_rng([seed, number])
     sim = simulate_slice(hu, source.pixel_mm, acquisition, rng)
-    tissue = measures.tissue_mask(hu)
     names = (f"{k:0{name_width}d}.tif" for k in itertools.count(first))
     # The source's size is every acquisition's: at one flux it sets how noisy each of them is
     wed = water_equivalent_diameter(hu, (source.pixel_mm, source.pixel_mm))
     common = {"group": source.patient, "source": source.source, "i0": f"{sim.i0:.4g}",
-              "electronic_sd": round(sim.electronic_sd, 2), "wed_mm": f"{wed:.1f}" if np.isfinite(wed) else ""}
+              "electronic_sd": round(sim.electronic_sd, 2), "wed_mm": f"{wed:.1f}" if np.isfinite(wed) else "",
+              "grid": ""}
 
     def write(image_hu: np.ndarray) -> str:
         name = next(names)
@@ -93,8 +93,9 @@ def _simulate_job(first: int, source: SourceSlice, hu: np.ndarray, acquisition: 
         rows.append({"path": write(hu), "score": 4.0, **common, "kind": "source", "filter": "", "dose": 1.0,
                      "full_dose_fraction": "1",
                      "views": "", "noise_hu": sim.source_noise_hu, "degradation_hu": 0.0, "degradation": 0.0})
-    for mode in acquisition.modes:
-        recons = [r for r in sim.images if r.mode == mode]
+    for mode, grid in acquisition.reconstructions():
+        grid_name = "" if grid is None else str(grid)
+        recons = [r for r in sim.images if (r.mode, r.grid) == (mode, grid_name)]
         scores = labels.monotone_scores({(r.dose, r.views): labels.degradation_to_score(r.degradation)
                                          for r in recons})
         # dose stays the protocol's share of its full dose; with a photon budget that full dose is
@@ -103,8 +104,8 @@ def _simulate_job(first: int, source: SourceSlice, hu: np.ndarray, acquisition: 
         for r in recons:
             rows.append({"path": write(r.image), "score": scores[(r.dose, r.views)], **common, "kind": mode,
                          "filter": r.fbp_filter, "dose": r.dose, "views": r.views,
-                         "full_dose_fraction": f"{full_dose:.4g}",
-                         "noise_hu": measures.noise_sd_hu(r.image, tissue), "degradation_hu": r.degradation_hu,
+                         "full_dose_fraction": f"{full_dose:.4g}", "grid": grid_name,
+                         "noise_hu": r.noise_hu, "degradation_hu": r.degradation_hu,
                          "degradation": r.degradation})
     return rows
 
@@ -118,7 +119,7 @@ def simulate_dataset(sources: list[SourceSlice], out: Path, acquisition: Acquisi
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     workers = workers or os.cpu_count() or 1
-    per_slice = len(acquisition.doses) * len(acquisition.views) * len(acquisition.modes) + include_source
+    per_slice = len(acquisition.doses) * len(acquisition.views) * len(acquisition.reconstructions()) + include_source
     name_width = max(4, len(str(len(sources) * per_slice - 1)))
     run = SimulationRun()
     started = time.perf_counter()

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import measures
-from .physics import ParallelScanner, check_filter, hu_to_mu, mu_to_hu, reduce_dose, view_subset
+from .physics import ParallelScanner, ReconGrid, check_filter, hu_to_mu, mu_to_hu, reduce_dose, view_subset
 
 I0_REFERENCE = 1e5  # photons per detector bin and view for the noise calibration scan
 I0_LIMITS = (1e4, 1e8)
@@ -34,6 +34,9 @@ class Acquisition:
     (the default) each slice's full dose is its source's own dose, the flux calibrated to the
     source's noise. A budget above that flux gives the source's dose (a simulation cannot take
     noise away).
+
+    ``grids``: further grids (``ReconGrid``) each full reconstruction is also made on, from the same
+    projections, as a scanner reconstructs one scan at another matrix or pixel size.
     """
 
     doses: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1)
@@ -45,6 +48,7 @@ class Acquisition:
     default_i0: float = 1e6  # used when a slice has too little soft tissue to calibrate on
     mode: str = "add-difference"
     photon_budget: tuple[float, float] | None = None
+    grids: tuple[ReconGrid, ...] = ()
 
     def __post_init__(self):
         if any(not 0.0 < d <= 1.0 for d in self.doses):
@@ -60,6 +64,8 @@ class Acquisition:
             raise ValueError(f"photon budget range must be 0 < low <= high, got {self.photon_budget}")
         if self.photon_budget is not None and self.mode == "add-difference":
             raise ValueError("a photon budget sets the full reconstructions' dose: use it with mode full or both")
+        if self.grids and self.mode == "add-difference":
+            raise ValueError("other grids are for full reconstructions: use them with mode full or both")
         if not self.full_filters:
             raise ValueError("full reconstructions need at least one FBP filter")
         for name in (self.fbp_filter, *self.full_filters):
@@ -68,6 +74,11 @@ class Acquisition:
     @property
     def modes(self) -> tuple[str, ...]:
         return ("add-difference", "full") if self.mode == "both" else (self.mode,)
+
+    def reconstructions(self) -> list[tuple[str, ReconGrid | None]]:
+        """(mode, grid) of every image series of a slice; None is the source's own grid."""
+        return [(mode, grid) for mode in self.modes
+                for grid in ((None, *self.grids) if mode == "full" else (None,))]
 
 
 @dataclass
@@ -79,6 +90,8 @@ class Reconstruction:
     image: np.ndarray  # HU
     degradation_hu: float  # RMS in the body of image - reference (same mode and filter)
     degradation: float  # degradation_hu / the source-dose quantum noise of that filter: the label's input
+    noise_hu: float  # the classical noise figure in the soft tissue of its grid
+    grid: str = ""  # the ReconGrid it was made on; "" for the source's own
 
 
 @dataclass
@@ -89,8 +102,8 @@ class SimulatedSlice:
     full_dose_fraction: float = 1.0  # the full reconstructions' full dose, as a share of the source's
     images: list[Reconstruction] = field(default_factory=list)
 
-    def image(self, dose: float, views: int, mode: str = "add-difference") -> np.ndarray:
-        return next(r.image for r in self.images if (r.mode, r.dose, r.views) == (mode, dose, views))
+    def image(self, dose: float, views: int, mode: str = "add-difference", grid: str = "") -> np.ndarray:
+        return next(r.image for r in self.images if (r.mode, r.dose, r.views, r.grid) == (mode, dose, views, grid))
 
 
 def calibrate_i0(scanner: ParallelScanner, line_integrals: np.ndarray, source_noise_hu: float,
@@ -109,9 +122,10 @@ def calibrate_i0(scanner: ParallelScanner, line_integrals: np.ndarray, source_no
     return float(np.clip(I0_REFERENCE * (reference_sd / source_noise_hu) ** 2, *I0_LIMITS)), noise
 
 
-def _noise_hu(scanner: ParallelScanner, noise_sinogram: np.ndarray, fbp_filter: str) -> np.ndarray:
+def _noise_hu(scanner: ParallelScanner, noise_sinogram: np.ndarray, fbp_filter: str,
+              grid: ReconGrid | None = None) -> np.ndarray:
     """A noise-only sinogram reconstructed in HU (no -1000 offset)."""
-    return mu_to_hu(scanner.reconstruct(noise_sinogram, fbp_filter=fbp_filter)) + 1000.0
+    return mu_to_hu(scanner.reconstruct(noise_sinogram, fbp_filter=fbp_filter, grid=grid)) + 1000.0
 
 
 def _draw_log_uniform(low: float, high: float, rng: np.random.Generator) -> float:
@@ -148,28 +162,32 @@ def simulate_slice(hu: np.ndarray, pixel_mm: float, acquisition: Acquisition,
             scaled = reduce_dose(line_integrals, tuple(result.full_dose_fraction * d for d in protocol), i0,
                                  electronic_sd, rng)
             full_by_dose = {d: scaled[result.full_dose_fraction * d] for d in protocol}
-    for mode in acquisition.modes:
+    for mode, grid in acquisition.reconstructions():
         fbp_filter = acquisition.fbp_filter if mode == "add-difference" else full_filter
         acquired = by_dose if mode == "add-difference" else full_by_dose
-        # Degradation is measured against this mode's full-dose, full-view reconstruction (with a
-        # photon budget, the budget's own full dose: the protocol's reference, label 4).
-        reference = mu_to_hu(scanner.reconstruct(acquired.get(1.0, line_integrals), fbp_filter=fbp_filter))
-        # The quantum noise this filter shows at the source's own dose: the unit of degradation,
-        # so the same dose loss measures the same on every patient and with every kernel.
-        noise_unit = measures.rms_hu(_noise_hu(scanner, calibration_noise, fbp_filter), body) * math.sqrt(
+        # Degradation is measured against this mode's full-dose, full-view reconstruction on the
+        # same grid (with a photon budget, the budget's own full dose: the protocol's reference, label 4).
+        reference = mu_to_hu(scanner.reconstruct(acquired.get(1.0, line_integrals), fbp_filter=fbp_filter, grid=grid))
+        # Another grid has its own body and tissue: found in its reference, as in the source on its own grid
+        grid_body, grid_tissue = (body, tissue) if grid is None else (measures.body_mask(reference),
+                                                                     measures.tissue_mask(reference))
+        # The quantum noise this filter shows at the source's own dose on this grid: the unit of
+        # degradation, so the same dose loss measures the same on every patient, kernel and grid.
+        noise_unit = measures.rms_hu(_noise_hu(scanner, calibration_noise, fbp_filter, grid), grid_body) * math.sqrt(
             I0_REFERENCE / i0)
         for dose in acquisition.doses:
             for views in acquisition.views:
                 if mode == "add-difference" and (dose, views) == (1.0, acquisition.full_views):
                     continue  # that is the source itself, written (or not) as such
                 indices = view_subset(acquisition.full_views, views)
-                image = mu_to_hu(scanner.reconstruct(acquired[dose], indices, fbp_filter=fbp_filter))
+                image = mu_to_hu(scanner.reconstruct(acquired[dose], indices, fbp_filter=fbp_filter, grid=grid))
                 difference = image - reference
-                rms = measures.rms_hu(difference, body)
+                rms = measures.rms_hu(difference, grid_body)
+                image = hu + difference if mode == "add-difference" else image
                 result.images.append(Reconstruction(
-                    mode=mode, fbp_filter=fbp_filter, dose=dose, views=views,
-                    image=hu + difference if mode == "add-difference" else image,
-                    degradation_hu=rms, degradation=rms / noise_unit))
+                    mode=mode, fbp_filter=fbp_filter, dose=dose, views=views, image=image,
+                    degradation_hu=rms, degradation=rms / noise_unit,
+                    noise_hu=measures.noise_sd_hu(image, grid_tissue), grid="" if grid is None else str(grid)))
     return result
 
 

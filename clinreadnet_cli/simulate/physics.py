@@ -52,9 +52,37 @@ def view_subset(full_views: int, views: int) -> np.ndarray:
     return np.unique(np.round(np.arange(views) * full_views / views).astype(int) % full_views)
 
 
+@dataclass(frozen=True)
+class ReconGrid:
+    """An FBP output grid centred on the scan's axis: ``size`` x ``size`` pixels of ``pixel_mm``, or
+    (``pixel_mm`` None) of the source's field of view, so only the matrix changes."""
+
+    size: int
+    pixel_mm: float | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> "ReconGrid":
+        """``SIZE`` or ``SIZE@MM`` (e.g. ``768``, ``512@0.9``); ValueError for anything else."""
+        size, at, mm = spec.strip().partition("@")
+        try:
+            grid = cls(int(size), float(mm) if at else None)
+        except ValueError:
+            raise ValueError(f"reconstruction grid {spec!r}: expected SIZE or SIZE@MM (e.g. 768, 512@0.9)") from None
+        if not 16 <= grid.size <= 4096 or (grid.pixel_mm is not None and not 0.05 <= grid.pixel_mm <= 5.0):
+            raise ValueError(f"reconstruction grid {spec!r}: size must lie in 16..4096 and pixels in 0.05..5 mm")
+        return grid
+
+    def __str__(self) -> str:
+        return f"{self.size}" if self.pixel_mm is None else f"{self.size}@{self.pixel_mm:g}"
+
+    def spacing(self, field_of_view_mm: float) -> float:
+        return field_of_view_mm / self.size if self.pixel_mm is None else self.pixel_mm
+
+
 @dataclass
 class ParallelScanner:
-    """One slice size and pixel spacing; forward projection at full views, FBP from any subset."""
+    """One slice size and pixel spacing; forward projection at full views, FBP from any subset,
+    onto the source's grid or another (``ReconGrid``)."""
 
     shape: tuple[int, int]
     pixel_mm: float
@@ -82,17 +110,28 @@ class ParallelScanner:
             astra.projector.delete(projector)
         return sino.astype(np.float32)
 
+    def pixel_mm_on(self, grid: ReconGrid) -> float:
+        return grid.spacing(max(self.shape) * self.pixel_mm)
+
+    def _volume(self, grid: ReconGrid | None):
+        if grid is None:
+            return self._vol
+        half = grid.size * self.pixel_mm_on(grid) / 2
+        return astra.create_vol_geom(grid.size, grid.size, -half, half, -half, half)
+
     def reconstruct(self, sinogram: np.ndarray, indices: np.ndarray | None = None,
-                    fbp_filter: str | None = None) -> np.ndarray:
+                    fbp_filter: str | None = None, grid: ReconGrid | None = None) -> np.ndarray:
         """FBP of the rows ``indices`` of a full-view sinogram (all rows when None) -> mu, with
-        ``fbp_filter`` (``name`` or ``name:cutoff``; default the scanner's)."""
+        ``fbp_filter`` (``name`` or ``name:cutoff``; default the scanner's), onto ``grid`` (default
+        the source's)."""
         name, cutoff = check_filter(fbp_filter or self.fbp_filter)
         option = {"FilterType": name} if cutoff is None else {"FilterType": name, "FilterD": cutoff}
         geometry = self._geometry(indices)
         rows = sinogram if indices is None else sinogram[indices]
-        projector = astra.create_projector("linear", geometry, self._vol)
+        volume = self._volume(grid)
+        projector = astra.create_projector("linear", geometry, volume)
         sino_id = astra.data2d.create("-sino", geometry, np.ascontiguousarray(rows, np.float32))
-        rec_id = astra.data2d.create("-vol", self._vol)
+        rec_id = astra.data2d.create("-vol", volume)
         config = astra.astra_dict("FBP")
         config.update(ProjectorId=projector, ProjectionDataId=sino_id, ReconstructionDataId=rec_id,
                       option=option)
