@@ -339,14 +339,19 @@ def test_simulate_command(tmp_path):
     assert again.exit_code == 2 and "--overwrite" in again.output
 
 
-def test_simulate_command_photon_budget_goes_into_the_manifest(tmp_path):
-    out = tmp_path / "sim"
+def simulate_full_mode(out: Path, *options: str) -> list[dict]:
+    """``simulate --mode full`` of the sample NIfTI slices at two doses, full views, with ``options``;
+    the manifest's rows."""
     result = runner.invoke(app, ["simulate", "--source", str(REPO / "sample_data" / "nifti"), "--out", str(out),
                                  "--full-views", "200", "--views", "full", "--doses", "1,0.25", "--mode", "full",
-                                 "--photon-budget", "1000"])
+                                 *options])
     assert result.exit_code == 0, result.output
     with (out / "manifest.csv").open() as f:
-        rows = list(csv.DictReader(f))
+        return list(csv.DictReader(f))
+
+
+def test_simulate_command_photon_budget_goes_into_the_manifest(tmp_path):
+    rows = simulate_full_mode(tmp_path / "sim", "--photon-budget", "1000")
     assert {r["full_dose_fraction"] for r in rows if r["kind"] == "source"} == {"1"}
     fractions = [float(r["full_dose_fraction"]) for r in rows if r["kind"] == "full"]
     assert len(fractions) == 4 * 2 and all(0 < f < 1 for f in fractions)  # 1,000 photons: far below any source
@@ -363,12 +368,7 @@ def test_simulate_command_photon_budget_goes_into_the_manifest(tmp_path):
 
 def test_simulate_command_grids_write_each_scan_on_every_grid(tmp_path):
     out = tmp_path / "sim"
-    result = runner.invoke(app, ["simulate", "--source", str(REPO / "sample_data" / "nifti"), "--out", str(out),
-                                 "--full-views", "200", "--views", "full", "--doses", "1,0.25", "--mode", "full",
-                                 "--grids", "128@2,96"])
-    assert result.exit_code == 0, result.output
-    with (out / "manifest.csv").open() as f:
-        rows = list(csv.DictReader(f))
+    rows = simulate_full_mode(out, "--grids", "128@2,96")
     full = [r for r in rows if r["kind"] == "full"]
     assert Counter(r["grid"] for r in full) == {"": 4 * 2, "128@2": 4 * 2, "96": 4 * 2}
     for r in full:
