@@ -41,8 +41,8 @@ from clinreadnet_cli.simulate.labels import degradation_to_score, monotone_score
 
 def grid_labels(rows: list[dict], unit: str) -> np.ndarray:
     """Labels recomputed from the manifest's degradation in another unit, with the label curve and
-    monotone per slice and reconstruction (kernel and grid). ``source``: ``degradation_hu`` over the untouched
-    source's ``noise_hu``. ``reference``: the manifest's kernel-unit ``degradation`` times
+    monotone per slice and reconstruction (kernel and grid). ``source``: ``degradation_hu`` over
+    the untouched source's ``noise_hu``. ``reference``: the manifest's kernel-unit ``degradation`` times
     sqrt(``full_dose_fraction``), i.e. in units of the quantum noise of the image's own full-dose
     reference (the photon budget's, where there is one): pure dose loss then measures
     sqrt(1/d - 1) whatever the body size and the budget."""
@@ -56,7 +56,8 @@ def grid_labels(rows: list[dict], unit: str) -> np.ndarray:
                 # manifests written before --photon-budget have no share: their full dose is the source's
                 degradation = float(r["degradation"]) * float(r.get("full_dose_fraction") or 1) ** 0.5
             point = float(r["dose"]), int(r["views"])
-            grids[r["source"], r["kind"], r["filter"], r.get("grid", "")][point] = (i, degradation_to_score(degradation))
+            series = r["source"], r["kind"], r["filter"], r.get("grid", "")
+            grids[series][point] = (i, degradation_to_score(degradation))
     labels = np.full(len(rows), 4.0)
     for grid in grids.values():
         monotone = monotone_scores({point: raw for point, (_, raw) in grid.items()})

@@ -36,6 +36,8 @@ from clinreadnet_cli.preprocess import prepare_slice  # noqa: E402
 from clinreadnet_cli.simulate.physics import ParallelScanner, ReconGrid, hu_to_mu, mu_to_hu, reduce_dose  # noqa: E402
 
 I0, ELECTRONIC = 1e6, 10.0
+GRIDS = {"source grid": None, "768² same FOV": ReconGrid(768), "512² at 0.6 mm": ReconGrid(512, 0.6),
+         "512² at 0.9 mm": ReconGrid(512, 0.9)}
 
 
 def main() -> None:
@@ -60,9 +62,7 @@ def main() -> None:
         rng = np.random.default_rng([args.seed, number])
         full = noisy_full_dose(scanner.project(hu_to_mu(hu)), I0, ELECTRONIC, rng)
         for dose, sinogram in reduce_dose(full, (1.0, 0.25), I0, ELECTRONIC, rng).items():
-            grids = {"source grid": None, "768² same FOV": ReconGrid(768),
-                     "512² at 0.6 mm": ReconGrid(512, 0.6), "512² at 0.9 mm": ReconGrid(512, 0.9)}
-            for grid, recon_grid in grids.items():
+            for grid, recon_grid in GRIDS.items():
                 image = mu_to_hu(scanner.reconstruct(sinogram, grid=recon_grid))
                 key = f"{grid}, dose {dose:g}"
                 entry = scores.setdefault(key, {})

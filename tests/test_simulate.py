@@ -134,7 +134,8 @@ def test_other_grids_reconstruct_the_same_scan_with_labels_that_do_not_depend_on
     assert acq.reconstructions() == [("full", None), ("full", finer), ("full", coarser)]
     assert {r.grid for r in sim.images} == {"", "384", str(coarser)} and len(sim.images) == 3 * 2
     body_area_mm2 = measures.body_mask(hu).sum() * spacing ** 2
-    for grid, size, pixel_mm in (("", 256, spacing), ("384", 384, spacing * 256 / 384), (str(coarser), 256, spacing * 1.5)):
+    grids = (("", 256, spacing), ("384", 384, spacing * 256 / 384), (str(coarser), 256, spacing * 1.5))
+    for grid, size, pixel_mm in grids:
         full = sim.image(1.0, 400, "full", grid)
         assert full.shape == (size, size)
         assert measures.body_mask(full).sum() * pixel_mm ** 2 == pytest.approx(body_area_mm2, rel=0.03)

@@ -51,8 +51,8 @@ def simulate(
                    "then noisier at the same protocol. Needs --mode full or both."),
     grids: Optional[str] = typer.Option(
         None, help="Full reconstructions: also reconstruct each scan onto these grids from the same projections, "
-                   "comma-separated: SIZE (SIZE² over the source's field of view) or SIZE@MM (SIZE² pixels of MM mm), "
-                   "e.g. 768,512@0.6,512@0.9. Needs --mode full or both."),
+                   "comma-separated: SIZE (SIZE² over the source's field of view) or SIZE@MM (SIZE² pixels of "
+                   "MM mm), e.g. 768,512@0.6,512@0.9. Needs --mode full or both."),
     source_images: bool = typer.Option(True, "--source-images/--no-source-images",
                                        help="Also write each untouched source slice (score 4)."),
     seed: int = typer.Option(0, help="Seeds the noise; same seed, same data."),

@@ -34,6 +34,7 @@ from ..preprocess import window_hu
 from ..readers import InputError
 from . import labels
 from .lowdose import Acquisition, simulate_slice
+from .physics import grid_name
 from .sources import SourceSlice
 
 MANIFEST_FIELDS = ("path", "score", "group", "source", "kind", "filter", "dose", "views", "i0", "electronic_sd",
@@ -94,8 +95,8 @@ def _simulate_job(first: int, source: SourceSlice, hu: np.ndarray, acquisition: 
                      "full_dose_fraction": "1",
                      "views": "", "noise_hu": sim.source_noise_hu, "degradation_hu": 0.0, "degradation": 0.0})
     for mode, grid in acquisition.reconstructions():
-        grid_name = "" if grid is None else str(grid)
-        recons = [r for r in sim.images if (r.mode, r.grid) == (mode, grid_name)]
+        name_of_grid = grid_name(grid)
+        recons = [r for r in sim.images if (r.mode, r.grid) == (mode, name_of_grid)]
         scores = labels.monotone_scores({(r.dose, r.views): labels.degradation_to_score(r.degradation)
                                          for r in recons})
         # dose stays the protocol's share of its full dose; with a photon budget that full dose is
@@ -104,7 +105,7 @@ def _simulate_job(first: int, source: SourceSlice, hu: np.ndarray, acquisition: 
         for r in recons:
             rows.append({"path": write(r.image), "score": scores[(r.dose, r.views)], **common, "kind": mode,
                          "filter": r.fbp_filter, "dose": r.dose, "views": r.views,
-                         "full_dose_fraction": f"{full_dose:.4g}", "grid": grid_name,
+                         "full_dose_fraction": f"{full_dose:.4g}", "grid": name_of_grid,
                          "noise_hu": r.noise_hu, "degradation_hu": r.degradation_hu,
                          "degradation": r.degradation})
     return rows

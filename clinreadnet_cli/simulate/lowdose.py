@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import measures
-from .physics import ParallelScanner, ReconGrid, check_filter, hu_to_mu, mu_to_hu, reduce_dose, view_subset
+from .physics import (ParallelScanner, ReconGrid, check_filter, grid_name, hu_to_mu, mu_to_hu, reduce_dose,
+                      view_subset)
 
 I0_REFERENCE = 1e5  # photons per detector bin and view for the noise calibration scan
 I0_LIMITS = (1e4, 1e8)
@@ -88,7 +89,7 @@ class Reconstruction:
     dose: float
     views: int
     image: np.ndarray  # HU
-    degradation_hu: float  # RMS in the body of image - reference (same mode and filter)
+    degradation_hu: float  # RMS in the body of image - reference (same mode, filter and grid)
     degradation: float  # degradation_hu / the source-dose quantum noise of that filter: the label's input
     noise_hu: float  # the classical noise figure in the soft tissue of its grid
     grid: str = ""  # the ReconGrid it was made on; "" for the source's own
@@ -187,7 +188,7 @@ def simulate_slice(hu: np.ndarray, pixel_mm: float, acquisition: Acquisition,
                 result.images.append(Reconstruction(
                     mode=mode, fbp_filter=fbp_filter, dose=dose, views=views, image=image,
                     degradation_hu=rms, degradation=rms / noise_unit,
-                    noise_hu=measures.noise_sd_hu(image, grid_tissue), grid="" if grid is None else str(grid)))
+                    noise_hu=measures.noise_sd_hu(image, grid_tissue), grid=grid_name(grid)))
     return result
 
 

@@ -79,6 +79,11 @@ class ReconGrid:
         return field_of_view_mm / self.size if self.pixel_mm is None else self.pixel_mm
 
 
+def grid_name(grid: ReconGrid | None) -> str:
+    """How the manifest names a grid: ``str(grid)``, or "" for the source's own (None)."""
+    return "" if grid is None else str(grid)
+
+
 @dataclass
 class ParallelScanner:
     """One slice size and pixel spacing; forward projection at full views, FBP from any subset,
@@ -110,13 +115,10 @@ class ParallelScanner:
             astra.projector.delete(projector)
         return sino.astype(np.float32)
 
-    def pixel_mm_on(self, grid: ReconGrid) -> float:
-        return grid.spacing(max(self.shape) * self.pixel_mm)
-
     def _volume(self, grid: ReconGrid | None):
         if grid is None:
             return self._vol
-        half = grid.size * self.pixel_mm_on(grid) / 2
+        half = grid.size * grid.spacing(max(self.shape) * self.pixel_mm) / 2
         return astra.create_vol_geom(grid.size, grid.size, -half, half, -half, half)
 
     def reconstruct(self, sinogram: np.ndarray, indices: np.ndarray | None = None,
