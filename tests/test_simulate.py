@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from clinreadnet_cli.cli import app
 from clinreadnet_cli.data import SliceDataset, load_labelled, split_train_val
 from clinreadnet_cli.readers import discover
+from clinreadnet_cli.readers.content import content_problem
 from clinreadnet_cli.simulate import Acquisition, find_sources, simulate_dataset, simulate_slice
 from clinreadnet_cli.simulate import labels, measures
 from clinreadnet_cli.simulate.physics import ParallelScanner, ReconGrid, hu_to_mu, mu_to_hu, reduce_dose, view_subset
@@ -352,10 +353,10 @@ def simulate_full_mode(out: Path, *options: str) -> list[dict]:
 
 
 def test_simulate_command_photon_budget_goes_into_the_manifest(tmp_path):
-    rows = simulate_full_mode(tmp_path / "sim", "--photon-budget", "1000")
+    rows = simulate_full_mode(tmp_path / "sim", "--photon-budget", "1e6")
     assert {r["full_dose_fraction"] for r in rows if r["kind"] == "source"} == {"1"}
     fractions = [float(r["full_dose_fraction"]) for r in rows if r["kind"] == "full"]
-    assert len(fractions) == 4 * 2 and all(0 < f < 1 for f in fractions)  # 1,000 photons: far below any source
+    assert len(fractions) == 4 * 2 and all(0 < f < 1 for f in fractions)  # 10⁶ photons: below every source
     assert all(float(r["score"]) == 4.0 for r in rows if r["kind"] == "full" and r["dose"] == "1.0000")
     # every image carries its source's water-equivalent diameter: one value per slice, whatever the dose
     from clinreadnet_cli.patient_size import water_equivalent_diameter
@@ -365,6 +366,26 @@ def test_simulate_command_photon_budget_goes_into_the_manifest(tmp_path):
     for r in rows:
         assert float(r["wed_mm"]) == pytest.approx(expected[r["source"]], abs=0.05)
     assert 250 < min(expected.values()) and max(expected.values()) < 300  # the KiTS volume: 264-291 mm
+
+
+def test_simulate_leaves_out_images_the_readers_would_refuse(tmp_path):
+    """A flux far too low for the patient leaves only noise; such an image is not written (a note
+    names it), so that ``train`` on the folder does not stop at it, and the rest stay consistent."""
+    out = tmp_path / "sim"
+    result = runner.invoke(app, ["simulate", "--source", str(REPO / "sample_data" / "nifti"), "--out", str(out),
+                                 "--full-views", "200", "--views", "full", "--doses", "1,0.01", "--mode", "full",
+                                 "--photon-budget", "2", "--electronic-noise", "20"])
+    assert result.exit_code == 0, result.output
+    assert "not written: no spatial structure" in result.output
+    with (out / "manifest.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    labels = json.loads((out / "train.json").read_text())
+    written = sorted(p.name for p in (out / "image").iterdir())
+    assert sorted(labels) == sorted(Path(r["path"]).name for r in rows) == written
+    assert any(r["kind"] == "source" for r in rows)
+    assert len([r for r in rows if r["kind"] == "full"]) < 4 * 2  # some starved reconstructions left out
+    for name in written:
+        assert content_problem(tifffile.imread(out / "image" / name), "unit") is None
 
 
 def test_simulate_command_grids_write_each_scan_on_every_grid(tmp_path):

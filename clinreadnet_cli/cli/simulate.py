@@ -101,7 +101,7 @@ def simulate(
         task = progress.add_task("simulating", total=len(slices))
         run = simulate_dataset(slices, out, acquisition, seed=seed, workers=workers, include_source=source_images,
                                on_slice=lambda: progress.advance(task))
-    print_messages(errors=run.errors)
+    print_messages(notes=run.skipped, errors=run.errors)
     stderr.print(f"wrote {len(run.records)} images from {run.slices} slices to {escape(str(out))} in {run.seconds:.1f} s "
                  f"({run.slices_per_second:.2f} slices/s)")
     failures = errors + run.errors

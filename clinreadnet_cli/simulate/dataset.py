@@ -32,6 +32,7 @@ from ..config import ClinReadNetConfig
 from ..patient_size import water_equivalent_diameter
 from ..preprocess import window_hu
 from ..readers import InputError
+from ..readers.content import content_problem
 from . import labels
 from .lowdose import Acquisition, simulate_slice
 from .physics import grid_name
@@ -54,6 +55,7 @@ class Window:
 class SimulationRun:
     records: list[dict] = field(default_factory=list)
     errors: list[InputError] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # images not written: the readers would reject them
     slices: int = 0
     seconds: float = 0.0
 
@@ -72,9 +74,12 @@ def _write_tiff(path: Path, image: np.ndarray) -> None:
 
 
 def _simulate_job(first: int, source: SourceSlice, hu: np.ndarray, acquisition: Acquisition, window: Window,
-                  include_source: bool, seed: int, number: int, image_dir: Path, name_width: int) -> list[dict]:
+                  include_source: bool, seed: int, number: int, image_dir: Path, name_width: int
+                  ) -> tuple[list[dict], list[str]]:
     """Simulate slice ``number``, write its images as ``first``, ``first + 1``, ... into
-    ``image_dir`` and return their manifest rows."""
+    ``image_dir`` and return their manifest rows, and why any image was not written: one that
+    ``score`` and ``train`` would refuse (a photon-starved acquisition of a large patient at a low
+    flux is noise alone) is left out, so that training on the folder does not stop at it."""
     rng = np.random.default_rng([seed, number])
     sim = simulate_slice(hu, source.pixel_mm, acquisition, rng)
     names = (f"{k:0{name_width}d}.tif" for k in itertools.count(first))
@@ -84,16 +89,25 @@ def _simulate_job(first: int, source: SourceSlice, hu: np.ndarray, acquisition: 
               "electronic_sd": round(sim.electronic_sd, 2), "wed_mm": f"{wed:.1f}" if np.isfinite(wed) else "",
               "grid": ""}
 
-    def write(image_hu: np.ndarray) -> str:
-        name = next(names)
-        _write_tiff(image_dir / name, window_hu(image_hu, window.width, window.level))
-        return f"image/{name}"
-
     rows: list[dict] = []
+    skipped: list[str] = []
+
+    def write(image_hu: np.ndarray, row: dict) -> None:
+        unit = window_hu(image_hu, window.width, window.level)
+        problem = content_problem(unit, "unit")
+        if problem:
+            what = "the untouched source" if row["kind"] == "source" else (
+                f"{row['kind']} {row['filter']}{' on ' + row['grid'] if row['grid'] else ''} at "
+                f"{row['dose']:.0%} dose, {row['views']} views")
+            skipped.append(f"{source.source}: {what} not written: {problem}")
+            return
+        name = next(names)
+        _write_tiff(image_dir / name, unit)
+        rows.append({"path": f"image/{name}", **row})
+
     if include_source:
-        rows.append({"path": write(hu), "score": 4.0, **common, "kind": "source", "filter": "", "dose": 1.0,
-                     "full_dose_fraction": "1",
-                     "views": "", "noise_hu": sim.source_noise_hu, "degradation_hu": 0.0, "degradation": 0.0})
+        write(hu, {"score": 4.0, **common, "kind": "source", "filter": "", "dose": 1.0, "full_dose_fraction": "1",
+                   "views": "", "noise_hu": sim.source_noise_hu, "degradation_hu": 0.0, "degradation": 0.0})
     for mode, grid in acquisition.reconstructions():
         name_of_grid = grid_name(grid)
         recons = [r for r in sim.images if (r.mode, r.grid) == (mode, name_of_grid)]
@@ -103,12 +117,11 @@ def _simulate_job(first: int, source: SourceSlice, hu: np.ndarray, acquisition: 
         # full_dose_fraction of the source's
         full_dose = sim.full_dose_fraction if mode == "full" else 1.0
         for r in recons:
-            rows.append({"path": write(r.image), "score": scores[(r.dose, r.views)], **common, "kind": mode,
-                         "filter": r.fbp_filter, "dose": r.dose, "views": r.views,
-                         "full_dose_fraction": f"{full_dose:.4g}", "grid": name_of_grid,
-                         "noise_hu": r.noise_hu, "degradation_hu": r.degradation_hu,
-                         "degradation": r.degradation})
-    return rows
+            write(r.image, {"score": scores[(r.dose, r.views)], **common, "kind": mode, "filter": r.fbp_filter,
+                            "dose": r.dose, "views": r.views, "full_dose_fraction": f"{full_dose:.4g}",
+                            "grid": name_of_grid, "noise_hu": r.noise_hu, "degradation_hu": r.degradation_hu,
+                            "degradation": r.degradation})
+    return rows, skipped
 
 
 def simulate_dataset(sources: list[SourceSlice], out: Path, acquisition: Acquisition, *, seed: int = 0,
@@ -145,7 +158,8 @@ def simulate_dataset(sources: list[SourceSlice], out: Path, acquisition: Acquisi
         for future in done:
             number, source = pending.pop(future)
             try:
-                rows[number] = future.result()
+                rows[number], skipped = future.result()
+                run.skipped.extend(skipped)
                 run.slices += 1
             except Exception as exc:  # one bad slice does not stop the others
                 run.errors.append(InputError(source.source, f"simulation failed ({type(exc).__name__}: {exc})"))
