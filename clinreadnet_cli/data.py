@@ -51,10 +51,14 @@ def score_to_class(score: float) -> int:
     return int(math.floor(score * CLASSES_PER_POINT + 0.5))
 
 
+def _listed(problems: list[str]) -> str:
+    shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
+    return "; ".join(shown)
+
+
 def _fail(source: Path, problems: list[str]) -> None:
     if problems:
-        shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
-        raise DatasetError(f"{source}: " + "; ".join(shown))
+        raise DatasetError(f"{source}: {_listed(problems)}")
 
 
 def _read_labels_json(path: Path) -> dict[str, float]:
@@ -263,14 +267,18 @@ def slice_ref(item: LabelledSlice, input_range: str) -> SliceRef:
 
 
 def check_readable(items: list[LabelledSlice], input_range: str) -> None:
-    """Read every image's header once in this process, so that a file that cannot be read (or needs
-    ``--input-range``) is one error naming it before training or evaluation starts, not a crash
-    inside a loader worker."""
-    for item in items:
+    """Read every image once in this process, header and pixels through the readers' checks, so that
+    each file that cannot be read, needs ``--input-range`` or holds no CT image (``score`` would
+    refuse it) is named in one error before training or evaluation starts, not a crash inside a
+    loader worker mid-epoch (about 10 ms an image)."""
+    problems = []
+    for item in {(item.path, item.slice): item for item in items}.values():  # an image drawn N times, once
         try:
-            slice_ref(item, input_range)
+            slice_ref(item, input_range).load()
         except InputError as exc:
-            raise DatasetError(f"{exc.path}: {exc.reason}") from None
+            problems.append(f"{exc.path}: {exc.reason}")
+    if problems:
+        raise DatasetError(f"{len(problems)} image(s) cannot be used: {_listed(problems)}")
 
 
 class SliceDataset(Dataset):

@@ -459,6 +459,21 @@ def test_train_refuses_a_used_run_folder_and_leaves_nothing_half_made(ldct, tmp_
     assert not (tmp_path / "new").exists()
 
 
+def test_images_no_score_would_read_stop_train_and_evaluate_before_they_start(tmp_path):
+    """Every unusable image is named in one error before the first step, not found by a loader
+    worker mid-epoch: here pure noise (no spatial structure) and a truncated file."""
+    root = tmp_path / "d"
+    _write_layout(root, "image", "train.json", 24, seed=0)
+    tifffile.imwrite(root / "image" / "0003.tif", np.random.default_rng(0).random((64, 64), dtype=np.float32))
+    (root / "image" / "0007.tif").write_bytes((root / "image" / "0007.tif").read_bytes()[:100])
+    (root / "tiny.toml").write_text(TINY_TOML)
+    refused = train("--data", root, "--config", root / "tiny.toml", "--epochs", 1, "--out", tmp_path / "run")
+    assert refused.exit_code == 2 and "Traceback" not in refused.stderr
+    assert "2 image(s) cannot be used" in refused.stderr
+    assert "0003.tif" in refused.stderr and "no spatial structure" in refused.stderr and "0007.tif" in refused.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_validation_set_without_two_classes_is_an_error(tmp_path):
     root = tmp_path / "flat"
     (root / "image").mkdir(parents=True)
