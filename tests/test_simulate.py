@@ -379,9 +379,9 @@ def test_simulate_leaves_out_images_the_readers_would_refuse(tmp_path):
     assert "not written: no spatial structure" in result.output
     with (out / "manifest.csv").open() as f:
         rows = list(csv.DictReader(f))
-    labels = json.loads((out / "train.json").read_text())
+    labelled = json.loads((out / "train.json").read_text())
     written = sorted(p.name for p in (out / "image").iterdir())
-    assert sorted(labels) == sorted(Path(r["path"]).name for r in rows) == written
+    assert sorted(labelled) == sorted(Path(r["path"]).name for r in rows) == written
     assert any(r["kind"] == "source" for r in rows)
     assert len([r for r in rows if r["kind"] == "full"]) < 4 * 2  # some starved reconstructions left out
     for name in written:

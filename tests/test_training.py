@@ -472,6 +472,9 @@ def test_images_no_score_would_read_stop_train_and_evaluate_before_they_start(tm
     assert "2 image(s) cannot be used" in refused.stderr
     assert "0003.tif" in refused.stderr and "no spatial structure" in refused.stderr and "0007.tif" in refused.stderr
     assert not (tmp_path / "run").exists()
+    evaluated = runner.invoke(app, ["evaluate", "--data", str(root), "--weights", "sim-v4", "--split", "all"])
+    assert evaluated.exit_code == 2 and "Traceback" not in evaluated.stderr
+    assert "2 image(s) cannot be used" in evaluated.stderr and "0003.tif" in evaluated.stderr
 
 
 def test_a_validation_set_without_two_classes_is_an_error(tmp_path):
