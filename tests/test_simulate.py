@@ -876,3 +876,33 @@ def test_slice_offsets_finds_the_slice_that_reads_high_at_every_protocol(tmp_pat
              kernel=np.array(["B20f", "59 .10.AB50"]), slice_thickness_mm=np.array([5.0, 8.0]))
     assert offsets_script.source_facts(tmp_path, "src.npz#1") == {"kernel": "59 .10.AB50", "pixel_mm": 0.98,
                                                                   "thickness_mm": 8.0}
+
+
+def test_label_ceiling_measures_each_slice_in_its_own_reference_noise():
+    """scripts/label_ceiling.py: with nested doses the RMS of (50 % - full dose) is the reference's own
+    noise, so a quiet and a noisy slice at the same dose get the same reference-unit label (pure noise:
+    sqrt(1/d - 1) units), while one unit for both ranks the quiet slice's 25 % above the noisy one's 50 %."""
+    label_ceiling = script_module("label_ceiling")
+    rng = np.random.default_rng(0)
+    body = np.full((64, 64), 40.0, np.float32)  # all soft tissue: the body mask is the whole image
+    meta, images = [], []
+    for source, reference_sd in (("quiet", 8.0), ("noisy", 24.0)):
+        meta.append((source, source, True, 1.0, 1000))
+        images.append(body)
+        increments = rng.standard_normal((4, 64, 64))  # nested doses: each lower dose adds noise to the last
+        variance = {1.0: 1.0, 0.5: 2.0, 0.25: 4.0, 0.1: 10.0}  # reference variances: 1 / d
+        previous, noise = 0.0, np.zeros((64, 64))
+        for k, dose in enumerate((1.0, 0.5, 0.25, 0.1)):
+            noise = noise + increments[k] * np.sqrt(variance[dose] - previous)
+            previous = variance[dose]
+            meta.append((source, source, False, dose, 1000))
+            images.append((body + reference_sd * noise).astype(np.float32))
+    energy, unit = label_ceiling.slice_degradations(meta, np.stack(images))
+    assert unit[:5] == pytest.approx([8.0] * 5, rel=0.05) and unit[5:] == pytest.approx([24.0] * 5, rel=0.05)
+    degradation = energy / unit
+    assert degradation[[2, 7]] == pytest.approx([1.0, 1.0])  # 50 %: the unit itself
+    assert degradation[[3, 8]] == pytest.approx([3 ** 0.5] * 2, rel=0.05)  # 25 %: sqrt(1 / 0.25 - 1)
+    own, shared = label_ceiling.labels_from(meta, degradation), label_ceiling.labels_from(meta, energy / 16.0)
+    assert own[0] == own[1] == 4.0 and own[3] == pytest.approx(own[8], abs=0.1)  # untouched, full dose; 25 % alike
+    assert list(own[1:5]) == sorted(own[1:5], reverse=True)  # monotone in dose
+    assert shared[3] > shared[7]  # one unit: the quiet slice's 25 % above the noisy one's 50 %
