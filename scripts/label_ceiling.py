@@ -35,7 +35,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 from clinreadnet_cli.evaluation import CROSS_SLICE_CAUSES, cross_slice_causes, ordering_report  # noqa: E402
 from clinreadnet_cli.simulate.labels import degradation_to_score, monotone_scores  # noqa: E402
 from clinreadnet_cli.simulate.measures import body_mask, rms_hu  # noqa: E402
-from ordering_check import CLASSICAL, DOSES, VIEWS, acquisitions_of  # noqa: E402
+from ordering_check import (DOSES, VIEWS, acquisitions_of, cache_path, full_dose_noise,  # noqa: E402
+                            higher_is_better, read_cache)
 
 FULL, HALF = (max(DOSES), max(VIEWS)), (0.5, max(VIEWS))
 
@@ -74,21 +75,17 @@ def main() -> None:
     args = parser.parse_args()
     check = json.loads(args.check.read_text())
     for simulator, result in check["results"].items():
-        stored = np.load(args.cache / f"{simulator}-seed{args.seed}.npz")
-        meta = [tuple(m) for m in json.loads(str(stored["meta"]))]
+        _, meta, images = read_cache(cache_path(args.cache, simulator, args.seed))
         if [list(m) for m in meta] != result["acquisitions"]:
             sys.exit(f"{args.cache}: {simulator}'s images are not those of {args.check}")
-        energy, unit = slice_degradations(meta, stored["images"])
+        energy, unit = slice_degradations(meta, images)
         scorers = {"labels (reference unit)": labels_from(meta, energy / unit),
                    "labels (one unit for all)": labels_from(meta, energy / np.median(unit))}
-        scorers.update({name: (-1 if name in CLASSICAL else 1) * np.array(values, float)
-                        for name, values in result["scores"].items()})
+        scorers.update({name: higher_is_better(name, values) for name, values in result["scores"].items()})
         acq = acquisitions_of(meta, simulator)
-        full = ~acq.untouched & (acq.dose == FULL[0]) & (acq.views == FULL[1])
-        noise_of_slice = dict(zip(acq.source[full], -scorers["noise_hu"][full]))
-        full_dose_noise = np.array([noise_of_slice[s] for s in acq.source])
+        noise_at_full_dose = full_dose_noise(acq, np.array(result["scores"]["noise_hu"], float))
         reports = {name: ordering_report(acq, values) for name, values in scorers.items()}
-        causes = {name: cross_slice_causes(acq, values, full_dose_noise) for name, values in scorers.items()}
+        causes = {name: cross_slice_causes(acq, values, noise_at_full_dose) for name, values in scorers.items()}
         print(f"\n{simulator} ({len(meta)} images; reference noise {np.min(unit):.1f}–{np.max(unit):.1f} HU)")
         print("| measure | " + " | ".join(scorers) + " |\n|---|" + "---|" * len(scorers))
         for m in ("cross_slice", "cross_patient", "within_slice", "untouched_vs_low_dose"):

@@ -111,18 +111,28 @@ def acquire_all(simulator: str, picked: list[tuple[str, str]], sources: Path, se
     return meta, images
 
 
+def cache_path(cache: Path, simulator: str, seed: int) -> Path:
+    return cache / f"{simulator}-seed{seed}.npz"
+
+
+def read_cache(path: Path) -> tuple[list, list[tuple], np.ndarray]:
+    """A ``--cache`` file: the picked slices, ``acquire_all``'s rows and the HU images."""
+    stored = np.load(path)
+    meta = [(s, p, bool(u), float(d), int(v)) for s, p, u, d, v in json.loads(str(stored["meta"]))]
+    return json.loads(str(stored["picked"])), meta, stored["images"]
+
+
 def cached_acquisitions(cache: Path | None, simulator: str, picked: list[tuple[str, str]], sources: Path,
                         seed: int) -> tuple[list[tuple], list[np.ndarray]]:
     """``acquire_all``, read from ``cache`` when an earlier run stored the same slices and seed."""
     if cache is None:
         return acquire_all(simulator, picked, sources, seed)
-    path = cache / f"{simulator}-seed{seed}.npz"
+    path = cache_path(cache, simulator, seed)
     if path.is_file():
-        stored = np.load(path)
-        if json.loads(str(stored["picked"])) == [list(p) for p in picked]:
+        stored_picked, meta, images = read_cache(path)
+        if stored_picked == [list(p) for p in picked]:
             print(f"  {simulator}: images from {path}", file=sys.stderr)
-            meta = [(s, p, bool(u), float(d), int(v)) for s, p, u, d, v in json.loads(str(stored["meta"]))]
-            return meta, list(stored["images"])
+            return meta, list(images)
         print(f"  {simulator}: {path} holds other slices; simulating anew", file=sys.stderr)
     meta, images = acquire_all(simulator, picked, sources, seed)
     with atomic_path(path) as tmp:
@@ -138,6 +148,20 @@ def acquisitions_of(meta: list, simulator: str) -> Acquisitions:
                         untouched=np.array([m[2] for m in meta]), dose=np.array([m[3] for m in meta], float),
                         views=np.array([m[4] for m in meta], float),
                         reconstruction=np.full(len(meta), simulator))  # one simulator, one kernel
+
+
+def higher_is_better(name: str, values) -> np.ndarray:
+    """A scorer's values with higher meaning better quality: the classical noise figures negated
+    (None, not measured, becomes NaN)."""
+    return (-1 if name in CLASSICAL else 1) * np.array(values, float)
+
+
+def full_dose_noise(acq: Acquisitions, noise: np.ndarray) -> np.ndarray:
+    """Per image, ``noise`` of its slice's full-dose, full-view acquisition: what
+    ``cross_slice_causes`` tells the noisier and the quieter slice of a pair by."""
+    full_quality = ~acq.untouched & (acq.dose == max(DOSES)) & (acq.views == max(VIEWS))
+    noise_of_slice = dict(zip(acq.source[full_quality], noise[full_quality]))
+    return np.array([noise_of_slice[source] for source in acq.source])
 
 
 def held_out_sources(data: Path, split: Path, per_patient: int, seed: int) -> list[tuple[str, str]]:
@@ -223,9 +247,7 @@ def main() -> None:
         pixel_mm = {source: load_source(args.sources, source)[1] for source, *_ in meta}
         diameter = np.array([water_equivalent_diameter(image, (pixel_mm[m[0]],) * 2) for m, image in zip(meta, images)])
         adjusted = size_adjusted_noise(noise, diameter)
-        full_quality = ~acq.untouched & (acq.dose == max(DOSES)) & (acq.views == max(VIEWS))
-        noise_of_slice = dict(zip(acq.source[full_quality], noise[full_quality]))
-        full_dose_noise = np.array([noise_of_slice[source] for source in acq.source])
+        noise_at_full_dose = full_dose_noise(acq, noise)
         report = {"images": len(images), "acquisitions": [list(m) for m in meta],
                   "wed_mm": [round(float(d), 1) for d in diameter], "causes": {},
                   "scores": {name: [None if np.isnan(v) else v for v in values]
@@ -237,11 +259,11 @@ def main() -> None:
                 scores += predict(batch).score.tolist()
             report["scores"][name] = scores
         for name, scores in report["scores"].items():
-            higher_is_better = (-1 if name in CLASSICAL else 1) * np.array(scores, float)  # None: not measured
-            report[name] = ordering_report(acq, higher_is_better)
-            report[name]["cross_slice_95"] = cross_group_interval(acq, higher_is_better, acq.source)
-            report[name]["cross_patient_95"] = cross_group_interval(acq, higher_is_better, acq.patient)
-            report["causes"][name] = cross_slice_causes(acq, higher_is_better, full_dose_noise)
+            values = higher_is_better(name, scores)
+            report[name] = ordering_report(acq, values)
+            report[name]["cross_slice_95"] = cross_group_interval(acq, values, acq.source)
+            report[name]["cross_patient_95"] = cross_group_interval(acq, values, acq.patient)
+            report["causes"][name] = cross_slice_causes(acq, values, noise_at_full_dose)
         report["seconds"] = round(time.perf_counter() - started, 1)
         results[simulator] = report
 
