@@ -282,23 +282,27 @@ def check_readable(items: list[LabelledSlice], input_range: str) -> None:
 
 
 class SliceDataset(Dataset):
-    """(image (C, S, S) in [0, 1], class) pairs, through the score command's readers and preprocessing."""
+    """(image (C, S, S) in [0, 1], target) pairs, through the score command's readers and preprocessing.
+
+    The target is the item's class, or with ``targets`` the item's row of it (a teacher's class
+    probabilities, for distillation)."""
 
     def __init__(self, items: list[LabelledSlice], cfg: ClinReadNetConfig, transform=None, input_range: str = "auto",
-                 random_grid: bool = False):
+                 random_grids: int = 0, targets: torch.Tensor | None = None):
         self.items, self.cfg, self.transform, self.input_range = items, cfg, transform, input_range
-        self.random_grid = random_grid  # one of the config's sampling grids per item, not all (training)
+        # > 1: each item is read through one of the first random_grids sampling grids, drawn at
+        # random (a training step), instead of the config's grids
+        self.random_grids = random_grids
+        self.targets = targets
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         item = self.items[index]
         ref = slice_ref(item, self.input_range)
-        grid = None
-        if self.random_grid and self.cfg.sampling_grids > 1:  # a training step reads one grid, drawn at random
-            grid = int(torch.randint(self.cfg.sampling_grids, ()))
+        grid = int(torch.randint(self.random_grids, ())) if self.random_grids > 1 else None
         image = prepare_slice(ref.load(), ref.value_range, self.cfg, grid)
         if self.transform is not None:
             image = self.transform(image)
-        return image, item.label
+        return image, item.label if self.targets is None else self.targets[index]

@@ -33,13 +33,16 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.transforms import v2
 
 from .archs import ClinReadNet, create_model
+from .archs.clinreadnet import Prediction
 from .atomic import atomic_path, write_text_atomic
-from .checkpoint import initialise_from, resolve_weights, save_weights
-from .config import ClinReadNetConfig, ConfigError, resolve_config
+from .checkpoint import initialise_from, load_model, resolve_weights, save_weights
+from .config import DECIMATE_PATHS, ClinReadNetConfig, ConfigError, resolve_config
 from .data import (DatasetError, LabelledSlice, SliceDataset, SourceRunSampler, check_readable, load_labelled,
                    split_train_val)
 from .losses import create_loss
+from .losses.distillation import DistillationLoss
 from .metrics import correlation_metrics
+from .preprocess import GRID_OFFSETS
 from .scoring import resolve_device
 
 STATE_FORMAT = "clinreadnet-train-state/1"
@@ -71,6 +74,9 @@ class TrainConfig:
     split_file: str | None = None  # another run's split.json: train and validate on the same images (a fair comparison)
     images_per_source: int = 1  # > 1: batches drawn in runs of this many images of one simulated source slice
     head_only: bool = False  # train the four heads alone on the frozen features of --init-weights (a read-out refit)
+    # Train toward these weights' class distributions (read through all their sampling grids) instead
+    # of the labels, which then only pick the epoch on validation (losses/distillation.py)
+    distil_from: str | None = None
     model_overrides: dict[str, Any] = field(default_factory=dict)  # config fields, e.g. {"drop_path_rate": 0.2}
 
     def __post_init__(self) -> None:
@@ -256,7 +262,9 @@ def predict_scores(model: ClinReadNet, loader: DataLoader, device: torch.device)
     return [score for images, _ in loader for score in model.predict(images.to(device)).score.tolist()]
 
 
-RUN_FILES = ("config.json", "split.json", "metrics.jsonl", "best.safetensors", "last_state.safetensors")
+RUN_FILES = ("config.json", "split.json", "metrics.jsonl", "best.safetensors", "last_state.safetensors",
+             "teacher.safetensors")
+TEACHER_FORMAT = "clinreadnet-teacher/1"
 LATEST = "latest.json"  # beside the run folders: {"run": ..., "data": ...} of the newest run
 
 
@@ -276,6 +284,36 @@ def train(cfg: TrainConfig, resume: bool = False, on_event: Event | None = None,
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def teacher_targets(cfg: TrainConfig, items: list[LabelledSlice], saved: Path | None, device: torch.device,
+                    emit: Event) -> torch.Tensor:
+    """(N, heads, classes): the ``distil_from`` weights' per-head class probabilities for each item,
+    read through all their sampling grids, unaugmented; from ``saved`` (a resumed run's) when it
+    holds the same items. Each distinct image is scored once."""
+    if saved is not None and saved.is_file():
+        with safe_open(str(saved), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") == TEACHER_FORMAT and json.loads(meta["keys"]) == [i.key for i in items]:
+                return f.get_tensor("head_probs")
+    teacher = load_model(resolve_weights(cfg.distil_from)).to(device).eval()
+    distinct = list({(i.path, i.slice): i for i in items}.values())
+    loader = DataLoader(SliceDataset(distinct, teacher.config, None, cfg.input_range), batch_size=cfg.batch_size,
+                        num_workers=cfg.workers)
+    emit("teacher", {"weights": cfg.distil_from, "images": len(distinct), "grids": teacher.config.sampling_grids})
+    began, probs = time.perf_counter(), []
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+        for images, _ in loader:
+            probs.append(Prediction.from_logits(teacher(images.to(device))).head_probs.cpu())
+    emit("teacher", {"weights": cfg.distil_from, "images": len(distinct), "seconds": time.perf_counter() - began})
+    by_image = dict(zip(((i.path, i.slice) for i in distinct), torch.cat(probs)))
+    return torch.stack([by_image[(i.path, i.slice)] for i in items])
+
+
+def save_teacher(path: Path, head_probs: torch.Tensor, items: list[LabelledSlice], weights: str) -> None:
+    metadata = {"format": TEACHER_FORMAT, "weights": str(weights), "keys": json.dumps([i.key for i in items])}
+    with atomic_path(path) as tmp:
+        save_file({"head_probs": head_probs.contiguous()}, str(tmp), metadata=metadata)
 
 
 def read_split(path: Path, remedy: str) -> dict:
@@ -327,7 +365,10 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, emit: Event, out: Pa
         copied, fresh = initialise_from(model, resolve_weights(cfg.init_weights))
         emit("init", {"weights": cfg.init_weights, "copied": copied, "fresh": fresh})
     model = model.to(device)
-    loss_fn = create_loss(model_cfg).to(device)
+    teacher = None
+    if cfg.distil_from:
+        teacher = teacher_targets(cfg, train_items, out / "teacher.safetensors" if resume else None, device, emit)
+    loss_fn = (DistillationLoss() if teacher is not None else create_loss(model_cfg)).to(device)
     # Everything is ready: only now does the run folder get written.
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -336,10 +377,16 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, emit: Event, out: Pa
                 (out / name).unlink()
         write_text_atomic(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
         write_text_atomic(split_path, json.dumps(split, indent=2) + "\n")
+        if teacher is not None and not resume:
+            save_teacher(out / "teacher.safetensors", teacher, train_items, cfg.distil_from)
         write_text_atomic(out.parent / LATEST, json.dumps({"run": str(out.resolve()),
                                                           "data": str(Path(cfg.data).resolve())}, indent=2) + "\n")
+    # A training step reads one sampling grid, drawn at random; a student distilled from every grid
+    # is shown all four whatever it reads at inference, so no grid's noise draw is learnt as its own.
+    grids = len(GRID_OFFSETS) if teacher is not None and model_cfg.input_path in DECIMATE_PATHS \
+        else model_cfg.sampling_grids
     train_set = SliceDataset(train_items, model_cfg, augmentation() if cfg.augment else None, cfg.input_range,
-                             random_grid=True)
+                             random_grids=grids, targets=teacher)
     # One sampler for one or many processes: its shuffle is seeded by (seed, epoch), so a resumed
     # run sees the same order as an uninterrupted one.
     per_process = max(1, cfg.batch_size // world)

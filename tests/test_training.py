@@ -18,14 +18,16 @@ from safetensors import safe_open
 from scipy import stats
 from typer.testing import CliRunner
 
-from clinreadnet_cli.checkpoint import read_config
+from clinreadnet_cli.checkpoint import load_model, read_config
 from clinreadnet_cli.config import ConfigError
 from clinreadnet_cli.cli import app
 from clinreadnet_cli.data import (DatasetError, LabelledSlice, SourceRunSampler, load_labelled, score_to_class,
                                   split_train_val)
 from clinreadnet_cli.dicom_export import write_series
+from clinreadnet_cli.losses.distillation import DistillationLoss
 from clinreadnet_cli.metrics import correlation_metrics
 from clinreadnet_cli.noise import measure_noise
+from clinreadnet_cli.preprocess import prepare_slice
 from clinreadnet_cli.training import TrainConfig, read_config_file
 
 from .conftest import TINY, ct_phantom, unit_phantom
@@ -495,3 +497,45 @@ def test_half_weights_halve_the_best_checkpoint(ldct, tmp_path):
     assert {t.dtype for t in _tensors(half).values() if t.is_floating_point()} == {torch.float16}
     assert half.stat().st_size < 0.6 * full.stat().st_size
     assert runner.invoke(app, ["score", str(ldct / "test"), "--weights", str(half)]).exit_code == 0
+
+
+def test_distillation_trains_one_grid_toward_the_teachers_four_grid_distributions(ldct, tmp_path):
+    four = tmp_path / "four.toml"
+    four.write_text(TINY_TOML + "sampling_grids = 4\n")
+    common = ["--data", ldct / "train", "--epochs", 1]
+    assert train(*common, "--config", four, "--out", tmp_path / "teacher").exit_code == 0
+    teacher_weights = tmp_path / "teacher" / "best.safetensors"
+    out = tmp_path / "student"
+    result = train(*common, "--config", ldct / "tiny.toml", "--out", out, "--distil-from", teacher_weights,
+                   "--init-weights", teacher_weights)
+    assert result.exit_code == 0, result.stderr
+    assert "teacher" in result.stderr and "scored in" in result.stderr
+    assert read_config(out / "best.safetensors").sampling_grids == 1
+    # The targets are the teacher's own per-head distributions, read through all four grids.
+    with safe_open(str(out / "teacher.safetensors"), framework="pt") as f:
+        keys, targets = json.loads(f.metadata()["keys"]), f.get_tensor("head_probs")
+    assert keys == json.loads((out / "split.json").read_text())["train"]
+    teacher = load_model(teacher_weights).eval()
+    first = [LabelledSlice(k, ldct / "train" / "image" / k, 0.0) for k in keys[:3]]
+    images = torch.stack([prepare_slice(tifffile.imread(i.path), "unit", teacher.config) for i in first])
+    assert images.shape[1] == 4
+    assert torch.allclose(teacher.predict(images).head_probs, targets[:3], atol=1e-5)
+    # A resumed run reads them back instead of scoring the teacher again.
+    resumed = train("--resume", "--out", out, "--epochs", 2)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "scored in" not in resumed.stderr
+
+
+def test_distillation_loss_is_zero_at_the_teacher_and_pulls_toward_it():
+    teacher = torch.softmax(torch.randn(5, 4, 21) * 2, dim=-1)
+    loss = DistillationLoss()
+    assert loss(torch.log(teacher), teacher).total.item() == pytest.approx(0.0, abs=1e-5)
+    logits = torch.zeros(5, 4, 21, requires_grad=True)
+    optimiser = torch.optim.Adam([logits], lr=0.1)
+    start = loss(logits, teacher).total.item()
+    for _ in range(300):
+        optimiser.zero_grad()
+        loss(logits, teacher).total.backward()
+        optimiser.step()
+    assert loss(logits, teacher).total.item() < 0.01 * start
+    assert torch.allclose(torch.softmax(logits, -1), teacher, atol=0.02)

@@ -58,6 +58,9 @@ def train(
     head_only: Optional[bool] = typer.Option(None, "--head-only/--all-layers",
                                              help="Train the four heads alone on the frozen features of "
                                                   "--init-weights (a read-out refit). Default: every layer."),
+    distil_from: Optional[str] = typer.Option(None, help="Distil: train toward these weights' class distributions "
+                                                         "(read through all their sampling grids) instead of the "
+                                                         "labels, which then only pick the epoch. Default: labels."),
 ) -> None:
     """Train a model on the LDCTIQAG2023 layout (image/*.tif + train.json) or a CSV of path,score."""
     from ..checkpoint import WeightsError
@@ -76,7 +79,7 @@ def train(
         "img_size": img_size, "val_fraction": val_fraction, "seed": seed, "device": device and device.value,
         "workers": workers, "amp": amp, "augment": augment, "loss_off": loss_off,
         "backbone_checkpoint": backbone_checkpoint, "init_weights": init_weights, "half_weights": half_weights,
-        "split_file": split_file, "head_only": head_only,
+        "split_file": split_file, "head_only": head_only, "distil_from": distil_from,
     }
     options: dict = {}
     try:
@@ -119,6 +122,10 @@ def train(
                          + (", bf16 autocast" if info["amp"] else ""))
         elif kind == "warning":
             print_messages(warnings=[info["message"]])
+        elif kind == "teacher":
+            stderr.print(f"teacher {info['weights']}: {info['images']} images"
+                         + (f" scored in {info['seconds']:.0f} s" if "seconds" in info else
+                            f" through {info['grids']} sampling grid(s)"))
         elif kind == "backbone":
             stderr.print(f"backbone checkpoint {info['message']}")
         elif kind == "init":
