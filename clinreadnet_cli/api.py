@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .checkpoint import load_model, resolve_weights, scoring_config, weights_identity
+from .config import slices_per_batch
 from .decoding import Item, series_batches
 from .inference import prepare_for_inference, resolve_options
 from .readers import DEFAULT_LIMITS, InputError, Limits, Series, SliceRef, discover
@@ -34,14 +35,18 @@ class ScorerSpec:
     device: str = "auto"
     precision: str = "auto"
     threads: int | None = None  # torch compute threads; None: torch's choice (Ray: the actor's CPUs)
-    batch_size: int = 8
+    batch_size: int = 8  # forward passes per model call (a slice takes one per sampling grid)
     int8: bool = False
     compile_model: bool = False
     sampling_grids: int | None = None  # None: the weights' own (checkpoint.scoring_config)
+    runtime: str = "auto"  # inference.RUNTIMES, or auto
 
     def config(self):
         """The config slices are read with (decoding needs it before the model is loaded)."""
         return scoring_config(self.weights, self.sampling_grids)
+
+    def slices_per_batch(self) -> int:
+        return slices_per_batch(self.batch_size, self.config().sampling_grids)
 
     def build(self) -> "Scorer":
         if self.threads:
@@ -50,27 +55,28 @@ class ScorerSpec:
             torch.set_num_threads(self.threads)
         return Scorer(self.weights, device=self.device, precision=self.precision, int8=self.int8,
                       compile_model=self.compile_model, batch_size=self.batch_size,
-                      sampling_grids=self.sampling_grids)
+                      sampling_grids=self.sampling_grids, runtime=self.runtime)
 
 
 class Scorer:
     """A loaded model and how to run it. Raises WeightsError / ConfigError / ValueError on bad options.
 
     ``sampling_grids`` reads slices through that many sampling grids instead of the weights' own
-    number (1 is the fast choice for weights v3; records say which was used)."""
+    number (records say which was used); ``batch_size`` counts forward passes, one per slice and grid;
+    ``runtime``: ``inference.RUNTIMES`` or auto."""
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", precision: str = "auto",
                  int8: bool = False, compile_model: bool = False, batch_size: int = 8,
-                 sampling_grids: int | None = None):
+                 sampling_grids: int | None = None, runtime: str = "auto"):
         path = resolve_weights(weights)
         self.device = resolve_device(device)
-        self.options = resolve_options(self.device, precision, int8, compile_model)
+        self.options = resolve_options(self.device, precision, int8, compile_model, runtime)
         config = scoring_config(path, sampling_grids)
         self.model = load_model(path)
         self.model.config = config  # the tensors are the same for any number of grids
         # {"weights", "weights_sha256", "sampling_grids"}, in every record
         self.identity = {**weights_identity(path), "sampling_grids": config.sampling_grids}
-        self.batch_size = batch_size
+        self.batch_size = slices_per_batch(batch_size, config.sampling_grids)  # slices per model call
         self.predict = prepare_for_inference(self.model, self.device, self.options)
 
     def score_items(self, items: list[Item]) -> list[SliceScore | InputError]:

@@ -137,6 +137,12 @@ DECIMATE_PATHS = {"decimate", *DETAIL_PATHS}  # input paths that sample a grid o
 SAMPLING_GRIDS = (1, 4)  # one grid, or all four offset by one native pixel (see preprocess.py)
 
 
+def slices_per_batch(forwards: int, sampling_grids: int) -> int:
+    """Slices in a model call of ``forwards`` forward passes: each slice costs one per sampling grid,
+    so the batch size bounds memory whatever the weights' number of grids."""
+    return max(1, forwards // sampling_grids)
+
+
 def input_overrides(input_path: str) -> dict[str, Any]:
     """Config fields for an input path: the path and the number of channels it feeds."""
     return {"input_path": input_path, "in_chans": 2 if input_path in DETAIL_PATHS else 1}

@@ -1,8 +1,11 @@
 """The fast inference path: one prepared predictor per run, with the options that speed it up.
 
-CPU keeps fp32 by default (no fast bf16 on common CPUs); CUDA defaults to bf16 autocast and
+Runtimes: torch eager, or on the CPU ONNX Runtime / OpenVINO on the model exported once
+(``runtimes``; the ``fast`` extra installs them). ``auto`` takes the CPU runtime that measured
+fastest with scores unchanged (the README's speed section) when it is installed, else torch.
+Precision: fp32 on the CPU (bf16 only where asked for); CUDA defaults to bf16 autocast and
 channels-last input. int8 (dynamic quantisation of the linear layers, CPU only) and
-``torch.compile`` are opt-in: see the README's speed section for what each measured.
+``torch.compile`` are opt-in torch options.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from .archs.clinreadnet import Prediction
 from .config import ConfigError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+# What ``auto`` takes on the CPU, first installed first: the fastest with fp32 scores (README, Speed).
+CPU_RUNTIME_PREFERENCE = ("openvino", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,7 @@ class InferenceOptions:
     channels_last: bool = False  # memory format of the input batch and the conv weights
     int8: bool = False  # dynamic int8 quantisation of nn.Linear (CPU only)
     compile: bool = False  # torch.compile the model (first batches pay the compilation)
+    runtime: str = "torch"  # torch | onnxruntime | openvino (the last two: CPU, exported model)
 
     @classmethod
     def default_for(cls, device: torch.device) -> "InferenceOptions":
@@ -34,13 +41,24 @@ class InferenceOptions:
 
 
 def resolve_options(device: torch.device, precision: str = "auto", int8: bool = False,
-                    compile: bool = False) -> InferenceOptions:
+                    compile: bool = False, runtime: str = "auto") -> InferenceOptions:
     """The device's defaults with the user's choices on top; ConfigError if the device cannot run them."""
     default = InferenceOptions.default_for(device)
+    if runtime == "auto":
+        runtime = auto_runtime(device, int8 or compile)
     options = InferenceOptions(precision=default.precision if precision == "auto" else precision,
-                               channels_last=default.channels_last, int8=int8, compile=compile)
+                               channels_last=default.channels_last, int8=int8, compile=compile, runtime=runtime)
     check_options(options, device)
     return options
+
+
+def auto_runtime(device: torch.device, torch_options: bool) -> str:
+    """torch on CUDA or with a torch-only option (int8, compile); else the first installed CPU runtime."""
+    if device.type != "cpu" or torch_options:
+        return "torch"
+    from .runtimes import installed
+
+    return next((r for r in CPU_RUNTIME_PREFERENCE if installed(r)), "torch")
 
 
 def check_options(options: InferenceOptions, device: torch.device) -> None:
@@ -51,12 +69,34 @@ def check_options(options: InferenceOptions, device: torch.device) -> None:
         raise ConfigError("int8 quantisation runs on the CPU only")
     if options.precision == "fp16" and device.type != "cuda":
         raise ConfigError("fp16 needs CUDA; on the CPU use fp32 (or bf16 where the CPU has it)")
+    if options.runtime not in RUNTIMES:
+        raise ConfigError(f"runtime must be one of auto, {', '.join(RUNTIMES)}, got {options.runtime!r}")
+    if options.runtime != "torch":
+        from .runtimes import installed
+
+        if device.type != "cpu":
+            raise ConfigError(f"the {options.runtime} runtime runs on the CPU only; on CUDA use torch")
+        if options.int8 or options.compile:
+            raise ConfigError("--int8 and --compile are torch options; use them with the torch runtime")
+        if not installed(options.runtime):
+            raise ConfigError(f"{options.runtime} is not installed: pip install 'clinreadnet[fast]' (or use "
+                              "--runtime torch)")
+        if options.runtime == "onnxruntime" and options.precision != "fp32":
+            raise ConfigError("the onnxruntime runtime runs fp32 only; bf16 on the CPU: --runtime openvino or torch")
 
 
 def prepare_for_inference(model: ClinReadNet, device: torch.device,
                           options: InferenceOptions) -> Callable[[torch.Tensor], Prediction]:
-    """``predict(batch)`` for (B, 1, H, W) batches in [0, 1] on any device; the model is not changed."""
+    """``predict(batch)`` for (B, C, H, W) batches in [0, 1] on any device; the model is not changed."""
     check_options(options, device)
+    if options.runtime == "onnxruntime":
+        from .runtimes import onnxruntime_predictor
+
+        return onnxruntime_predictor(model.eval(), torch.get_num_threads())
+    if options.runtime == "openvino":
+        from .runtimes import openvino_predictor
+
+        return openvino_predictor(model.eval(), torch.get_num_threads(), options.precision)
     model = model.to(device).eval()
     if options.int8:  # a quantised copy; the caller's model stays fp32
         with warnings.catch_warnings():  # torch's notices that this API will move to torchao

@@ -8,7 +8,8 @@ import torch
 
 from clinreadnet_cli.archs import create_model
 from clinreadnet_cli.config import ConfigError
-from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference, resolve_options
+from clinreadnet_cli.inference import CPU_RUNTIME_PREFERENCE, InferenceOptions, prepare_for_inference, resolve_options
+from clinreadnet_cli.runtimes import installed
 from tests.conftest import tiny_config
 
 CPU = torch.device("cpu")
@@ -26,15 +27,40 @@ def images():
 
 
 def test_defaults_are_fp32_on_cpu_and_bf16_channels_last_on_cuda():
-    assert resolve_options(CPU) == InferenceOptions()
+    assert resolve_options(CPU, runtime="torch") == InferenceOptions()
     cuda = resolve_options(torch.device("cuda"))
-    assert cuda.precision == "bf16" and cuda.channels_last and not cuda.int8
+    assert cuda.precision == "bf16" and cuda.channels_last and not cuda.int8 and cuda.runtime == "torch"
+
+
+def test_auto_runtime_is_the_first_installed_cpu_runtime_and_torch_for_torch_options():
+    expected = next((r for r in CPU_RUNTIME_PREFERENCE if installed(r)), "torch")
+    assert resolve_options(CPU).runtime == expected
+    assert resolve_options(CPU, int8=True).runtime == "torch"
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_exported_runtimes_give_torchs_scores_and_export_once(model, images, runtime, tmp_path, monkeypatch):
+    pytest.importorskip(runtime)
+    monkeypatch.setenv("CLINREADNET_CACHE", str(tmp_path))
+    expected = model.predict(images)
+    got = prepare_for_inference(model, CPU, InferenceOptions(runtime=runtime))(images)
+    assert torch.allclose(got.head_probs, expected.head_probs, atol=1e-5)
+    (exported,) = (tmp_path / "onnx").iterdir()
+    written = exported.stat().st_mtime_ns
+    again = prepare_for_inference(model, CPU, InferenceOptions(runtime=runtime))(images[:1])  # another batch size
+    assert torch.allclose(again.score, expected.score[:1], atol=1e-5)
+    assert [p.name for p in (tmp_path / "onnx").iterdir()] == [exported.name]
+    assert exported.stat().st_mtime_ns == written
 
 
 @pytest.mark.parametrize("device, kwargs, message", [
     ("cpu", {"precision": "fp16"}, "fp16 needs CUDA"),
     ("cuda", {"int8": True}, "CPU only"),
     ("cpu", {"precision": "fp8"}, "precision must be one of"),
+    ("cuda", {"runtime": "openvino"}, "CPU only"),
+    ("cpu", {"runtime": "openvino", "int8": True}, "torch options"),
+    ("cpu", {"runtime": "onnxruntime", "precision": "bf16"}, "fp32 only"),
+    ("cpu", {"runtime": "tensorrt"}, "runtime must be one of"),
 ])
 def test_impossible_combinations_are_refused(device, kwargs, message):
     with pytest.raises(ConfigError, match=message):

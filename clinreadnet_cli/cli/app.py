@@ -60,6 +60,17 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+class Runtime(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
+RUNTIME_HELP = ("CPU inference runtime: auto takes OpenVINO, else ONNX Runtime, when installed (pip install "
+                "'clinreadnet[fast]'; the model is exported once to the cache folder), else torch; CUDA: torch.")
+
+
 class InputRangeChoice(str, Enum):
     auto = "auto"
     hu = "hu"

@@ -23,6 +23,8 @@ from .app import (
     InputRangeChoice,
     OutputFormat,
     Precision,
+    RUNTIME_HELP,
+    Runtime,
     app,
     print_messages,
     require_paths,
@@ -39,10 +41,12 @@ def score(
     paths: list[Path] = typer.Argument(..., help="DICOM / NIfTI / MHA / NRRD / TIFF files or folders (searched recursively)."),
     weights: Optional[Path] = typer.Option(None, help=DEFAULT_WEIGHTS_HELP),
     device: Device = typer.Option(Device.auto, help="auto picks CUDA when present."),
-    batch_size: int = typer.Option(8, min=1, help="Slices per model call; bounds memory."),
+    batch_size: int = typer.Option(8, min=1, help="Forward passes per model call (a slice takes one per sampling "
+                                                  "grid); bounds memory."),
     workers: int = typer.Option(2, min=1, help="Processes decoding slices beside the model."),
     precision: Precision = typer.Option(
         Precision.auto, help="auto: fp32 on CPU, bf16 autocast on CUDA. bf16 on a CPU with AVX512-BF16 is faster."),
+    runtime: Runtime = typer.Option(Runtime.auto, help=RUNTIME_HELP),
     int8: bool = typer.Option(False, "--int8", help="CPU: dynamic int8 quantisation of the linear layers (faster)."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (pays off on long runs)."),
     threads: Optional[int] = typer.Option(None, min=1, help="torch compute threads (default: torch's choice)."),
@@ -76,6 +80,7 @@ def score(
     from .. import records
     from ..atomic import output_problem, streaming_output
     from ..checkpoint import resolve_weights, scoring_config
+    from ..config import slices_per_batch
     from ..decoding import DecodeSettings
     from ..engine.base import plan_units
     from ..engine.local import DecodePool, in_unit_order, score_events
@@ -94,7 +99,8 @@ def score(
         usage_error(f"no weights at {weights_path}; pass --weights FILE (a clinreadnet .safetensors file)")
     try:
         limits = Limits.from_pairs(limit or [])
-        settings = DecodeSettings(scoring_config(weights_path, sampling_grids), batch_size, input_range.value, limits,
+        cfg = scoring_config(weights_path, sampling_grids)
+        settings = DecodeSettings(cfg, slices_per_batch(batch_size, cfg.sampling_grids), input_range.value, limits,
                                   all_orientations)
     except ValueError as exc:  # WeightsError and ConfigError among them
         usage_error(str(exc))
@@ -112,7 +118,7 @@ def score(
             pool = stack.enter_context(DecodePool(settings, workers))
             decoded = pool.events(plan.units)  # the workers start reading now, while torch and the model load
             scorer = _load_scorer(weights_path, device, precision, int8, compile_model, batch_size, threads,
-                                  sampling_grids)
+                                  sampling_grids, runtime)
 
             writer = None
             if fmt is not OutputFormat.table:
@@ -161,13 +167,14 @@ def score(
     raise typer.Exit(EXIT_PARTIAL if failures else EXIT_OK)
 
 
-def _load_scorer(weights_path, device, precision, int8, compile_model, batch_size, threads, sampling_grids):
+def _load_scorer(weights_path, device, precision, int8, compile_model, batch_size, threads, sampling_grids,
+                 runtime):
     """The model (imports torch); a bad option is a usage error."""
     from ..api import ScorerSpec
 
     try:
         return ScorerSpec(weights_path, device.value, precision.value, threads, batch_size, int8, compile_model,
-                          sampling_grids).build()
+                          sampling_grids, runtime.value).build()
     except ValueError as exc:  # WeightsError and ConfigError among them
         usage_error(str(exc))
 

@@ -19,6 +19,8 @@ from .app import (
     Device,
     InputRangeChoice,
     Precision,
+    RUNTIME_HELP,
+    Runtime,
     app,
     print_messages,
     require_paths,
@@ -47,7 +49,9 @@ def score_archive(
     weights: Optional[Path] = typer.Option(None, help=DEFAULT_WEIGHTS_HELP),
     device: Device = typer.Option(Device.auto, help="auto picks CUDA when present."),
     precision: Precision = typer.Option(Precision.auto, help="auto: fp32 on CPU, bf16 autocast on CUDA."),
-    batch_size: int = typer.Option(8, min=1, help="Slices per model call (batches never span two series)."),
+    batch_size: int = typer.Option(8, min=1, help="Forward passes per model call, one per slice and sampling grid "
+                                                  "(batches never span two series)."),
+    runtime: Runtime = typer.Option(Runtime.auto, help=RUNTIME_HELP),
     threads: Optional[int] = typer.Option(None, min=1, help="torch compute threads per model (default: torch's "
                                                             "choice; ray: the actor's CPUs)."),
     sampling_grids: Optional[int] = typer.Option(None, help=SAMPLING_GRIDS_HELP),
@@ -84,7 +88,7 @@ def score_archive(
                                  retry_failed=retry_failed, overwrite=overwrite, threshold=threshold,
                                  units_per_task=units_per_task, shard_records=shard_records)
         spec = ScorerSpec(weights_path, device.value, precision.value, threads, batch_size,
-                          sampling_grids=sampling_grids)
+                          sampling_grids=sampling_grids, runtime=runtime.value)
         plan, store, todo = plan_archive(roots, out, spec, options)
     except ValueError as exc:  # ArchiveError, WeightsError, ConfigError
         usage_error(str(exc))

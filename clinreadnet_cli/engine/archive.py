@@ -69,7 +69,7 @@ def score_archive(plan: Plan, store: ArchiveStore, todo: list[Unit], spec: Score
         result.entries.append(entry)
         on_unit(entry)
 
-    settings = DecodeSettings(spec.config(), spec.batch_size, options.input_range, options.limits,
+    settings = DecodeSettings(spec.config(), spec.slices_per_batch(), options.input_range, options.limits,
                               options.all_orientations)
     if todo:
         if options.engine == "ray":

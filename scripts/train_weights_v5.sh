@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Rebuild weights/clinreadnet-sim-v5.safetensors: v4 distilled into one forward a slice (weights/MODEL_CARD.md,
+# "Weights v5"), then checked beside v4 on the held-out patients and the two other simulators.
+# Finished steps are skipped when the script is re-run; an interrupted training run resumes.
+#
+#   bash scripts/train_weights_v5.sh [SOURCES] [WORK]
+#
+# SOURCES: normal-dose CT (default ../shared/data/ct_sources); WORK: simulated data and runs (default
+# work/, ignored by git). On a 2-core CPU with AVX512-BF16: simulations ~16 min, the teacher's
+# distributions and two epochs ~25 min, held-out evaluation ~5 min, other-simulator check ~35 min
+# (its images are cached in WORK/ordering_cache for later weights). bf16 training is not
+# bit-reproducible, so a rebuild gives nearby weights, not the same file.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SOURCES=${1:-../shared/data/ct_sources}
+WORK=${2:-work}
+CLI=${CLINREADNET:-.venv/bin/clinreadnet}
+PY=${PYTHON:-.venv/bin/python}
+V4=weights/clinreadnet-sim-v4.safetensors
+V5="$WORK/clinreadnet-sim-v5.safetensors"
+bash scripts/weights_data.sh "$SOURCES" "$WORK"  # held-out and training simulations, labels, MIX25
+
+RUN="$WORK/runs/v5"
+if [ ! -f "$RUN/metrics.jsonl" ] || [ "$(wc -l < "$RUN/metrics.jsonl")" -lt 2 ]; then
+  resume=(); [ -f "$RUN/last_state.safetensors" ] && resume=(--resume)
+  "$CLI" train --config scripts/default_weights/v5-distil.toml --data "$WORK/mix25" \
+    --split-file "$WORK/mix25/split.json" --init-weights "$V4" --out "$RUN" "${resume[@]}"
+fi
+"$PY" scripts/export_weights.py "$RUN/best.safetensors" "$V5"
+
+# Held-out patients (reference-unit labels): v5 here; v4's report is benchmarks/results/heldout_v4.md.
+"$CLI" evaluate --data "$WORK/sim_val-ref" --split val --split-file "$WORK/val-all.json" \
+  --weights "$V5" --predictions "$WORK/heldout-v5.csv"
+"$PY" scripts/label_ordering.py "$WORK/sim_val-ref" --predictions "$WORK/heldout-v5.csv" --by-patient
+# The two other simulators, 23 held-out slices, v4 and v5 side by side.
+"$PY" scripts/ordering_check.py --slices benchmarks/results/ordering_check_v4_23slices.json --sources "$SOURCES" \
+  --weights "$V4" --weights "$V5" --cache "$WORK/ordering_cache" --out "$WORK/ordering_check_v5_23slices.json"
+echo "copy $V5 to weights/ to ship it"
