@@ -18,11 +18,13 @@ import torch
 from common import SOURCES
 from scoring import build_series, model_only, process_peak_rss
 
-from clinreadnet_cli.checkpoint import load_model
+from clinreadnet_cli.checkpoint import load_model, weights_identity
+from clinreadnet_cli.config import slices_per_batch
 from clinreadnet_cli.dicom_export import write_series
-from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference
+from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference, resolve_options
 from clinreadnet_cli.preprocess import prepare_slice
 from clinreadnet_cli.readers import discover
+from clinreadnet_cli.runtimes import export_path
 
 CLI = [sys.executable, "-m", "clinreadnet_cli"]
 
@@ -37,13 +39,17 @@ def build_archive(root: Path, series: int, slices: int) -> Path:
     return root
 
 
-def model_seconds(paths: list[Path], weights: Path, batch: int, limit: int) -> tuple[int, float]:
-    """(slices, seconds) of the model alone over the first ``limit`` slices under ``paths``."""
+def model_seconds(paths: list[Path], weights: Path, batch: int, limit: int,
+                  options: InferenceOptions | None = None) -> tuple[int, float]:
+    """(slices, seconds) of the model alone over the first ``limit`` slices under ``paths``
+    (``options``: torch eager fp32 unless given)."""
     model = load_model(weights)
     refs = [ref for s in discover(paths).series for ref in s.slices][:limit]
     tensors = [prepare_slice(ref.load(), ref.value_range, model.config) for ref in refs]
-    predict = prepare_for_inference(model, torch.device("cpu"), InferenceOptions())
-    return len(tensors), model_only(tensors, predict, batch)
+    predict = prepare_for_inference(model, torch.device("cpu"), options or InferenceOptions(),
+                                    export=export_path(weights_identity(weights)["weights_sha256"], model.config))
+    # As `score` batches: --batch-size counts forward passes, one per slice and sampling grid
+    return len(tensors), model_only(tensors, predict, slices_per_batch(batch, model.config.sampling_grids))
 
 
 def read_records(out: Path) -> dict[tuple, dict]:
@@ -51,20 +57,31 @@ def read_records(out: Path) -> dict[tuple, dict]:
     return {(r["path"], r["slice"]): {k: v for k, v in r.items() if k != "unit"} for r in rows}
 
 
-def startup_rows(tmp: Path, weights: Path, batch: int, threads: int, study_slices: int, repeats: int) -> list[dict]:
-    """Plain ``score`` on one study, whole process, against the model alone on its slices; the two
-    alternate ``repeats`` times and the medians are reported."""
+def startup_rows(tmp: Path, weights: Path, batch: int, threads: int, study_slices: int, repeats: int,
+                 runs: list[InferenceOptions]) -> list[dict]:
+    """Plain ``score --runtime R --precision P`` on one study, whole process (start-up included),
+    against the model alone on its slices through the same R and P (auto: what ``score`` resolves
+    them to); the two alternate ``repeats`` times and the medians are reported. The exported model
+    is in the cache before the first command."""
     study = build_series(tmp / "study", study_slices)
-    model_runs, command_runs = [], []
-    for _ in range(repeats):
-        model_runs.append(model_seconds([study], weights, batch, limit=study_slices)[1])
-        command_runs.append(process_peak_rss([*CLI, "score", str(study), "--weights", str(weights), "--format",
-                                              "jsonl", "--batch-size", str(batch), "--threads", str(threads)])[1])
-    model, command = float(np.median(model_runs)), float(np.median(command_runs))
-    return [{"benchmark": "startup", "measure": f"score, {study_slices}-slice study: model only (median of {repeats})",
-             "value": model, "unit": "s", "runs": model_runs},
-            {"benchmark": "startup", "measure": f"score, {study_slices}-slice study: whole command, start-up included",
-             "value": command, "unit": "s", "ratio": model / command, "runs": command_runs}]
+    rows = []
+    for asked in runs:
+        options = resolve_options("cpu", asked.precision, runtime=asked.runtime)
+        model_runs, command_runs = [], []
+        for _ in range(repeats):
+            model_runs.append(model_seconds([study], weights, batch, study_slices, options)[1])
+            command_runs.append(process_peak_rss([*CLI, "score", str(study), "--weights", str(weights), "--format",
+                                                  "jsonl", "--batch-size", str(batch), "--threads", str(threads),
+                                                  "--runtime", asked.runtime, "--precision", asked.precision])[1])
+        model, command = float(np.median(model_runs)), float(np.median(command_runs))
+        label = (f"score --runtime {asked.runtime} --precision {asked.precision} ({options.runtime} "
+                 f"{options.precision}), {study_slices}-slice study")
+        rows += [{"benchmark": "startup", "measure": f"{label}: model only (median of {repeats})",
+                  "value": model, "unit": "s", "runs": model_runs, "rate": study_slices / model},
+                 {"benchmark": "startup", "measure": f"{label}: whole command, start-up included",
+                  "value": command, "unit": "s", "ratio": model / command, "runs": command_runs,
+                  "rate": study_slices / command}]
+    return rows
 
 
 def archive_rows(tmp: Path, weights: Path, series: int, slices: int, batch: int, threads: int,

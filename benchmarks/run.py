@@ -6,25 +6,30 @@
 Sections (all on data generated from ../shared/data/ct_sources; nothing large is in git):
   forward   model-only throughput, clinreadnet vs timm swin_t on identical batches, 224² and 512²
             (--sizes), on the CPU and on CUDA when present (ratio: time relative to swin_t)
-  options   the fast-path options (threads, channels-last, int8, bf16, compile) and how far
-            each moves the shipped weights' scores on sample_data/
-  scoring   a 300-slice DICOM series with each input path (decimate with one sampling grid, then
-            with all four, then weights v1's resize):
-            decode only (reading, input path, noise figure), model only, end to end (ratio:
-            end-to-end rate / model-only rate)
-  memory    peak RSS of the `clinreadnet score` command on 300- and 1,200-slice series
+  options   the fast-path options (threads, channels-last, int8, bf16, compile) and the CPU runtimes
+            (ONNX Runtime, OpenVINO fp32 and bf16, when installed), and how far each moves the
+            default weights' scores on sample_data/ (and how many pairs of slices it reorders)
+  scoring   a 300-slice DICOM series: one sampling grid through torch fp32 and the default CPU
+            runtime (OpenVINO) in fp32 and bf16, then four grids (v3, v4) through OpenVINO fp32:
+            decode only (reading, checks, input path, noise figure), model only, end to
+            end (ratio: end-to-end rate / model-only rate); then decoding alone with 1, 2 and
+            every core's decoding processes
+  memory    peak RSS of the `clinreadnet score` command on 300- and 1,200-slice series, at the
+            default settings and with --runtime torch --precision fp32
   training  one epoch of the train command on 800 images (+ 200 validation)
   archive   score-archive with the local engine and with Ray (1 and 2 actors) on an archive of
             --archive SERIES SLICES, whole commands against the model-only rate; records that
             differ between the engines; peak RSS at SERIES and SERIES/5
-  startup   plain `score` on a --study-slices study, whole process, against the model alone
-            (alternated, --repeats times, medians)
+  startup   plain `score` on a --study-slices study with the default weights, whole process, at
+            the default settings and with --runtime torch --precision fp32, against the model
+            alone through the same runtime (alternated, --repeats times, medians)
 Measures only; nothing here passes or fails on a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -37,11 +42,14 @@ import archive
 import forward
 import scoring
 import training
+from clinreadnet_cli.api import Scorer
 from clinreadnet_cli.archs import create_model
 from clinreadnet_cli.checkpoint import default_weights, load_model, save_weights
-from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference
+from clinreadnet_cli.engine.local import decode_workers
+from clinreadnet_cli.inference import CPU_RUNTIME_PREFERENCE, InferenceOptions, prepare_for_inference
 from clinreadnet_cli.preprocess import prepare_slice
 from clinreadnet_cli.readers import discover
+from clinreadnet_cli.runtimes import installed
 
 SECTIONS = ("forward", "options", "scoring", "memory", "training", "archive", "startup")
 REPO = Path(__file__).resolve().parents[1]
@@ -68,11 +76,19 @@ def option_variants(device: torch.device) -> dict[str, tuple[int | None, Inferen
             "channels-last": (None, InferenceOptions(channels_last=True)),
             "int8 linear layers": (None, InferenceOptions(int8=True)),
             "bf16 autocast": (None, InferenceOptions(precision="bf16")),
-            "compile": (None, InferenceOptions(compile=True))}
+            "compile": (None, InferenceOptions(compile=True)),
+            **{label: (None, options) for label, options in CPU_RUNTIMES.items() if installed(options.runtime)}}
+
+
+# The CPU runtimes besides torch eager fp32, as `score --runtime R --precision P` runs them.
+CPU_RUNTIMES = {"ONNX Runtime fp32": InferenceOptions(runtime="onnxruntime"),
+                "OpenVINO fp32": InferenceOptions(runtime="openvino"),
+                "OpenVINO bf16": InferenceOptions(runtime="openvino", precision="bf16")}
 
 
 def score_changes(weights: Path) -> list[dict]:
-    """How far int8 and bf16 move the shipped weights' scores on the sample slices (fp32 = reference)."""
+    """How far each CPU option and runtime moves the default weights' scores on the sample slices
+    (torch eager fp32 = reference), and how many pairs of slices it orders otherwise."""
     model = load_model(weights)
     slices = [prepare_slice(ref.load(), ref.value_range, model.config)
               for s in discover([REPO / "sample_data"]).series for ref in s.slices]
@@ -80,11 +96,16 @@ def score_changes(weights: Path) -> list[dict]:
     cpu = torch.device("cpu")
     reference = prepare_for_inference(model, cpu, InferenceOptions())(batch).score
     rows = []
-    for label, options in {"int8 linear layers": InferenceOptions(int8=True),
-                           "bf16 autocast": InferenceOptions(precision="bf16")}.items():
-        change = (prepare_for_inference(model, cpu, options)(batch).score - reference).abs()
+    variants = {"int8 linear layers": InferenceOptions(int8=True), "bf16 autocast": InferenceOptions(precision="bf16"),
+                **{label: options for label, options in CPU_RUNTIMES.items() if installed(options.runtime)}}
+    for label, options in variants.items():
+        scores = prepare_for_inference(model, cpu, options)(batch).score
+        change = (scores - reference).abs()
+        first, second = torch.triu_indices(len(slices), len(slices), offset=1)
+        swapped = ((reference[first] - reference[second]).sign() != (scores[first] - scores[second]).sign()).sum()
         rows.append({"benchmark": "options", "measure": f"{label}: largest score change, {len(slices)} sample slices",
-                     "value": float(change.max()), "unit": "score points", "mean": float(change.mean())})
+                     "value": float(change.max()), "unit": "score points", "mean": float(change.mean()),
+                     "pairs_reordered": int(swapped), "pairs": len(first)})
     return rows
 
 
@@ -103,7 +124,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 512], help="forward: input sizes")
     parser.add_argument("--train-images", type=int, default=1000)
     parser.add_argument("--archive", type=int, nargs=2, default=[50, 40], metavar=("SERIES", "SLICES"))
-    parser.add_argument("--study-slices", type=int, default=240)
+    parser.add_argument("--study-slices", type=int, default=300)
     parser.add_argument("--weights", type=Path, default=None,
                         help="archive: weights to score with (default: the shipped ones)")
     parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
@@ -112,6 +133,9 @@ def main() -> None:
     args = parser.parse_args()
 
     rows: list[dict] = []
+    # Exports of random-weight models go to a folder of this run's, not the user's cache.
+    export_cache = tempfile.TemporaryDirectory(prefix="clinreadnet-bench-")
+    os.environ["CLINREADNET_CACHE"] = export_cache.name
 
     def report(new: list[dict]) -> None:
         for row in new:
@@ -137,25 +161,38 @@ def main() -> None:
         short, long = args.series
         if "scoring" in args.only or "memory" in args.only:
             scoring.build_series(tmp / "short", short)
-        if "scoring" in args.only:  # weights v2's input path, v3's (every sampling grid), then v1's
+        if "scoring" in args.only:
+            # One grid (v2) through torch and the default CPU runtime (OpenVINO) in fp32 and bf16, then
+            # v3/v4's four grids through the default runtime (torch's four-grid rate: section startup)
             grids = save_weights(create_model("clinreadnet", sampling_grids=4).eval(), tmp / "grids.safetensors")
-            resize = save_weights(create_model("clinreadnet", input_path="resize").eval(), tmp / "resize.safetensors")
-            for path_weights in (weights, grids, resize):
-                report(scoring.throughput(tmp / "short", path_weights, device, args.batch, workers=2,
-                                          options=InferenceOptions.default_for(device)))
-        if "memory" in args.only:
+            plain = InferenceOptions.default_for(device) if device.type == "cuda" else InferenceOptions()
+            fast = [options for options in CPU_RUNTIMES.values()
+                    if device.type == "cpu" and options.runtime == CPU_RUNTIME_PREFERENCE[0]]
+            runs = [(weights, options) for options in [plain, *fast]] + [(grids, (fast or [plain])[0])]
+            for path_weights, options in runs:
+                report(scoring.throughput(tmp / "short", path_weights, device, args.batch,
+                                          workers=decode_workers("auto", device.type), options=options))
+            report(scoring.decode_scaling(tmp / "short", weights, args.batch,
+                                          sorted({1, 2, len(os.sched_getaffinity(0))})))
+        if "memory" in args.only:  # the default weights and settings, then torch eager fp32 (one grid)
             scoring.build_series(tmp / "long", long)
-            peaks = {n: scoring.command_peak_rss(tmp / name, weights, device.type, args.batch, [])
-                     for n, name in ((short, "short"), (long, "long"))}
-            report([{"benchmark": "memory", "measure": f"score command, {n}-slice series: peak RSS",
-                     "value": rss, "unit": "MiB", "ratio": rss / peaks[short][0], "wall_s": wall}
-                    for n, (rss, wall) in peaks.items()])
+            shipped = args.weights or default_weights()
+            Scorer(shipped, device=device.type)  # exports the model for the default runtime before the runs
+            for extra, memory_weights in (([], shipped), (["--runtime", "torch", "--precision", "fp32"], weights)):
+                peaks = {n: scoring.command_peak_rss(tmp / name, memory_weights, device.type, args.batch, extra)
+                         for n, name in ((short, "short"), (long, "long"))}
+                settings = " ".join(extra) + " one grid" if extra else "default weights and settings"
+                report([{"benchmark": "memory", "measure": f"score command ({settings}), {n}-slice series: peak RSS",
+                         "value": rss, "unit": "MiB", "ratio": rss / peaks[short][0], "wall_s": wall}
+                        for n, (rss, wall) in peaks.items()])
         if "archive" in args.only:
             report(archive.archive_rows(tmp, args.weights or default_weights(), *args.archive, args.batch,
                                         torch.get_num_threads()))
         if "startup" in args.only:
+            # The default settings (on the CPU: OpenVINO fp32), then torch eager fp32
+            runs = [InferenceOptions(runtime="auto", precision="auto"), InferenceOptions()]
             report(archive.startup_rows(tmp, args.weights or default_weights(), args.batch, torch.get_num_threads(),
-                                        args.study_slices, args.repeats))
+                                        args.study_slices, args.repeats, runs))
     if "training" in args.only:
         report(training.epoch_throughput("clinreadnet", args.train_images, 224, args.batch, workers=2,
                                          device=device.type))

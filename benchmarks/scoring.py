@@ -18,12 +18,14 @@ from clinreadnet_cli.api import Scorer
 from clinreadnet_cli.decoding import DecodeSettings
 from clinreadnet_cli.engine.base import plan_units
 from clinreadnet_cli.engine.local import DecodePool, score_events
-from clinreadnet_cli.checkpoint import load_model
+from clinreadnet_cli.checkpoint import load_model, weights_identity
+from clinreadnet_cli.config import slices_per_batch
 from clinreadnet_cli.dicom_export import write_series
 from clinreadnet_cli.inference import InferenceOptions, prepare_for_inference
 from clinreadnet_cli.noise import measure_noise
 from clinreadnet_cli.preprocess import prepare_slice
 from clinreadnet_cli.readers import discover
+from clinreadnet_cli.runtimes import export_path
 from clinreadnet_cli.scoring import SliceScore
 
 
@@ -59,24 +61,44 @@ def throughput(series_dir: Path, weights: Path, device: torch.device, batch: int
         measure_noise(image, ref.value_range)
     decode = time.perf_counter() - start
 
-    model_seconds = model_only(tensors, prepare_for_inference(model, device, options), batch)
+    export = export_path(weights_identity(weights)["weights_sha256"], model.config)
+    forwards = slices_per_batch(batch, model.config.sampling_grids)  # as `score` batches them
+    model_seconds = model_only(tensors, prepare_for_inference(model, device, options, export=export), forwards)
     del tensors
 
-    scorer = Scorer(weights, device=device.type, precision=options.precision, batch_size=batch)
+    scorer = Scorer(weights, device=device.type, precision=options.precision, batch_size=batch,
+                    runtime=options.runtime)
     start = time.perf_counter()  # the steady state of `clinreadnet score`: decoding processes beside the model
-    with DecodePool(DecodeSettings(model.config, batch), workers) as pool:
+    with DecodePool(DecodeSettings(model.config, scorer.batch_size), workers) as pool:
         scored = sum(isinstance(item, SliceScore) for _, items in score_events(pool.events(plan_units([series_dir]).units), scorer)
                      if items is not None for item in items)
     end_to_end = time.perf_counter() - start
     assert scored == n
     grids = f", {model.config.sampling_grids} grids" if model.config.sampling_grids > 1 else ""
-    label = f"{n}-slice DICOM series, {model.config.input_path} {model.config.img_size}²{grids}"
+    label = (f"{n}-slice DICOM series, {model.config.input_path} {model.config.img_size}²{grids}, "
+             f"{options.runtime} {options.precision}, {workers} decoding process(es)")
     return [
         {"benchmark": "scoring", "measure": f"{label}: decode only", "value": n / decode, "unit": "slices/s"},
         {"benchmark": "scoring", "measure": f"{label}: model only", "value": n / model_seconds, "unit": "slices/s"},
         {"benchmark": "scoring", "measure": f"{label}: end to end (score workflow)", "value": n / end_to_end,
          "unit": "slices/s", "ratio": model_seconds / end_to_end},  # end-to-end rate / model-only rate
     ]
+
+
+def decode_scaling(series_dir: Path, weights: Path, batch: int, workers: list[int]) -> list[dict]:
+    """Decoding alone (no model) through the score command's decoding processes, at each count:
+    how far decoding would keep up with a faster model (a GPU)."""
+    cfg = load_model(weights).config
+    units = plan_units([series_dir]).units
+    rows = []
+    for count in workers:
+        start = time.perf_counter()
+        with DecodePool(DecodeSettings(cfg, batch), count) as pool:
+            n = sum(len(b.items) for _, b in pool.events(units) if b is not None)
+        rate = n / (time.perf_counter() - start)
+        rows.append({"benchmark": "scoring", "measure": f"{n}-slice DICOM series, decode only, {count} decoding "
+                     f"process(es)", "value": rate, "unit": "slices/s", "ratio": rate / (rows[0]["value"] if rows else rate)})
+    return rows
 
 
 def command_peak_rss(series_dir: Path, weights: Path, device: str, batch: int, extra: list[str]) -> tuple[float, float]:

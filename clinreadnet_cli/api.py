@@ -6,13 +6,14 @@
     records = score_paths(["study/"], weights="sim-v4")  # files and folders, errors as records
 
 ``Scorer`` keeps one model loaded for many calls; the two functions reuse one Scorer per
-weights and options. Nothing here writes files.
+weights and options. Nothing here writes files but the exported model, once, in the cache
+folder (``runtimes``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -22,9 +23,10 @@ from .checkpoint import load_model, resolve_weights, scoring_config, weights_ide
 from .config import slices_per_batch
 from .decoding import Item, series_batches
 from .inference import prepare_for_inference, resolve_options
+from .prediction import ArrayPrediction
 from .readers import DEFAULT_LIMITS, InputError, Limits, Series, SliceRef, discover
 from .records import to_record
-from .scoring import SliceScore, resolve_device, score_batch
+from .scoring import PredictSlices, SliceScore, resolve_device, resolve_device_type, score_batch
 
 
 @dataclass(frozen=True)
@@ -49,13 +51,9 @@ class ScorerSpec:
         return slices_per_batch(self.batch_size, self.config().sampling_grids)
 
     def build(self) -> "Scorer":
-        if self.threads:
-            import torch
-
-            torch.set_num_threads(self.threads)
         return Scorer(self.weights, device=self.device, precision=self.precision, int8=self.int8,
                       compile_model=self.compile_model, batch_size=self.batch_size,
-                      sampling_grids=self.sampling_grids, runtime=self.runtime)
+                      sampling_grids=self.sampling_grids, runtime=self.runtime, threads=self.threads)
 
 
 class Scorer:
@@ -63,31 +61,72 @@ class Scorer:
 
     ``sampling_grids`` reads slices through that many sampling grids instead of the weights' own
     number (records say which was used); ``batch_size`` counts forward passes, one per slice and grid;
-    ``runtime``: ``inference.RUNTIMES`` or auto."""
+    ``runtime``: ``inference.RUNTIMES`` or auto; ``threads``: compute threads (default: the runtime's).
+    On an exported runtime whose export is in the cache, torch is never imported."""
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", precision: str = "auto",
                  int8: bool = False, compile_model: bool = False, batch_size: int = 8,
-                 sampling_grids: int | None = None, runtime: str = "auto"):
-        path = resolve_weights(weights)
-        self.device = resolve_device(device)
-        self.options = resolve_options(self.device, precision, int8, compile_model, runtime)
-        config = scoring_config(path, sampling_grids)
-        self.model = load_model(path)
-        self.model.config = config  # the tensors are the same for any number of grids
+                 sampling_grids: int | None = None, runtime: str = "auto", threads: int | None = None):
+        self.path = resolve_weights(weights)
+        self.device_type = resolve_device_type(device)
+        self.options = resolve_options(self.device_type, precision, int8, compile_model, runtime)
+        self.config = scoring_config(self.path, sampling_grids)  # the tensors are the same for any number of grids
         # {"weights", "weights_sha256", "sampling_grids"}, in every record
-        self.identity = {**weights_identity(path), "sampling_grids": config.sampling_grids}
-        self.batch_size = slices_per_batch(batch_size, config.sampling_grids)  # slices per model call
-        self.predict = prepare_for_inference(self.model, self.device, self.options)
+        self.identity = {**weights_identity(self.path), "sampling_grids": self.config.sampling_grids}
+        self.batch_size = slices_per_batch(batch_size, self.config.sampling_grids)  # slices per model call
+        self.threads = threads  # None: the runtime's own choice (torch's, OpenVINO's: the physical cores)
+        self.predict: PredictSlices = (self._torch_predictor() if self.options.runtime == "torch"
+                                       else self._exported_predictor())
+
+    @cached_property
+    def model(self):
+        """The torch model (loaded on first use where the runtime does without it: quality maps)."""
+        model = load_model(self.path)
+        model.config = self.config
+        return model
+
+    def _exported_predictor(self) -> PredictSlices:
+        from . import runtimes
+
+        onnx = runtimes.export_path(self.identity["weights_sha256"], self.config)
+        if not onnx.is_file():  # the first run with these weights exports them (torch, ~20 s)
+            runtimes.export_onnx(self.model, onnx)
+            del self.model  # the runtime holds its own copy of the tensors
+        logits = runtimes.runtime_logits(self.options.runtime, onnx, self.threads, self.options.precision)
+        if self.config.input_path == "resize":  # v1's antialiased resize to the input size is torch's
+            from .preprocess import model_input
+
+            return lambda slices: ArrayPrediction.from_logits(
+                logits(np.stack([model_input(pixels, self.config).numpy() for pixels in slices])))
+        return lambda slices: ArrayPrediction.from_logits(logits(np.stack(slices)))
+
+    def _torch_predictor(self) -> PredictSlices:
+        import torch
+
+        from .preprocess import model_input
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        device = resolve_device(self.device_type)
+        predict = prepare_for_inference(self.model, device, self.options)
+
+        def predict_slices(slices: list[np.ndarray]):
+            batch = torch.stack([model_input(pixels, self.config) for pixels in slices])
+            if device.type == "cuda":
+                batch = batch.pin_memory()  # lets predict() copy it to the GPU without blocking
+            return predict(batch)
+
+        return predict_slices
 
     def score_items(self, items: list[Item]) -> list[SliceScore | InputError]:
         """One decoded batch (``engine.base.Batch.items``) through the model."""
-        return score_batch(self.predict, items, self.model.config, self.device)
+        return score_batch(self.predict, items)
 
     def stream(self, series: Iterable[Series],
                on_slice: Callable[[], None] | None = None) -> Iterator[SliceScore | InputError]:
         """One SliceScore per slice, or one InputError per failing input, in series/slice order,
         decoded in this process (series already in memory), scored by this Scorer's one predictor."""
-        for batch in series_batches(series, self.model.config, self.batch_size):
+        for batch in series_batches(series, self.config, self.batch_size):
             for result in self.score_items(batch.items):
                 if on_slice:
                     on_slice()

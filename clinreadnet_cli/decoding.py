@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .config import ClinReadNetConfig
-from .noise import NoiseFigure, measure_noise
+from .noise import NoiseFigure, measure_noise, smoothed_hu
 from .patient_size import measure_diameter
 from .preprocess import sample_slice
 from .readers import DEFAULT_LIMITS, InputError, Limits, Series, SliceRef
@@ -62,8 +62,9 @@ def prepare(ref: SliceRef, series: Series, cfg: ClinReadNetConfig) -> PreparedSl
     try:
         image = ref.load()
         pixels = sample_slice(image, ref.value_range, cfg)
-        noise = measure_noise(image, ref.value_range)
-        wed_mm = measure_diameter(image, ref.value_range, ref.pixel_spacing_mm)
+        smoothed = smoothed_hu(image) if ref.value_range == "hu" else None  # what both figures threshold, once
+        noise = measure_noise(image, ref.value_range, smoothed)
+        wed_mm = measure_diameter(image, ref.value_range, ref.pixel_spacing_mm, smoothed)
     except InputError:
         raise
     except Exception as exc:

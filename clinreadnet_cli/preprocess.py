@@ -52,7 +52,9 @@ DETAIL_GAIN = 4.0  # scanner noise gives a detail energy of ~0.07 in window unit
 def window_hu(hu: np.ndarray, width: float, level: float) -> np.ndarray:
     """Map HU through the window [level - width/2, level + width/2] onto [0, 1], clipped."""
     low = level - width / 2.0
-    return np.clip((hu.astype(np.float32, copy=False) - low) / width, 0.0, 1.0)
+    unit = hu.astype(np.float32, copy=False) - np.float32(low)
+    unit /= np.float32(width)  # in place: one new array instead of three, the same float32 arithmetic
+    return np.clip(unit, 0.0, 1.0, out=unit)
 
 
 def unit_to_hu(unit: np.ndarray) -> np.ndarray:
@@ -134,10 +136,10 @@ def sample_slice(image: np.ndarray, value_range: ValueRange, cfg: ClinReadNetCon
         step = decimation_step(square.shape[-1])
         channels = []
         offsets = GRID_OFFSETS[:cfg.sampling_grids] if grid is None else GRID_OFFSETS[grid:grid + 1]
-        for shifted in grid_shifts(square, offsets):
-            channels.append(shifted[::step, ::step])
+        for dy, dx in offsets:
+            channels.append(grid_sample(square, dy, dx, step))
             if cfg.input_path in DETAIL_PATHS:
-                channels.append(native_detail(shifted, step))
+                channels.append(native_detail(grid_shifts(square, ((dy, dx),))[0], step))
         sampled = np.stack([centre_crop_or_pad(c, cfg.img_size) for c in channels])
     elif cfg.input_path == "crop":
         sampled = centre_crop_or_pad(square, cfg.img_size)[None]
@@ -152,6 +154,15 @@ def grid_shifts(square: np.ndarray, offsets: tuple[tuple[int, int], ...]) -> lis
     slice (step 1) the grids are four crops one pixel apart, nearly the same pixels."""
     return [np.pad(square, ((0, dy), (0, dx)), mode="edge")[dy:, dx:] if dy or dx else square
             for dy, dx in offsets]
+
+
+def grid_sample(square: np.ndarray, dy: int, dx: int, step: int) -> np.ndarray:
+    """``[::step, ::step]`` of the square moved as ``grid_shifts`` moves it: a view of the square
+    where the whole grid lies inside it (a 512² slice), with no copy of the image per grid."""
+    sampled = square[dy::step, dx::step]
+    if sampled.shape == square[::step, ::step].shape:
+        return sampled
+    return grid_shifts(square, ((dy, dx),))[0][::step, ::step]  # its last row or column repeats the edge
 
 
 def native_detail(square: np.ndarray, step: int) -> np.ndarray:

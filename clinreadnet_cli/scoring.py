@@ -1,5 +1,7 @@
 """The model side of scoring: a batch of prepared slices in, one SliceScore per slice out.
 
+torch-free itself: the exported runtimes score without torch; the torch runtime brings it.
+
 Decoding (``decoding``: read, check, sample, noise figure) and the model are kept apart so that
 the engines can decode in other processes or on other machines; all of them call ``score_batch``.
 ``api.Scorer.stream`` runs both in one process, for series already in memory (arrays, the report).
@@ -9,17 +11,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+import os
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+import numpy as np
 
-from .archs.clinreadnet import Prediction
-from .archs.heads import grade_name
-from .config import ClinReadNetConfig, ConfigError
+from .config import ConfigError
 from .decoding import Item, PreparedSlice
 from .noise import NoiseFigure
-from .preprocess import model_input
+from .prediction import grade_name
 from .readers import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+# Sampled slices (preprocess.sample_slice) in, an object with Prediction's properties out
+PredictSlices = Callable[[list[np.ndarray]], Any]
 
 
 # A slice whose heads disagree by this much (SD of their scores) is flagged uncertain; see the
@@ -48,8 +55,26 @@ class SliceScore:
         return self.head_sd >= UNCERTAIN_HEAD_SD
 
 
-def resolve_device(name: str) -> torch.device:
+def gpu_driver_present() -> bool:
+    """Whether this machine may have a CUDA device: not on Linux without an NVIDIA driver, which
+    ``score`` can tell without importing torch."""
+    gpus = "/proc/driver/nvidia/gpus"
+    if os.path.exists("/proc/cpuinfo") and not (os.path.isdir(gpus) and os.listdir(gpus)):
+        return False
+    return True
+
+
+def resolve_device_type(name: str) -> str:
+    """``resolve_device(name).type``, importing torch only where a GPU may be present."""
+    if name == "cpu" or (name == "auto" and not gpu_driver_present()):
+        return "cpu"
+    return resolve_device(name).type
+
+
+def resolve_device(name: str) -> "torch.device":
     """``auto`` -> CUDA when present, else CPU. Raises ConfigError for an unusable choice."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -57,16 +82,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def score_batch(predict: Callable[[torch.Tensor], Prediction], items: list[Item], cfg: ClinReadNetConfig,
-                device: torch.device) -> list[SliceScore | InputError]:
+def score_batch(predict: PredictSlices, items: list[Item]) -> list[SliceScore | InputError]:
     """Score the prepared slices among ``items`` in one model call; failures pass through in place."""
     prepared = [item for item in items if isinstance(item, PreparedSlice)]
     if not prepared:
         return list(items)
-    batch = torch.stack([model_input(p.pixels, cfg) for p in prepared])
-    if device.type == "cuda":
-        batch = batch.pin_memory()  # lets predict() copy it to the GPU without blocking
-    pred = predict(batch)
+    pred = predict([p.pixels for p in prepared])
     scores, labels, heads = pred.score.tolist(), pred.label.tolist(), pred.head_scores.tolist()
     spreads, entropies = pred.head_sd.tolist(), pred.entropy.tolist()
     out: list[SliceScore | InputError] = []

@@ -35,7 +35,7 @@ from torchvision.transforms import v2
 from .archs import ClinReadNet, create_model
 from .archs.clinreadnet import Prediction
 from .atomic import atomic_path, write_text_atomic
-from .checkpoint import initialise_from, load_model, resolve_weights, save_weights
+from .checkpoint import initialise_from, load_model, resolve_weights, save_weights, weights_identity
 from .config import DECIMATE_PATHS, ClinReadNetConfig, ConfigError, resolve_config
 from .data import (DatasetError, LabelledSlice, SliceDataset, SourceRunSampler, check_readable, load_labelled,
                    split_train_val)
@@ -262,8 +262,7 @@ def predict_scores(model: ClinReadNet, loader: DataLoader, device: torch.device)
     return [score for images, _ in loader for score in model.predict(images.to(device)).score.tolist()]
 
 
-RUN_FILES = ("config.json", "split.json", "metrics.jsonl", "best.safetensors", "last_state.safetensors",
-             "teacher.safetensors")
+RUN_FILES = ("config.json", "split.json", "metrics.jsonl", "best.safetensors", "last_state.safetensors")
 TEACHER_FORMAT = "clinreadnet-teacher/1"
 LATEST = "latest.json"  # beside the run folders: {"run": ..., "data": ...} of the newest run
 
@@ -289,14 +288,17 @@ def train(cfg: TrainConfig, resume: bool = False, on_event: Event | None = None,
 def teacher_targets(cfg: TrainConfig, items: list[LabelledSlice], saved: Path | None, device: torch.device,
                     emit: Event) -> torch.Tensor:
     """(N, heads, classes): the ``distil_from`` weights' per-head class probabilities for each item,
-    read through all their sampling grids, unaugmented; from ``saved`` (a resumed run's) when it
-    holds the same items. Each distinct image is scored once."""
-    if saved is not None and saved.is_file():
+    read through all their sampling grids, unaugmented; from ``saved`` (a resumed run's, or one
+    copied into a new run's folder) when it holds the same teacher's answers for the same items.
+    Each distinct image is scored once."""
+    weights = resolve_weights(cfg.distil_from)
+    if saved.is_file():
         with safe_open(str(saved), framework="pt") as f:
             meta = f.metadata() or {}
-            if meta.get("format") == TEACHER_FORMAT and json.loads(meta["keys"]) == [i.key for i in items]:
+            if (meta.get("format") == TEACHER_FORMAT and meta.get("sha256") == weights_identity(weights)["weights_sha256"]
+                    and json.loads(meta["keys"]) == [i.key for i in items]):
                 return f.get_tensor("head_probs")
-    teacher = load_model(resolve_weights(cfg.distil_from)).to(device).eval()
+    teacher = load_model(weights).to(device).eval()
     distinct = list({(i.path, i.slice): i for i in items}.values())
     loader = DataLoader(SliceDataset(distinct, teacher.config, None, cfg.input_range), batch_size=cfg.batch_size,
                         num_workers=cfg.workers)
@@ -311,7 +313,8 @@ def teacher_targets(cfg: TrainConfig, items: list[LabelledSlice], saved: Path | 
 
 
 def save_teacher(path: Path, head_probs: torch.Tensor, items: list[LabelledSlice], weights: str) -> None:
-    metadata = {"format": TEACHER_FORMAT, "weights": str(weights), "keys": json.dumps([i.key for i in items])}
+    metadata = {"format": TEACHER_FORMAT, "weights": str(weights), "keys": json.dumps([i.key for i in items]),
+                "sha256": weights_identity(resolve_weights(weights))["weights_sha256"]}
     with atomic_path(path) as tmp:
         save_file({"head_probs": head_probs.contiguous()}, str(tmp), metadata=metadata)
 
@@ -367,7 +370,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, emit: Event, out: Pa
     model = model.to(device)
     teacher = None
     if cfg.distil_from:
-        teacher = teacher_targets(cfg, train_items, out / "teacher.safetensors" if resume else None, device, emit)
+        teacher = teacher_targets(cfg, train_items, out / "teacher.safetensors", device, emit)
     loss_fn = (DistillationLoss() if teacher is not None else create_loss(model_cfg)).to(device)
     # Everything is ready: only now does the run folder get written.
     if rank == 0:
@@ -377,7 +380,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, emit: Event, out: Pa
                 (out / name).unlink()
         write_text_atomic(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
         write_text_atomic(split_path, json.dumps(split, indent=2) + "\n")
-        if teacher is not None and not resume:
+        if teacher is not None:
             save_teacher(out / "teacher.safetensors", teacher, train_items, cfg.distil_from)
         write_text_atomic(out.parent / LATEST, json.dumps({"run": str(out.resolve()),
                                                           "data": str(Path(cfg.data).resolve())}, indent=2) + "\n")

@@ -32,7 +32,7 @@ fi
 "$CLI" evaluate --data "$WORK/sim_val-ref" --split val --split-file "$WORK/val-all.json" \
   --weights "$V5" --predictions "$WORK/heldout-v5.csv"
 "$PY" scripts/label_ordering.py "$WORK/sim_val-ref" --predictions "$WORK/heldout-v5.csv" --by-patient
-# The two other simulators, 23 held-out slices, v4 and v5 side by side.
-"$PY" scripts/ordering_check.py --slices benchmarks/results/ordering_check_v4_23slices.json --sources "$SOURCES" \
+# The two other simulators, 23 held-out slices (named by their place in WORK/heldout.npz), v4 and v5 side by side.
+"$PY" scripts/ordering_check.py --slices benchmarks/results/ordering_check_v4_23slices.json --sources "$WORK" \
   --weights "$V4" --weights "$V5" --cache "$WORK/ordering_cache" --out "$WORK/ordering_check_v5_23slices.json"
 echo "copy $V5 to weights/ to ship it"

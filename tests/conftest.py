@@ -44,3 +44,17 @@ def ct_phantom(n: int, size: int = 64, noise_hu: float = 20.0, seed: int = 0) ->
 def unit_phantom(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
     """``ct_phantom`` through the soft-tissue window as float32 in [0, 1] (the LDCTIQAG2023 convention)."""
     return np.clip((ct_phantom(n, size, seed=seed) + 135.0) / 350.0, 0.0, 1.0).astype(np.float32)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _export_cache(tmp_path_factory):
+    """Models exported for OpenVINO / ONNX Runtime go to a folder of the test session's, not ~/.cache."""
+    import os
+
+    previous = os.environ.get("CLINREADNET_CACHE")
+    os.environ["CLINREADNET_CACHE"] = str(tmp_path_factory.mktemp("export-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("CLINREADNET_CACHE", None)
+    else:
+        os.environ["CLINREADNET_CACHE"] = previous

@@ -299,3 +299,17 @@ def test_quality_gate_exits_3_after_writing_every_record(study, weights, tmp_pat
     scores = [json.loads(line)["score"] for line in failed.stdout.splitlines()]
     assert float(rows[0]["mean"]) == pytest.approx(sum(scores) / 3, abs=1e-4)
     assert float(rows[0]["min"]) == pytest.approx(min(scores), abs=1e-4)
+
+
+def test_workers_auto_is_one_on_the_cpu_and_every_core_but_one_with_a_gpu(monkeypatch, tmp_path):
+    from clinreadnet_cli.engine.local import decode_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    assert decode_workers("auto", "cpu") == 1
+    assert decode_workers("auto", "cuda") == 15
+    assert decode_workers("3", "cuda") == 3
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(ValueError, match="--workers takes a count"):
+            decode_workers(bad, "cpu")
+    result = runner.invoke(app, ["score", str(tmp_path), "--workers", "none"])
+    assert result.exit_code == 2 and "--workers takes a count" in result.stderr

@@ -11,9 +11,7 @@ import torch
 from torch import nn
 
 from ..config import NUM_CLASSES
-
-CLASSES_PER_POINT = 5  # score = class / 5 (§4.1)
-GRADES = ("bad", "poor", "fair", "good", "excellent")
+from ..prediction import CLASSES_PER_POINT, GRADES, grade_name  # noqa: F401 (the scale, kept torch-free)
 
 
 class MultiHeadClassifier(nn.Module):
@@ -47,9 +45,3 @@ def expected_score(probs: torch.Tensor) -> torch.Tensor:
 def argmax_class(probs: torch.Tensor) -> torch.Tensor:
     """(..., K) probabilities -> (...) most probable class 0..K-1."""
     return probs.argmax(dim=-1)
-
-
-def grade_name(score: float) -> str:
-    """The radiologists' word for a 0-4 score, rounding to the nearest grade."""
-    index = min(max(int(score + 0.5), 0), len(GRADES) - 1)
-    return GRADES[index]

@@ -22,8 +22,10 @@ from .app import (
     Device,
     InputRangeChoice,
     OutputFormat,
+    PRECISION_HELP,
     Precision,
     RUNTIME_HELP,
+    WORKERS_HELP,
     Runtime,
     app,
     print_messages,
@@ -43,9 +45,9 @@ def score(
     device: Device = typer.Option(Device.auto, help="auto picks CUDA when present."),
     batch_size: int = typer.Option(8, min=1, help="Forward passes per model call (a slice takes one per sampling "
                                                   "grid); bounds memory."),
-    workers: int = typer.Option(2, min=1, help="Processes decoding slices beside the model."),
+    workers: str = typer.Option("auto", help=WORKERS_HELP),
     precision: Precision = typer.Option(
-        Precision.auto, help="auto: fp32 on CPU, bf16 autocast on CUDA. bf16 on a CPU with AVX512-BF16 is faster."),
+        Precision.auto, help=PRECISION_HELP),
     runtime: Runtime = typer.Option(Runtime.auto, help=RUNTIME_HELP),
     int8: bool = typer.Option(False, "--int8", help="CPU: dynamic int8 quantisation of the linear layers (faster)."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (pays off on long runs)."),
@@ -83,7 +85,7 @@ def score(
     from ..config import slices_per_batch
     from ..decoding import DecodeSettings
     from ..engine.base import plan_units
-    from ..engine.local import DecodePool, in_unit_order, score_events
+    from ..engine.local import DecodePool, decode_workers, in_unit_order, score_events
     from ..readers import InputError, Limits
     from ..summary import SummaryCollector
 
@@ -98,6 +100,7 @@ def score(
     if not weights_path.is_file():
         usage_error(f"no weights at {weights_path}; pass --weights FILE (a clinreadnet .safetensors file)")
     try:
+        workers_count = decode_workers(workers, device.value)
         limits = Limits.from_pairs(limit or [])
         cfg = scoring_config(weights_path, sampling_grids)
         settings = DecodeSettings(cfg, slices_per_batch(batch_size, cfg.sampling_grids), input_range.value, limits,
@@ -115,7 +118,7 @@ def score(
     failures, scored = 0, 0
     try:
         with contextlib.ExitStack() as stack:
-            pool = stack.enter_context(DecodePool(settings, workers))
+            pool = stack.enter_context(DecodePool(settings, workers_count))
             decoded = pool.events(plan.units)  # the workers start reading now, while torch and the model load
             scorer = _load_scorer(weights_path, device, precision, int8, compile_model, batch_size, threads,
                                   sampling_grids, runtime)

@@ -18,6 +18,7 @@ from .app import (
     SAMPLING_GRIDS_HELP,
     Device,
     InputRangeChoice,
+    PRECISION_HELP,
     Precision,
     RUNTIME_HELP,
     Runtime,
@@ -41,14 +42,15 @@ def score_archive(
                                                       "manifest.jsonl, run.json. A rerun resumes it."),
     engine: Engine = typer.Option(Engine.local, help="local: decoding processes beside the model on this machine; "
                                                      "ray: Ray Data on a cluster (RAY_ADDRESS, or a local one)."),
-    workers: int = typer.Option(2, min=1, help="local: decoding processes; ray: inference actors (one model each, "
-                                               "one GPU each where the cluster has GPUs)."),
+    workers: str = typer.Option("auto", help="local: decoding processes (auto: with a GPU every free core but one, "
+                                             "on the CPU one); ray: inference actors (one model each, one GPU each "
+                                             "where the cluster has GPUs; auto: 2)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Score again the series that failed last time "
                                                                     "(finished ones are always skipped)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the results folder afresh."),
     weights: Optional[Path] = typer.Option(None, help=DEFAULT_WEIGHTS_HELP),
     device: Device = typer.Option(Device.auto, help="auto picks CUDA when present."),
-    precision: Precision = typer.Option(Precision.auto, help="auto: fp32 on CPU, bf16 autocast on CUDA."),
+    precision: Precision = typer.Option(Precision.auto, help=PRECISION_HELP),
     batch_size: int = typer.Option(8, min=1, help="Forward passes per model call, one per slice and sampling grid "
                                                   "(batches never span two series)."),
     runtime: Runtime = typer.Option(Runtime.auto, help=RUNTIME_HELP),
@@ -71,6 +73,7 @@ def score_archive(
     from ..engine.archive import score_archive as run
     from ..api import ScorerSpec
     from ..engine.base import ArchiveOptions
+    from ..engine.local import decode_workers
     from ..readers import Limits
 
     require_paths(roots)
@@ -83,7 +86,8 @@ def score_archive(
         except ImportError:
             usage_error("--engine ray needs Ray: pip install 'clinreadnet[ray]'")
     try:
-        options = ArchiveOptions(engine=engine.value, workers=workers, input_range=input_range.value,
+        count = 2 if engine is Engine.ray and workers == "auto" else decode_workers(workers, device.value)
+        options = ArchiveOptions(engine=engine.value, workers=count, input_range=input_range.value,
                                  limits=Limits.from_pairs(limit or []), all_orientations=all_orientations,
                                  retry_failed=retry_failed, overwrite=overwrite, threshold=threshold,
                                  units_per_task=units_per_task, shard_records=shard_records)

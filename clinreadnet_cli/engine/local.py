@@ -26,6 +26,23 @@ END = None  # marks a unit's last batch in the event stream
 POLL_SECONDS = 1.0  # how often a silent queue makes us check that the workers are alive
 
 
+def decode_workers(choice: str, device: str) -> int:
+    """The number of decoding processes ``--workers`` asks for: a count, or ``auto``.
+
+    auto: with a GPU (``device`` cuda, or auto on a machine with an NVIDIA driver), every free core
+    but the one that feeds the GPU, since the model no longer uses them; on the CPU one, since the
+    model takes every core and a slice's decoding costs a few percent of its forward.
+    Raises ValueError for anything else."""
+    if choice != "auto":
+        if not choice.isdigit() or int(choice) < 1:
+            raise ValueError(f"--workers takes a count >= 1 or auto, not {choice!r}")
+        return int(choice)
+    gpu = device == "cuda" or (device == "auto" and os.path.exists("/proc/driver/nvidia/gpus")
+                                and any(os.scandir("/proc/driver/nvidia/gpus")))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores - 1) if gpu else 1
+
+
 def _worker(tasks, conn, settings: DecodeSettings, parent: int, inherited: list) -> None:
     # Forked with every pipe's receiving end: close them, so that when the main process dies our
     # sends fail (and we end) instead of filling a pipe nobody reads.

@@ -36,12 +36,11 @@ class _ScoreActor:
     """One model per actor; each call scores one decoded batch into record rows."""
 
     def __init__(self, spec: ScorerSpec):
-        if spec.threads is None:  # Ray sets OMP_NUM_THREADS to the actor's CPUs; torch follows it
+        if spec.threads is None:  # Ray sets OMP_NUM_THREADS to the actor's CPUs: the model's threads
+            import dataclasses
             import os
 
-            import torch
-
-            torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+            spec = dataclasses.replace(spec, threads=max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self.scorer = spec.build()
 
     def __call__(self, rows: dict):

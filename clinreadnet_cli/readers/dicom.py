@@ -275,7 +275,12 @@ def load_hu(path: Path, ds: Dataset, frame: int | None) -> np.ndarray:
         raise InputError(path, f"cannot decode pixel data ({type(exc).__name__}: {exc})") from None
     if stored.ndim != 2:
         raise InputError(path, f"decoded pixel data has shape {stored.shape}, not a 2-D slice")
-    return stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    hu = stored.astype(np.float32)
+    if slope != 1.0:  # x 1 and + 0 change no value: passes saved on the common slice
+        hu *= np.float32(slope)
+    if intercept != 0.0:
+        hu += np.float32(intercept)
+    return hu
 
 
 def pixel_spacing(ds: Dataset, frame: int | None) -> tuple[float, float] | None:
