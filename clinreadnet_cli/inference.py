@@ -7,8 +7,8 @@ section) when it is installed, else torch.
 Precision ``auto``: fp32 on the CPU. bf16 is 2-3x faster on CPUs with bf16 arithmetic (AMX,
 AVX512-BF16) but moves the default weights' scores by up to 0.012 (torch) and 0.019 (OpenVINO)
 on the sample data, past the 0.01 a runtime may move them (README, Speed), so it is asked for,
-not chosen. CUDA defaults to bf16 autocast and channels-last input. int8 (dynamic quantisation of the linear layers, CPU only) and
-``torch.compile`` are opt-in torch options.
+not chosen. CUDA defaults to bf16 autocast and channels-last input. int8 (dynamic quantisation of
+the linear layers, CPU only) and ``torch.compile`` are opt-in torch options.
 """
 
 from __future__ import annotations

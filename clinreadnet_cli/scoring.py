@@ -9,9 +9,9 @@ the engines can decode in other processes or on other machines; all of them call
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-import os
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -55,13 +55,18 @@ class SliceScore:
         return self.head_sd >= UNCERTAIN_HEAD_SD
 
 
+NVIDIA_GPUS = "/proc/driver/nvidia/gpus"  # Linux: one entry per GPU the NVIDIA driver sees
+
+
+def nvidia_gpus_listed() -> bool:
+    """Whether Linux's NVIDIA driver lists a GPU (read without importing torch)."""
+    return os.path.isdir(NVIDIA_GPUS) and bool(os.listdir(NVIDIA_GPUS))
+
+
 def gpu_driver_present() -> bool:
     """Whether this machine may have a CUDA device: not on Linux without an NVIDIA driver, which
     ``score`` can tell without importing torch."""
-    gpus = "/proc/driver/nvidia/gpus"
-    if os.path.exists("/proc/cpuinfo") and not (os.path.isdir(gpus) and os.listdir(gpus)):
-        return False
-    return True
+    return not os.path.exists("/proc/cpuinfo") or nvidia_gpus_listed()
 
 
 def resolve_device_type(name: str) -> str:

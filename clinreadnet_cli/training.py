@@ -285,19 +285,21 @@ def train(cfg: TrainConfig, resume: bool = False, on_event: Event | None = None,
             dist.destroy_process_group()
 
 
-def teacher_targets(cfg: TrainConfig, items: list[LabelledSlice], saved: Path | None, device: torch.device,
-                    emit: Event) -> torch.Tensor:
+def teacher_targets(cfg: TrainConfig, items: list[LabelledSlice], saved: Path, device: torch.device,
+                    emit: Event) -> tuple[torch.Tensor, dict | None]:
     """(N, heads, classes): the ``distil_from`` weights' per-head class probabilities for each item,
     read through all their sampling grids, unaugmented; from ``saved`` (a resumed run's, or one
     copied into a new run's folder) when it holds the same teacher's answers for the same items.
-    Each distinct image is scored once."""
+    Each distinct image is scored once. Also the metadata to save them with, None when read back."""
     weights = resolve_weights(cfg.distil_from)
+    metadata = {"format": TEACHER_FORMAT, "weights": str(cfg.distil_from), "keys": json.dumps([i.key for i in items]),
+                "sha256": weights_identity(weights)["weights_sha256"]}
     if saved.is_file():
         with safe_open(str(saved), framework="pt") as f:
-            meta = f.metadata() or {}
-            if (meta.get("format") == TEACHER_FORMAT and meta.get("sha256") == weights_identity(weights)["weights_sha256"]
-                    and json.loads(meta["keys"]) == [i.key for i in items]):
-                return f.get_tensor("head_probs")
+            stored = f.metadata() or {}
+            if all(stored.get(k) == metadata[k] for k in ("format", "sha256")) and \
+                    json.loads(stored.get("keys", "null")) == json.loads(metadata["keys"]):
+                return f.get_tensor("head_probs"), None
     teacher = load_model(weights).to(device).eval()
     distinct = list({(i.path, i.slice): i for i in items}.values())
     loader = DataLoader(SliceDataset(distinct, teacher.config, None, cfg.input_range), batch_size=cfg.batch_size,
@@ -309,12 +311,10 @@ def teacher_targets(cfg: TrainConfig, items: list[LabelledSlice], saved: Path | 
             probs.append(Prediction.from_logits(teacher(images.to(device))).head_probs.cpu())
     emit("teacher", {"weights": cfg.distil_from, "images": len(distinct), "seconds": time.perf_counter() - began})
     by_image = dict(zip(((i.path, i.slice) for i in distinct), torch.cat(probs)))
-    return torch.stack([by_image[(i.path, i.slice)] for i in items])
+    return torch.stack([by_image[(i.path, i.slice)] for i in items]), metadata
 
 
-def save_teacher(path: Path, head_probs: torch.Tensor, items: list[LabelledSlice], weights: str) -> None:
-    metadata = {"format": TEACHER_FORMAT, "weights": str(weights), "keys": json.dumps([i.key for i in items]),
-                "sha256": weights_identity(resolve_weights(weights))["weights_sha256"]}
+def save_teacher(path: Path, head_probs: torch.Tensor, metadata: dict) -> None:
     with atomic_path(path) as tmp:
         save_file({"head_probs": head_probs.contiguous()}, str(tmp), metadata=metadata)
 
@@ -368,9 +368,9 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, emit: Event, out: Pa
         copied, fresh = initialise_from(model, resolve_weights(cfg.init_weights))
         emit("init", {"weights": cfg.init_weights, "copied": copied, "fresh": fresh})
     model = model.to(device)
-    teacher = None
+    teacher, teacher_metadata = None, None
     if cfg.distil_from:
-        teacher = teacher_targets(cfg, train_items, out / "teacher.safetensors", device, emit)
+        teacher, teacher_metadata = teacher_targets(cfg, train_items, out / "teacher.safetensors", device, emit)
     loss_fn = (DistillationLoss() if teacher is not None else create_loss(model_cfg)).to(device)
     # Everything is ready: only now does the run folder get written.
     if rank == 0:
@@ -380,8 +380,8 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, emit: Event, out: Pa
                 (out / name).unlink()
         write_text_atomic(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
         write_text_atomic(split_path, json.dumps(split, indent=2) + "\n")
-        if teacher is not None:
-            save_teacher(out / "teacher.safetensors", teacher, train_items, cfg.distil_from)
+        if teacher_metadata is not None:  # computed afresh: kept for --resume
+            save_teacher(out / "teacher.safetensors", teacher, teacher_metadata)
         write_text_atomic(out.parent / LATEST, json.dumps({"run": str(out.resolve()),
                                                           "data": str(Path(cfg.data).resolve())}, indent=2) + "\n")
     # A training step reads one sampling grid, drawn at random; a student distilled from every grid

@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Sequence
 
 from ..readers import InputError
 from ..decoding import Batch, DecodeSettings
+from ..scoring import nvidia_gpus_listed
 from .base import Unit, decode_unit
 
 END = None  # marks a unit's last batch in the event stream
@@ -37,8 +38,7 @@ def decode_workers(choice: str, device: str) -> int:
         if not choice.isdigit() or int(choice) < 1:
             raise ValueError(f"--workers takes a count >= 1 or auto, not {choice!r}")
         return int(choice)
-    gpu = device == "cuda" or (device == "auto" and os.path.exists("/proc/driver/nvidia/gpus")
-                                and any(os.scandir("/proc/driver/nvidia/gpus")))
+    gpu = device == "cuda" or (device == "auto" and nvidia_gpus_listed())
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cores - 1) if gpu else 1
 
