@@ -36,7 +36,7 @@ class DecodeSettings:
 class PreparedSlice:
     """A decoded slice ready for the model, and where it comes from."""
 
-    path: Path
+    path: Path | str  # a file, or an instance's WADO-RS address
     series: str
     series_uid: str | None
     slice: int

@@ -36,7 +36,7 @@ from .archs import ClinReadNet, create_model
 from .archs.clinreadnet import Prediction
 from .atomic import atomic_path, write_text_atomic
 from .checkpoint import initialise_from, load_model, resolve_weights, save_weights, weights_identity
-from .config import DECIMATE_PATHS, ClinReadNetConfig, ConfigError, resolve_config
+from .config import DECIMATE_PATHS, DETAIL_PATHS, ClinReadNetConfig, ConfigError, resolve_config
 from .data import (DatasetError, LabelledSlice, SliceDataset, SourceRunSampler, check_readable, load_labelled,
                    split_train_val)
 from .losses import create_loss
@@ -47,6 +47,7 @@ from .scoring import resolve_device
 
 STATE_FORMAT = "clinreadnet-train-state/1"
 HRPS_TERMS = ("cross_entropy", "fine_rps", "coarse_rps", "entropy")
+TRAIN_ONLY = ("heads", "detail-channel")
 Event = Callable[[str, dict], None]
 
 
@@ -73,7 +74,10 @@ class TrainConfig:
     input_range: str = "auto"
     split_file: str | None = None  # another run's split.json: train and validate on the same images (a fair comparison)
     images_per_source: int = 1  # > 1: batches drawn in runs of this many images of one simulated source slice
-    head_only: bool = False  # train the four heads alone on the frozen features of --init-weights (a read-out refit)
+    # Train these parameters alone, the rest frozen as --init-weights has them: "heads" (a read-out refit on
+    # frozen features) or "detail-channel" (the detail channel's patch-embedding weights: a channel added to
+    # trained weights starts at zero and, trained with everything else, stays almost unused)
+    train_only: str | None = None
     # Train toward these weights' class distributions (read through all their sampling grids) instead
     # of the labels, which then only pick the epoch on validation (losses/distillation.py)
     distil_from: str | None = None
@@ -88,8 +92,13 @@ class TrainConfig:
             raise ConfigError("epochs and batch_size must be >= 1, lr > 0, val_fraction in [0, 1)")
         if self.images_per_source < 1:
             raise ConfigError(f"images_per_source must be >= 1, got {self.images_per_source}")
-        if self.head_only and not (self.init_weights or self.backbone_checkpoint):
-            raise ConfigError("head_only trains the heads on frozen features: it needs --init-weights (or "
+        if self.train_only is not None and self.train_only not in TRAIN_ONLY:
+            raise ConfigError(f"train_only {self.train_only!r}: choose from {', '.join(TRAIN_ONLY)}")
+        if self.train_only == "detail-channel" and self.model_config().input_path not in DETAIL_PATHS:
+            raise ConfigError("train_only detail-channel needs a model whose input path has a detail channel "
+                              f"({', '.join(sorted(DETAIL_PATHS))})")
+        if self.train_only and not (self.init_weights or self.backbone_checkpoint):
+            raise ConfigError(f"train_only {self.train_only} freezes the rest: it needs --init-weights (or "
                               "--backbone-checkpoint) to take them from")
 
     @classmethod
@@ -267,6 +276,18 @@ TEACHER_FORMAT = "clinreadnet-teacher/1"
 LATEST = "latest.json"  # beside the run folders: {"run": ..., "data": ...} of the newest run
 
 
+def freeze_all_but(model: ClinReadNet, train_only: str) -> None:
+    """Leave only the ``train_only`` parameters trainable (TrainConfig.train_only)."""
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(train_only == "heads" and name.startswith("head."))
+    if train_only == "detail-channel":
+        weight = model.backbone.patch_embed.proj.weight  # (out, in_chans x grids, k, k), the image channel first
+        detail = (torch.arange(weight.shape[1], device=weight.device) % model.config.in_chans != 0)
+        mask = detail.to(weight.dtype)[None, :, None, None]
+        weight.requires_grad_(True)
+        weight.register_hook(lambda grad: grad * mask)  # the image channel's slice of the same tensor stays put
+
+
 def train(cfg: TrainConfig, resume: bool = False, on_event: Event | None = None, overwrite: bool = False) -> RunResult:
     """Train as ``cfg`` says; with ``resume`` continue the run in ``cfg.out`` from its last epoch.
 
@@ -407,9 +428,8 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, emit: Event, out: Pa
                         persistent_workers=False)
     val_loader = DataLoader(SliceDataset(val_items, model_cfg, None, cfg.input_range), batch_size=cfg.batch_size,
                             num_workers=cfg.workers)
-    if cfg.head_only:
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(name.startswith("head."))
+    if cfg.train_only:
+        freeze_all_but(model, cfg.train_only)
     optimizer = torch.optim.NAdam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=1, eta_min=0.0)
     start, best = 0, float("-inf")
@@ -438,9 +458,9 @@ def _epochs(cfg: TrainConfig, model, loss_fn, loader, val_loader, sampler, optim
     for epoch in range(start, cfg.epochs):
         sampler.set_epoch(epoch)
         net.train()
-        if cfg.head_only:  # the frozen features as scoring reads them: no drop-path, no dropout
-            for name, module in model.named_children():
-                module.train(name == "head")
+        if cfg.train_only:  # the frozen layers as scoring reads them: no drop-path, no dropout
+            model.eval()
+            model.head.train(cfg.train_only == "heads")
         began, total, count = time.perf_counter(), 0.0, 0
         for step, (images, labels) in enumerate(loader):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)

@@ -202,14 +202,33 @@ def test_head_only_refits_the_heads_and_leaves_every_other_tensor_as_it_was(ldct
     common = ["--data", ldct / "train", "--config", ldct / "tiny.toml", "--epochs", 1]
     assert train(*common, "--out", tmp_path / "first").exit_code == 0
     first = tmp_path / "first" / "best.safetensors"
-    result = train(*common, "--out", tmp_path / "refit", "--init-weights", first, "--head-only", "--lr", 1e-2)
+    result = train(*common, "--out", tmp_path / "refit", "--init-weights", first, "--train-only", "heads",
+                   "--lr", 1e-2)
     assert result.exit_code == 0, result.stderr
     before, after = _tensors(first), _tensors(tmp_path / "refit" / "best.safetensors")
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("head."))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("head."))
-    refused = train(*common, "--out", tmp_path / "nothing", "--head-only")
+    refused = train(*common, "--out", tmp_path / "nothing", "--train-only", "heads")
     assert refused.exit_code == 2 and "needs --init-weights" in refused.stderr
+
+
+def test_detail_channel_alone_trains_only_the_new_channels_patch_weights(ldct, tmp_path):
+    common = ["--data", ldct / "train", "--config", ldct / "tiny.toml", "--epochs", 1]
+    assert train(*common, "--out", tmp_path / "first").exit_code == 0
+    first = _tensors(tmp_path / "first" / "best.safetensors")
+    result = train(*common, "--out", tmp_path / "detail", "--input-path", "decimate-detail", "--init-weights",
+                   tmp_path / "first" / "best.safetensors", "--train-only", "detail-channel", "--lr", 1e-2)
+    assert result.exit_code == 0, result.stderr
+    after = _tensors(tmp_path / "detail" / "best.safetensors")
+    conv = "backbone.patch_embed.proj.weight"
+    assert after[conv].shape[1] == 2
+    assert torch.equal(after[conv][:, :1], first[conv])  # the image channel as it was
+    assert after[conv][:, 1].abs().sum() > 0  # the detail channel, zero at the start, learnt
+    assert all(torch.equal(first[k], after[k]) for k in first if k != conv)
+    refused = train(*common, "--out", tmp_path / "one-channel", "--init-weights",
+                    tmp_path / "first" / "best.safetensors", "--train-only", "detail-channel")
+    assert refused.exit_code == 2 and "detail channel" in refused.stderr
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(ldct, tmp_path):

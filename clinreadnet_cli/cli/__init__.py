@@ -11,7 +11,7 @@ import warnings
 import typer
 
 from ..version import __version__
-from . import configs, evaluate, report, score, score_archive, simulate, train  # noqa: F401  (each registers its command)
+from . import configs, evaluate, listen, report, score, score_archive, simulate, train  # noqa: F401  (each registers its command)
 from .app import app
 
 __all__ = ["app", "main"]

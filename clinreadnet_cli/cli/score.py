@@ -40,7 +40,11 @@ GRADE_STYLE = {"bad": "bold red", "poor": "red", "fair": "yellow", "good": "gree
 
 @app.command()
 def score(
-    paths: list[Path] = typer.Argument(..., help="DICOM / NIfTI / MHA / NRRD / TIFF files or folders (searched recursively)."),
+    paths: list[str] = typer.Argument(
+        ..., help="DICOM / NIfTI / MHA / NRRD / TIFF files or folders (searched recursively), or a DICOMweb "
+                  "service, dicomweb+http(s)://HOST:PORT/PREFIX, with --study."),
+    study: Optional[str] = typer.Option(None, help="DICOMweb: the StudyInstanceUID to score (its CT series)."),
+    series: Optional[str] = typer.Option(None, help="DICOMweb: only this SeriesInstanceUID of --study."),
     weights: Optional[Path] = typer.Option(None, help=DEFAULT_WEIGHTS_HELP),
     device: Device = typer.Option(Device.auto, help="auto picks CUDA when present."),
     batch_size: int = typer.Option(8, min=1, help="Forward passes per model call (a slice takes one per sampling "
@@ -64,6 +68,11 @@ def score(
         None, help="Quality gate: exit 3 if any slice scores below this (after writing every record)."),
     fail_below_mean: Optional[float] = typer.Option(
         None, help="Quality gate: exit 3 if any series' mean score is below this."),
+    sr: Optional[Path] = typer.Option(
+        None, help="Also write one DICOM Structured Report per scored DICOM series into this folder "
+                   "(<SeriesInstanceUID>.sr.dcm: TID 1500, each slice's score referencing its image)."),
+    store_sr: bool = typer.Option(False, "--store-sr", help="Store each SR back in the DICOMweb source its "
+                                                            "series came from (STOW-RS); needs --sr."),
     summary: Optional[Path] = typer.Option(
         None, help="Also write one row per series and per study (slices, mean, min, 10th percentile, slices below "
                    "--threshold, worst slice) to FILE: JSON, or CSV by the suffix."),
@@ -84,7 +93,9 @@ def score(
     from ..checkpoint import resolve_weights, scoring_config
     from ..config import slices_per_batch
     from ..decoding import DecodeSettings
-    from ..engine.base import plan_units
+    from ..dicomnet.sr import UnitReports
+    from ..dicomnet.dicomweb import SeriesQuery, is_dicomweb
+    from ..engine.base import plan_inputs
     from ..engine.local import DecodePool, decode_workers, in_unit_order, score_events
     from ..readers import InputError, Limits
     from ..summary import SummaryCollector
@@ -95,7 +106,17 @@ def score(
         usage_error(str(exc))
     if output is not None and (problem := output_problem(output)):
         usage_error(f"--output: {problem}")
-    require_paths(paths)
+    require_paths([Path(p) for p in paths if not is_dicomweb(p)])
+    if (study or series) and not any(is_dicomweb(p) for p in paths):
+        usage_error("--study and --series choose what to score from a DICOMweb source (dicomweb+http://...)")
+    if any(is_dicomweb(p) for p in paths) and not study:
+        usage_error("a DICOMweb source needs --study UID (the study to score; score-archive queries a whole "
+                    "archive)")
+    if store_sr and (sr is None or not any(is_dicomweb(p) for p in paths)):
+        usage_error("--store-sr sends the reports of --sr back to a DICOMweb source (dicomweb+http://...); "
+                    "give both")
+    if sr is not None and sr.exists() and not sr.is_dir():
+        usage_error(f"--sr {sr}: not a folder")
     weights_path = resolve_weights(weights)
     if not weights_path.is_file():
         usage_error(f"no weights at {weights_path}; pass --weights FILE (a clinreadnet .safetensors file)")
@@ -108,14 +129,17 @@ def score(
     except ValueError as exc:  # WeightsError and ConfigError among them
         usage_error(str(exc))
 
-    plan = plan_units(paths, all_orientations)
-    print_messages(plan.notes)
-    if not plan.units:
+    try:
+        plan = plan_inputs(paths, all_orientations, SeriesQuery(study, series))
+    except ValueError as exc:
+        usage_error(str(exc))
+    print_messages(plan.notes, errors=plan.errors)
+    if not plan.units and not plan.errors:
         usage_error("nothing to score: no files found in " + ", ".join(map(str, paths)))
 
     summaries = SummaryCollector(threshold)
     scores: list = []  # kept for the table only; records stream out as they come
-    failures, scored = 0, 0
+    failures, scored = len(plan.errors), 0
     try:
         with contextlib.ExitStack() as stack:
             pool = stack.enter_context(DecodePool(settings, workers_count))
@@ -127,12 +151,15 @@ def score(
             if fmt is not OutputFormat.table:
                 stream = sys.stdout if output is None else stack.enter_context(streaming_output(output))
                 writer = records.RecordWriter(stream, fmt.value)
+                for error in plan.errors:
+                    writer.write(records.to_record(error))
             progress = stack.enter_context(Progress(*Progress.get_default_columns()[:1], TextColumn("{task.completed} slices"),
                                                     console=stderr, transient=True, disable=not stderr.is_terminal))
             task = progress.add_task("scoring", total=None)
+            reports = UnitReports(plan.units, sr, threshold, store_sr) if sr is not None else None
             events = score_events(decoded, scorer, on_warning=lambda text: print_messages(warnings=[text]))
             try:
-                for _, items in in_unit_order(events):
+                for index, items in in_unit_order(events):
                     for item in items:
                         if isinstance(item, InputError):
                             failures += 1
@@ -146,6 +173,10 @@ def score(
                                 scores.append(record)
                         if writer is not None:
                             writer.write(record)
+                        if reports is not None:
+                            failures += _report_errors(reports.add(index, record))
+                if reports is not None:
+                    failures += _report_errors(reports.finish())
             finally:  # also on Ctrl-C: a JSON array is closed over the records written so far
                 if writer is not None:
                     writer.close()
@@ -157,6 +188,9 @@ def score(
         kept = f"; the records so far are in {exc.partial_path}" if hasattr(exc, "partial_path") else ""
         stderr.print(f"interrupted after {scored} slice(s){escape(kept)}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    if reports is not None and reports.written:
+        sent = " and stored them in the DICOMweb source" if store_sr else ""
+        stderr.print(f"wrote {len(reports.written)} Structured Report(s) to {escape(str(sr))}{sent}")
     if fmt is OutputFormat.table:
         _print_tables(scores, summaries)
     elif output is not None:
@@ -180,6 +214,11 @@ def _load_scorer(weights_path, device, precision, int8, compile_model, batch_siz
                           sampling_grids, runtime.value).build()
     except ValueError as exc:  # WeightsError and ConfigError among them
         usage_error(str(exc))
+
+
+def _report_errors(errors: list[str]) -> int:
+    print_messages(errors=errors)
+    return len(errors)
 
 
 def write_summary(path: Path, summaries) -> None:

@@ -37,7 +37,11 @@ class Engine(str, Enum):
 
 @app.command("score-archive")
 def score_archive(
-    roots: list[Path] = typer.Argument(..., help="Archive folders (or files), searched recursively."),
+    roots: list[str] = typer.Argument(..., help="Archive folders (or files), searched recursively, or a DICOMweb "
+                                                "service, dicomweb+http(s)://HOST:PORT/PREFIX, queried by QIDO-RS."),
+    modality: str = typer.Option("CT", help="DICOMweb: the modality of the series to score."),
+    since: Optional[str] = typer.Option(None, help="DICOMweb: only studies of this date or later (YYYY-MM-DD)."),
+    study: Optional[str] = typer.Option(None, help="DICOMweb: only this StudyInstanceUID."),
     out: Path = typer.Option(..., "--out", "-o", help="Results folder: records/*.parquet, series.parquet, "
                                                       "manifest.jsonl, run.json. A rerun resumes it."),
     engine: Engine = typer.Option(Engine.local, help="local: decoding processes beside the model on this machine; "
@@ -76,7 +80,15 @@ def score_archive(
     from ..engine.local import decode_workers
     from ..readers import Limits
 
-    require_paths(roots)
+    from ..dicomnet.dicomweb import SeriesQuery, is_dicomweb
+
+    require_paths([Path(r) for r in roots if not is_dicomweb(r)])
+    remote = any(is_dicomweb(r) for r in roots)
+    if not remote and (study or since or modality != "CT"):
+        usage_error("--study, --since and --modality query a DICOMweb source (dicomweb+http://...)")
+    if remote and engine is Engine.ray:
+        usage_error("--engine ray reads an archive on a file system the cluster shares; score a DICOMweb source "
+                    "with --engine local")
     weights_path = resolve_weights(weights)
     if not weights_path.is_file():
         usage_error(f"no weights at {weights_path}; pass --weights FILE (a clinreadnet .safetensors file)")
@@ -93,10 +105,11 @@ def score_archive(
                                  units_per_task=units_per_task, shard_records=shard_records)
         spec = ScorerSpec(weights_path, device.value, precision.value, threads, batch_size,
                           sampling_grids=sampling_grids, runtime=runtime.value)
-        plan, store, todo = plan_archive(roots, out, spec, options)
+        query = SeriesQuery(study, modality=modality.upper(), since=since and since.replace("-", ""))
+        plan, store, todo = plan_archive(roots, out, spec, options, query)
     except ValueError as exc:  # ArchiveError, WeightsError, ConfigError
         usage_error(str(exc))
-    print_messages(plan.notes)
+    print_messages(plan.notes, errors=plan.errors)
     stderr.print(f"{len(plan.units)} series planned, {len(plan.units) - len(todo)} already finished in "
                  f"{escape(str(out))}, {len(todo)} to score ({options.engine} engine)")
 
@@ -127,4 +140,4 @@ def score_archive(
                  f"{escape(str(out / 'series.parquet'))}")
     if failed:
         stderr.print(f"[bold red]{failed} series failed[/] (error records in the records); --retry-failed tries them again")
-    raise typer.Exit(EXIT_PARTIAL if failed else EXIT_OK)
+    raise typer.Exit(EXIT_PARTIAL if failed or plan.errors else EXIT_OK)

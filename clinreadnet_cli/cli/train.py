@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -13,6 +14,11 @@ from rich.progress import MofNCompleteColumn, Progress, TextColumn
 
 from ..config import input_overrides
 from .app import DEFAULT_WEIGHTS_NAME, Device, app, print_messages, stderr, usage_error
+
+
+class TrainOnly(str, Enum):  # training.TRAIN_ONLY
+    heads = "heads"
+    detail_channel = "detail-channel"
 
 
 @app.command()
@@ -55,9 +61,10 @@ def train(
                                                           f"({DEFAULT_WEIGHTS_NAME}); tensors that fit are copied. Default: none."),
     split_file: Optional[Path] = typer.Option(None, help="Train and validate on the images of another run's split.json "
                                                          "(to compare runs on the same patients). Default: a new split."),
-    head_only: Optional[bool] = typer.Option(None, "--head-only/--all-layers",
-                                             help="Train the four heads alone on the frozen features of "
-                                                  "--init-weights (a read-out refit). Default: every layer."),
+    train_only: Optional[TrainOnly] = typer.Option(None, help="Train these alone, the rest frozen as --init-weights "
+                                                           "has it: the four heads (a read-out refit) or the "
+                                                           "detail channel's patch-embedding weights. Default: "
+                                                           "every layer."),
     distil_from: Optional[str] = typer.Option(None, help="Distil: train toward these weights' class distributions "
                                                          "(read through all their sampling grids) instead of the "
                                                          "labels, which then only pick the epoch. Default: labels."),
@@ -79,7 +86,7 @@ def train(
         "img_size": img_size, "val_fraction": val_fraction, "seed": seed, "device": device and device.value,
         "workers": workers, "amp": amp, "augment": augment, "loss_off": loss_off,
         "backbone_checkpoint": backbone_checkpoint, "init_weights": init_weights, "half_weights": half_weights,
-        "split_file": split_file, "head_only": head_only, "distil_from": distil_from,
+        "split_file": split_file, "train_only": train_only and train_only.value, "distil_from": distil_from,
     }
     options: dict = {}
     try:

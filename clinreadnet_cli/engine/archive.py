@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..checkpoint import read_config, weights_identity
 from ..decoding import DecodeSettings
-from .base import ArchiveOptions, ArchiveStore, Plan, Unit, plan_units, unit_entry
+from ..dicomnet.dicomweb import SeriesQuery
+from .base import ArchiveOptions, ArchiveStore, Plan, Unit, plan_inputs, unit_entry
 from .local import END, DecodePool, score_events
 
 if TYPE_CHECKING:  # the model side is imported only after the decoding processes have forked
@@ -47,11 +48,11 @@ def run_info(spec: ScorerSpec, options: ArchiveOptions) -> dict:
             "sampling_grids": spec.config().sampling_grids}
 
 
-def plan_archive(roots: Iterable[str | Path], out: str | Path, spec: ScorerSpec,
-                 options: ArchiveOptions) -> tuple[Plan, ArchiveStore, list[Unit]]:
-    """The plan, the opened results folder and the units still to score. Raises ArchiveError,
-    WeightsError."""
-    plan = plan_units(roots, options.all_orientations)
+def plan_archive(roots: Iterable[str | Path], out: str | Path, spec: ScorerSpec, options: ArchiveOptions,
+                 query: SeriesQuery | None = None) -> tuple[Plan, ArchiveStore, list[Unit]]:
+    """The plan (``query``: what to take from DICOMweb roots), the opened results folder and the
+    units still to score. Raises ArchiveError, WeightsError, ValueError."""
+    plan = plan_inputs(roots, options.all_orientations, query)
     # a folder written before records named their grids was read through the weights' own
     store = ArchiveStore(out, run_info(spec, options), overwrite=options.overwrite,
                          assumed={"sampling_grids": read_config(spec.weights).sampling_grids})
@@ -85,12 +86,15 @@ def score_archive(plan: Plan, store: ArchiveStore, todo: list[Unit], spec: Score
 
 
 def run_local(todo: list[Unit], settings: DecodeSettings, spec: ScorerSpec, store: ArchiveStore,
-              options: ArchiveOptions, on_unit: Callable[[dict], None], on_warning: Callable[[str], None]) -> None:
+              options: ArchiveOptions, on_unit: Callable[[dict], None], on_warning: Callable[[str], None],
+              scorer=None, on_records: Callable[[Unit, list[dict]], None] = lambda unit, records: None) -> None:
     """Decoding processes started first (before torch), the model in this process, shards committed
-    every ``options.shard_records`` records or SHARD_SECONDS."""
+    every ``options.shard_records`` records or SHARD_SECONDS. ``scorer``: one already built (a
+    long-running node scores every series with one model); ``on_records`` hears each finished
+    unit's records."""
     with DecodePool(settings, options.workers) as pool:
         decoded = pool.events(todo)  # the workers start reading now, while the model loads
-        scorer = spec.build()  # torch is imported here, after the workers have forked without it
+        scorer = scorer or spec.build()  # torch is imported here, after the workers have forked without it
         from ..records import to_record
 
         records: dict[int, list[dict]] = defaultdict(list)
@@ -103,6 +107,7 @@ def run_local(todo: list[Unit], settings: DecodeSettings, spec: ScorerSpec, stor
             started.setdefault(tag, time.perf_counter())
             if items is END:
                 entry = unit_entry(unit, records[tag], time.perf_counter() - started.pop(tag), options.threshold)
+                on_records(unit, records[tag])
                 shard += records.pop(tag)
                 entries.append(entry)
                 on_unit(entry)

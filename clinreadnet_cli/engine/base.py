@@ -24,7 +24,9 @@ from typing import Iterable, Iterator
 
 from ..atomic import atomic_path, write_text_atomic
 from ..decoding import Batch, DecodeSettings, series_batches
-from ..readers import DEFAULT_LIMITS, Discovery, Limits, discover, file_suffix, walk_files
+from ..dicomnet.dicomweb import (DicomWebError, DicomWebServer, RemoteSeries, SeriesQuery, find_series, is_dicomweb,
+                                remote_batches)
+from ..readers import DEFAULT_LIMITS, Discovery, InputError, Limits, discover, file_suffix, walk_files
 from ..readers.dicom import read_header, skip_reason
 from ..readers.tiff import TIFF_SUFFIXES
 from ..readers.volume import VOLUME_SUFFIXES
@@ -37,7 +39,8 @@ class Unit:
     """One series to score, resumed or retried as a whole."""
 
     key: str  # "series:<SeriesInstanceUID>" or "file:<path>": stable across runs over the same archive
-    paths: tuple[str, ...]
+    paths: tuple[str, ...]  # a DICOMweb series: its WADO-RS address
+    remote: RemoteSeries | None = None  # a series of a DICOMweb source, fetched where it is decoded
 
     @property
     def id(self) -> str:
@@ -48,6 +51,27 @@ class Unit:
 class Plan:
     units: list[Unit]
     notes: list[str]  # inputs skipped on purpose (reports, localizers, other modalities, ...)
+    errors: list[InputError] = field(default_factory=list)  # sources that could not be listed
+
+
+def plan_inputs(inputs: Iterable[str | Path], all_orientations: bool = False,
+                query: SeriesQuery | None = None) -> Plan:
+    """Files and folders as ``plan_units`` plans them, and DICOMweb sources (``dicomweb+http://...``):
+    the series ``query`` finds there (default: every CT series), each a unit. A source that cannot
+    be listed is an error of its own; a malformed source, or a study it does not hold, raises
+    ValueError."""
+    sources = [str(i) for i in inputs if is_dicomweb(str(i))]
+    plan = plan_units([i for i in inputs if not is_dicomweb(str(i))], all_orientations)
+    for locator in sources:
+        server = DicomWebServer.from_locator(locator)
+        try:
+            found, notes = find_series(server, query or SeriesQuery())
+        except DicomWebError as exc:
+            plan.errors.append(InputError(server.url, str(exc)))
+            continue
+        plan.units += [Unit(f"series:{remote.series_uid}", (remote.url,), remote) for remote in found]
+        plan.notes += notes
+    return plan
 
 
 def plan_units(paths: Iterable[str | Path], all_orientations: bool = False) -> Plan:
@@ -89,6 +113,9 @@ def _series_uid(path: Path, all_orientations: bool, notes: list[str]) -> str | N
 
 def decode_unit(unit: Unit, settings: DecodeSettings) -> Iterator[Batch]:
     """Read a unit's files (headers checked as ``score`` checks them) and yield its batches."""
+    if unit.remote is not None:
+        yield from remote_batches(unit.remote, settings)
+        return
     found = discover(unit.paths, settings.input_range, settings.limits, settings.all_orientations)
     yield from series_batches(found.series, settings.cfg, settings.batch_size, found.errors, found.warnings)
 

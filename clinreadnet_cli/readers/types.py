@@ -17,7 +17,7 @@ class InputError(Exception):
 
     def __init__(self, path: Path | str, reason: str, slice: int | None = None):
         super().__init__(reason)
-        self.path = Path(path)
+        self.path = path if isinstance(path, str) and "://" in path else Path(path)  # a URL stays whole
         self.reason = reason
         self.slice = slice
 

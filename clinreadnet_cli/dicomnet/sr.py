@@ -1,0 +1,211 @@
+"""One DICOM Structured Report per scored series (``highdicom``): a Comprehensive 3D SR holding a TID
+1500 Measurement Report, which a PACS files under the source study and its viewers list beside the
+images.
+
+Content (the codes are explained in docs/dicom-network.md):
+- one measurement group (TID 1501) per scored slice, referencing its image by SOP Instance UID:
+  the score as DCM 111029 "Image Quality Rating" (0 bad ... 4 excellent, unit ``{score}``), the
+  grade as a qualitative evaluation in the private scheme 99CLINREADNET (DICOM's image-quality
+  codes have no "fair" or "bad"), and the noise figure in HU where it was measured;
+- one group for the series, referencing every scored image: DCM 111694 "Image Set Quality
+  Rating" as the mean and as the minimum of the slices' scores (SCT derivations), the number of
+  slices and of slices below the threshold;
+- the weights' name and SHA-256 as the algorithm identification of every group.
+
+Patient and study attributes are copied from the source images (highdicom reads them from the
+evidence), so the report joins the study it describes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from ..atomic import atomic_path
+from ..version import __version__
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
+    from .dicomweb import RemoteSeries
+
+SCHEME = "99CLINREADNET"  # private coding scheme of the concepts DICOM has no code for
+SERIES_NUMBER = 9901  # where the reports sort in a viewer's series list: after the images
+SR_SUFFIX = ".sr.dcm"
+GRADES = ("bad", "poor", "fair", "good", "excellent")
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _codes():
+    """The concepts, built once pydicom is imported (the module itself imports no DICOM library)."""
+    from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
+
+    return {
+        "title": codes.DCM.ImagingMeasurementReport,
+        "procedure": codes.SCT.ComputedTomography,
+        "slice_score": Code("111029", "DCM", "Image Quality Rating"),
+        "series_score": Code("111694", "DCM", "Image Set Quality Rating"),
+        "grade": Code("grade", SCHEME, "Image quality grade (0-4 scale)"),
+        "grades": {g: Code(g, SCHEME, g.capitalize()) for g in GRADES},
+        "noise": Code("noise-hu", SCHEME, "Noise, standard deviation in uniform tissue"),
+        "slices": Code("slices", SCHEME, "Slices scored"),
+        "below": Code("slices-below", SCHEME, "Slices scoring below the threshold"),
+        "mean": codes.SCT.Mean,
+        "minimum": codes.SCT.Minimum,
+        "score_unit": Code("{score}", "UCUM", "score"),
+        "count_unit": Code("{slices}", "UCUM", "slices"),
+        "hu": codes.UCUM.HounsfieldUnit,
+    }
+
+
+def source_headers(records: list[dict], remote: "RemoteSeries | None") -> dict[str, "Dataset"]:
+    """The scored images' headers by SOP Instance UID (no pixel data): read from the files, or, for
+    a DICOMweb series, from its WADO-RS metadata (the instances themselves are not fetched again)."""
+    from pydicom import Dataset
+
+    from ..readers.dicom import read_header
+
+    if remote is not None:
+        from .dicomweb import fetch_metadata
+
+        headers = [Dataset.from_json(item) for item in fetch_metadata(remote)]
+    else:
+        headers = [read_header(Path(path)) for path in dict.fromkeys(r["path"] for r in records)]
+    return {str(h.SOPInstanceUID): h for h in headers if "SOPInstanceUID" in h}
+
+
+def series_report(records: list[dict], headers: dict[str, "Dataset"], threshold: float) -> "Dataset":
+    """The SR of one series' scored records (records of one SeriesInstanceUID, with ``sop_uid``).
+    Raises ValueError when a record's image has no header (nothing to reference)."""
+    import highdicom as hd
+    from pydicom.uid import generate_uid
+
+    code = _codes()
+    missing = [r["sop_uid"] for r in records if r.get("sop_uid") not in headers]
+    if missing:
+        raise ValueError(f"no DICOM header for {len(missing)} scored image(s), e.g. SOP Instance UID {missing[0]}")
+    first = records[0]
+    algorithm = hd.sr.AlgorithmIdentification(name="clinreadnet", version=__version__,
+                                              parameters=[f"weights={first['weights']}",
+                                                          f"weights_sha256={first['weights_sha256']}"])
+
+    def image(record: dict):
+        header = headers[record["sop_uid"]]
+        return hd.sr.SourceImageForMeasurementGroup(str(header.SOPClassUID), str(header.SOPInstanceUID))
+
+    def group(name: str, images, measurements, evaluations=None):
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=name),
+            algorithm_id=algorithm, measurements=measurements, qualitative_evaluations=evaluations,
+            source_images=images)
+
+    groups = []
+    for record in records:
+        measurements = [hd.sr.Measurement(code["slice_score"], float(record["score"]), code["score_unit"])]
+        if record.get("noise_hu") is not None:
+            measurements.append(hd.sr.Measurement(code["noise"], float(record["noise_hu"]), code["hu"]))
+        grade = hd.sr.QualitativeEvaluation(code["grade"], code["grades"][record["grade"]])
+        groups.append(group(f"slice {record['slice']}", [image(record)], measurements, [grade]))
+    scores = [float(r["score"]) for r in records]
+    groups.append(group("series", [image(r) for r in records], [
+        hd.sr.Measurement(code["series_score"], sum(scores) / len(scores), code["score_unit"],
+                          derivation=code["mean"]),
+        hd.sr.Measurement(code["series_score"], min(scores), code["score_unit"], derivation=code["minimum"]),
+        hd.sr.Measurement(code["slices"], float(len(scores)), code["count_unit"]),
+        hd.sr.Measurement(code["below"], float(sum(s < threshold for s in scores)), code["count_unit"],
+                          method=hd.sr.CodedConcept(f"below-{threshold:g}", SCHEME, f"Score below {threshold:g}")),
+    ]))
+    device = hd.sr.DeviceObserverIdentifyingAttributes(uid=generate_uid(entropy_srcs=["clinreadnet", __version__]),
+                                                       name="clinreadnet",
+                                                       manufacturer_name="clinreadnet",
+                                                       model_name=f"clinreadnet {__version__}")
+    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
+        observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"), observer_identifying_attributes=device))
+    report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=code["procedure"],
+                                     imaging_measurements=groups, title=code["title"])
+    evidence = [_with_empty_type2(headers[r["sop_uid"]]) for r in records]
+    # The same images scored by the same weights make the same report UIDs: sent again, it replaces
+    # (or is refused as a copy of) the first, instead of piling up beside it in the PACS
+    identity = [first["weights_sha256"], str(first.get("sampling_grids")), *sorted(r["sop_uid"] for r in records)]
+    with warnings.catch_warnings():  # the source's patient name is copied as it is, one component or not
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        sr = hd.sr.Comprehensive3DSR(evidence=evidence, content=report,
+                                     series_instance_uid=generate_uid(entropy_srcs=[*identity, "series"]),
+                                     series_number=SERIES_NUMBER,
+                                     sop_instance_uid=generate_uid(entropy_srcs=[*identity, "instance"]),
+                                     instance_number=1, manufacturer="clinreadnet", is_complete=True,
+                                     is_final=False)
+    sr.SeriesDescription = "clinreadnet image quality"
+    return sr
+
+
+def _with_empty_type2(header: "Dataset") -> "Dataset":
+    """The header with the patient and study attributes an SR copies present, empty where the source
+    leaves them out (they are type 2: required, but may be empty)."""
+    missing = [keyword for keyword in TYPE2_COPIED if keyword not in header]
+    if not missing:
+        return header
+    from copy import deepcopy
+
+    filled = deepcopy(header)
+    for keyword in missing:
+        setattr(filled, keyword, "")
+    return filled
+
+
+def series_records(records: Iterable[dict]) -> dict[str, list[dict]]:
+    """Scored DICOM records grouped by SeriesInstanceUID (other records have nothing to reference)."""
+    grouped: dict[str, list[dict]] = {}
+    for record in records:
+        if record.get("score") is not None and record.get("series_uid") and record.get("sop_uid"):
+            grouped.setdefault(record["series_uid"], []).append(record)
+    return grouped
+
+
+def write_report(sr: "Dataset", folder: Path) -> Path:
+    """``folder/<source SeriesInstanceUID>.sr.dcm``, written whole then renamed."""
+    source_series = str(sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].SeriesInstanceUID)
+    path = Path(folder) / f"{source_series}{SR_SUFFIX}"
+    with atomic_path(path) as tmp:
+        sr.save_as(tmp, enforce_file_format=True)
+    return path
+
+
+class UnitReports:
+    """The SRs of a stream of records that arrive unit by unit, in unit order (``in_unit_order``): a
+    unit's series are reported once the next unit's first record comes, or at ``finish``. Each
+    report goes to ``folder`` and, with ``send``, back to the DICOMweb source of its series."""
+
+    def __init__(self, units: list, folder: Path, threshold: float, send: bool = False):
+        self.units, self.folder, self.threshold, self.send = units, Path(folder), threshold, send
+        self.current: int | None = None
+        self.records: list[dict] = []
+        self.written: list[Path] = []
+
+    def add(self, unit_index: int, record: dict) -> list[str]:
+        """Keep ``record``; returns the errors of the unit this one ends, if any."""
+        errors = self.finish() if unit_index != self.current else []
+        self.current = unit_index
+        self.records.append(record)
+        return errors
+
+    def finish(self) -> list[str]:
+        """Report the unit in hand; one error per unit whose report could not be made or sent."""
+        from .dicomweb import DicomWebError, store
+
+        if self.current is None:
+            return []
+        unit, records = self.units[self.current], self.records
+        self.current, self.records = None, []
+        try:
+            for series in series_records(records).values():
+                sr = series_report(series, source_headers(series, unit.remote), self.threshold)
+                self.written.append(write_report(sr, self.folder))
+                if self.send:
+                    store(unit.remote.server, sr, str(sr.StudyInstanceUID))
+        except (ValueError, DicomWebError, OSError) as exc:
+            return [f"{unit.paths[0]}: no Structured Report: {exc}"]
+        return []
