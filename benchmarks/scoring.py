@@ -120,12 +120,7 @@ def process_peak_rss(command: list[str]) -> tuple[float, float]:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     peaks: dict[int, int] = {}
     while process.poll() is None:
-        for pid in [process.pid, *_children(process.pid)]:
-            try:
-                line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmHWM:"))
-                peaks[pid] = max(peaks.get(pid, 0), int(line.split()[1]))
-            except (OSError, StopIteration):  # exiting: its memory map is already gone
-                pass
+        poll_peaks(process.pid, peaks)
         time.sleep(0.02)
     wall = time.perf_counter() - start
     if process.returncode not in (0, 1):
@@ -133,8 +128,20 @@ def process_peak_rss(command: list[str]) -> tuple[float, float]:
     return sum(peaks.values()) / 1024, wall
 
 
+def poll_peaks(pid: int, peaks: dict[int, int]) -> None:
+    """Each of ``pid``'s and its descendants' high-water marks so far (KiB), into ``peaks``."""
+    for member in [pid, *_children(pid)]:
+        try:
+            line = next(x for x in Path(f"/proc/{member}/status").read_text().splitlines() if x.startswith("VmHWM:"))
+            peaks[member] = max(peaks.get(member, 0), int(line.split()[1]))
+        except (OSError, StopIteration):  # exiting: its memory map is already gone
+            pass
+
+
 def _children(pid: int) -> list[int]:
+    """Every descendant: decoding processes forked from a forkserver are grandchildren."""
     try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
+    return children + [d for c in children for d in _children(c)]

@@ -282,22 +282,25 @@ def test_listen_scores_a_pushed_series_and_forwards_its_sr(pacs, weights, tmp_pa
                     "--forward", f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}")
     try:
         files = sorted(PANCREAS.glob("*.dcm"))
-        report = next((tmp_path / "sr").glob("*.sr.dcm"), None) or _an_sr(tmp_path, weights)
+        report = _an_sr(tmp_path, weights)
         assert push([*files, report], node.port) == [0] * 9  # the SR is acknowledged and ignored
         assert push(files[:1], node.port, calling="INTRUDER") == []  # not in --allow: refused
         node.wait_for(lambda: len(manifest(out)) == 1)
-        node.wait_for(lambda: "sent the SR" in node.log.read_text())
-        log = node.log.read_text()
-        assert "ignored SR" in log
+        later = sorted((SAMPLE / "lungfcp-01-0001").glob("*.dcm"))  # a second series, to the same model
+        assert push(later, node.port) == [0] * 8
+        node.wait_for(lambda: len(manifest(out)) == 2)
+        node.wait_for(lambda: node.log.read_text().count("sent the SR") == 2)
+        assert "ignored SR" in node.log.read_text()
     finally:
         node.stop()
     records = pq.read_table(out / "records").to_pylist()
-    sops = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
+    sops = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files + later}
     assert {r["sop_uid"] for r in records} == sops and all(r["error"] is None for r in records)
-    assert pq.read_table(out / "series.parquet").num_rows == 1
+    assert pq.read_table(out / "series.parquet").num_rows == 2
     assert not any((out / "spool").rglob("*.dcm"))  # scored: the received files are gone
-    [sr_path] = (out / "sr").glob("*.sr.dcm")
-    assert set(_measurements(hd.sr.srread(sr_path))) == sops
+    sr_path = out / "sr" / f"{pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID}.sr.dcm"
+    assert set(_measurements(hd.sr.srread(sr_path))) == sops - {str(pydicom.dcmread(p, stop_before_pixels=True)
+                                                                     .SOPInstanceUID) for p in later}
     study = study_uid(PANCREAS)
     [orthanc_study] = [s for s in pacs.get("/studies?expand").json() if s["MainDicomTags"]["StudyInstanceUID"] == study]
     assert "SR" in {pacs.get(f"/series/{s}").json()["MainDicomTags"]["Modality"] for s in orthanc_study["Series"]}
@@ -345,3 +348,32 @@ def test_a_full_spool_refuses_with_out_of_resources(weights, tmp_path):
     finally:
         node.stop()
     assert "spool full" in node.log.read_text()
+
+
+def test_a_stream_cut_halfway_is_completed_instance_by_instance(pacs, signed_in, monkeypatch, tmp_path):
+    from dicomweb_client.api import DICOMwebClient
+
+    server = DicomWebServer.from_locator(pacs.dicomweb)
+    [remote], _ = dicomweb.find_series(server, dicomweb.SeriesQuery(study_uid(PANCREAS)))
+    stream = DICOMwebClient.iter_series
+    streamed, asked = [], []
+
+    def cut_after_three(self, *args, **kwargs):
+        for count, dataset in enumerate(stream(self, *args, **kwargs)):
+            if count == 3:
+                raise requests.ConnectionError("connection reset by peer")
+            streamed.append(str(dataset.SOPInstanceUID))
+            yield dataset
+
+    def counted(self, study, series, sop, **kwargs):
+        asked.append(sop)
+        return retrieve(self, study, series, sop, **kwargs)
+
+    retrieve = DICOMwebClient.retrieve_instance
+    monkeypatch.setattr(DICOMwebClient, "iter_series", cut_after_three)
+    monkeypatch.setattr(DICOMwebClient, "retrieve_instance", counted)
+    fetched = dicomweb.fetch_series(remote, tmp_path)
+    on_disk = {p.stem for p in tmp_path.glob("*.dcm")}
+    assert len(on_disk) == 8 and set(fetched.values()) == {remote.instance_url(uid) for uid in on_disk}
+    # only the five the stream did not bring, each once
+    assert len(asked) == len(set(asked)) == 5 and not set(asked) & set(streamed)

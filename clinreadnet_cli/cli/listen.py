@@ -54,10 +54,9 @@ def listen(
     """Receive CT studies by DICOM (C-STORE) and score each series once it is complete; stop with Ctrl-C
     or SIGTERM (series not yet scored stay spooled and are scored on the next start)."""
     from ..api import ScorerSpec
-    from ..checkpoint import read_config, resolve_weights
+    from ..checkpoint import resolve_weights
     from ..dicomnet.node import Node, Peer
-    from ..engine.archive import run_info
-    from ..engine.base import ArchiveOptions, ArchiveStore
+    from ..engine.base import ArchiveOptions
     from ..engine.local import decode_workers
 
     if len(ae_title) > 16 or any(t for t in (allow or []) if len(t) > 16):
@@ -69,11 +68,8 @@ def listen(
         peer = Peer.parse(forward) if forward else None
         options = ArchiveOptions(workers=decode_workers(workers, device.value), threshold=threshold)
         spec = ScorerSpec(weights_path, device.value, precision.value, None, batch_size, runtime=runtime.value)
-        store = ArchiveStore(out, run_info(spec, options),
-                             assumed={"sampling_grids": read_config(spec.weights).sampling_grids})
-        node = Node(out, spec, options, store, ae_title, series_timeout, int(max_spool_gib * 2**30), allow,
-                    peer, log=_log)
-    except ValueError as exc:  # ArchiveError, WeightsError, ConfigError, a malformed peer
+        node = Node(out, spec, options, ae_title, series_timeout, int(max_spool_gib * 2**30), allow, peer, log=_log)
+    except ValueError as exc:  # WeightsError, ConfigError, a malformed peer
         usage_error(str(exc))
 
     stop = threading.Event()
@@ -83,6 +79,8 @@ def listen(
             "info", f"{ae_title} listening on {host or '*'}:{port}; results in {out}"))
     except KeyboardInterrupt:
         pass
+    except ValueError as exc:  # ArchiveError (a folder of another run), WeightsError
+        usage_error(str(exc))
     except OSError as exc:  # the port is taken, or not ours to use
         usage_error(f"cannot listen on {host or '*'}:{port}: {exc.strerror or exc}")
     _log("info", "stopped; series not yet scored stay in the spool for the next start")

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..decoding import DecodeSettings
 from ..engine.base import ArchiveOptions, ArchiveStore, Unit
+from ..engine.local import DecodePool
 from .dicomweb import uid_file_name
 from .sr import series_records, series_report, source_headers, write_report
 
@@ -152,14 +154,16 @@ def series_unit(series_uid: str, files: list[Path]) -> Unit:
 class Node:
     """The Storage SCP and the loop that scores completed series (``serve``)."""
 
-    def __init__(self, out: Path, spec, options: ArchiveOptions, store: ArchiveStore, ae_title: str,
-                 series_timeout: float, max_spool_bytes: int, allow: list[str] | None = None,
-                 forward: Peer | None = None, log: Log = lambda level, message: None):
-        self.out, self.spec, self.options, self.store = Path(out), spec, options, store
+    def __init__(self, out: Path, spec, options: ArchiveOptions, ae_title: str, series_timeout: float,
+                 max_spool_bytes: int, allow: list[str] | None = None, forward: Peer | None = None,
+                 log: Log = lambda level, message: None):
+        self.out, self.spec, self.options = Path(out), spec, options
         self.ae_title, self.series_timeout, self.allow, self.forward, self.log = (
             ae_title, series_timeout, allow, forward, log)
-        self.spool = Spool(self.out / "spool", max_spool_bytes)
-        self.scorer = None  # built by serve()
+        self.max_spool_bytes = max_spool_bytes
+        self.settings = DecodeSettings(spec.config(), spec.slices_per_batch(), options.input_range, options.limits,
+                                       options.all_orientations)
+        self.scorer = self.pool = self.store = self.spool = None  # started by serve(), kept for every series
 
     def handle_store(self, event) -> int:
         """C-STORE: a CT image is spooled before the answer; anything else is acknowledged and ignored."""
@@ -183,7 +187,6 @@ class Node:
         return status
 
     def score_series(self, series: str) -> None:
-        from ..decoding import DecodeSettings
         from ..engine.archive import run_local
 
         files = self.spool.take(series)
@@ -192,11 +195,10 @@ class Node:
             self.log("info", f"series {series}: already scored ({len(files)} instances)")
             self.spool.release(series, files)
             return
-        settings = DecodeSettings(self.spec.config(), self.spec.slices_per_batch(), self.options.input_range,
-                                  self.options.limits, self.options.all_orientations)
         entries: list[dict] = []
-        run_local([unit], settings, self.spec, self.store, self.options, entries.append,
-                  lambda text: self.log("warning", text), scorer=self.scorer, on_records=self._report)
+        run_local([unit], self.settings, self.spec, self.store, self.options, entries.append,
+                  lambda text: self.log("warning", text), scorer=self.scorer, pool=self.pool,
+                  on_records=self._report)
         self.store.write_series_table()
         for entry in entries:
             level = "error" if entry["status"] == "failed" else "info"
@@ -220,24 +222,35 @@ class Node:
     def serve(self, port: int, host: str = "", stop: threading.Event | None = None,
               on_listening: Callable[[], None] = lambda: None) -> None:
         """Receive and score until ``stop`` is set; unscored series stay spooled for the next start."""
-        from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
-        from pynetdicom.sop_class import Verification
-
         stop = stop or threading.Event()
-        ae = AE(ae_title=self.ae_title)
-        for context in AllStoragePresentationContexts:  # compressed too: instances are kept as they come
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        ae.add_supported_context(Verification)
-        ae.maximum_pdu_size = 0
-        if self.allow:
-            ae.require_calling_aet = self.allow
-        self.scorer = self.spec.build()  # before listening: a model that cannot load stops the node at once
-        server = ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, self.handle_store)])
-        on_listening()
-        try:
-            while not stop.is_set():
-                for series in self.spool.complete(self.series_timeout):
-                    self.score_series(series)
-                stop.wait(POLL_SECONDS)
-        finally:
-            server.shutdown()
+        # As score does: the decoding processes fork first, without torch, pyarrow, pynetdicom or the
+        # server's threads; the results folder and the model are opened before listening, so that
+        # one that cannot be used stops the node at once (ArchiveError, WeightsError).
+        with DecodePool(self.settings, self.options.workers) as self.pool:
+            from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+            from pynetdicom.sop_class import Verification
+
+            from ..checkpoint import read_config
+            from ..engine.archive import run_info
+
+            self.store = ArchiveStore(self.out, run_info(self.spec, self.options),
+                                      assumed={"sampling_grids": read_config(self.spec.weights).sampling_grids})
+            self.spool = Spool(self.out / "spool", self.max_spool_bytes)
+            self.scorer = self.spec.build()
+            ae = AE(ae_title=self.ae_title)
+            for context in AllStoragePresentationContexts:  # compressed too: instances are kept as they come
+                ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(Verification)
+            ae.maximum_pdu_size = 0
+            if self.allow:
+                ae.require_calling_aet = self.allow
+            server = ae.start_server((host, port), block=False,
+                                     evt_handlers=[(evt.EVT_C_STORE, self.handle_store)])
+            on_listening()
+            try:
+                while not stop.is_set():
+                    for series in self.spool.complete(self.series_timeout):
+                        self.score_series(series)
+                    stop.wait(POLL_SECONDS)
+            finally:
+                server.shutdown()

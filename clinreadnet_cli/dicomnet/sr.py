@@ -96,10 +96,10 @@ def series_report(records: list[dict], headers: dict[str, "Dataset"], threshold:
         header = headers[record["sop_uid"]]
         return hd.sr.SourceImageForMeasurementGroup(str(header.SOPClassUID), str(header.SOPInstanceUID))
 
-    def group(name: str, images, measurements, evaluations=None):
+    def group(name: str, images, measurements, evaluations=None, algorithm_id=None):
         return hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=name),
-            algorithm_id=algorithm, measurements=measurements, qualitative_evaluations=evaluations,
+            algorithm_id=algorithm_id, measurements=measurements, qualitative_evaluations=evaluations,
             source_images=images)
 
     groups = []
@@ -117,7 +117,7 @@ def series_report(records: list[dict], headers: dict[str, "Dataset"], threshold:
         hd.sr.Measurement(code["slices"], float(len(scores)), code["count_unit"]),
         hd.sr.Measurement(code["below"], float(sum(s < threshold for s in scores)), code["count_unit"],
                           method=hd.sr.CodedConcept(f"below-{threshold:g}", SCHEME, f"Score below {threshold:g}")),
-    ]))
+    ], algorithm_id=algorithm))  # once for the report: every group of it comes from the same weights
     device = hd.sr.DeviceObserverIdentifyingAttributes(uid=generate_uid(entropy_srcs=["clinreadnet", __version__]),
                                                        name="clinreadnet",
                                                        manufacturer_name="clinreadnet",
@@ -126,7 +126,7 @@ def series_report(records: list[dict], headers: dict[str, "Dataset"], threshold:
         observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"), observer_identifying_attributes=device))
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=code["procedure"],
                                      imaging_measurements=groups, title=code["title"])
-    evidence = [_with_empty_type2(headers[r["sop_uid"]]) for r in records]
+    evidence = [_evidence(headers[r["sop_uid"]], patient_and_study=i == 0) for i, r in enumerate(records)]
     # The same images scored by the same weights make the same report UIDs: sent again, it replaces
     # (or is refused as a copy of) the first, instead of piling up beside it in the PACS
     identity = [first["weights_sha256"], str(first.get("sampling_grids")), *sorted(r["sop_uid"] for r in records)]
@@ -142,18 +142,21 @@ def series_report(records: list[dict], headers: dict[str, "Dataset"], threshold:
     return sr
 
 
-def _with_empty_type2(header: "Dataset") -> "Dataset":
-    """The header with the patient and study attributes an SR copies present, empty where the source
-    leaves them out (they are type 2: required, but may be empty)."""
-    missing = [keyword for keyword in TYPE2_COPIED if keyword not in header]
-    if not missing:
-        return header
-    from copy import deepcopy
+def _evidence(header: "Dataset", patient_and_study: bool) -> "Dataset":
+    """What the SR takes from a source image: its UIDs and, from the first, the patient and study
+    attributes it copies (type 2: empty where the source leaves one out). A few elements instead of
+    the whole header, which the SR would copy (300 full headers cost seconds and 100+ MiB)."""
+    from pydicom import Dataset
 
-    filled = deepcopy(header)
-    for keyword in missing:
-        setattr(filled, keyword, "")
-    return filled
+    kept = Dataset()
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                    *(("SpecificCharacterSet",) if patient_and_study else ())):
+        if keyword in header:
+            setattr(kept, keyword, header.data_element(keyword).value)
+    if patient_and_study:
+        for keyword in TYPE2_COPIED:
+            setattr(kept, keyword, header.data_element(keyword).value if keyword in header else "")
+    return kept
 
 
 def series_records(records: Iterable[dict]) -> dict[str, list[dict]]:

@@ -3,6 +3,7 @@ rest on an engine, keep the folder consistent. ``clinreadnet score-archive`` is 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections import defaultdict
@@ -87,12 +88,13 @@ def score_archive(plan: Plan, store: ArchiveStore, todo: list[Unit], spec: Score
 
 def run_local(todo: list[Unit], settings: DecodeSettings, spec: ScorerSpec, store: ArchiveStore,
               options: ArchiveOptions, on_unit: Callable[[dict], None], on_warning: Callable[[str], None],
-              scorer=None, on_records: Callable[[Unit, list[dict]], None] = lambda unit, records: None) -> None:
+              scorer=None, pool: DecodePool | None = None,
+              on_records: Callable[[Unit, list[dict]], None] = lambda unit, records: None) -> None:
     """Decoding processes started first (before torch), the model in this process, shards committed
-    every ``options.shard_records`` records or SHARD_SECONDS. ``scorer``: one already built (a
-    long-running node scores every series with one model); ``on_records`` hears each finished
-    unit's records."""
-    with DecodePool(settings, options.workers) as pool:
+    every ``options.shard_records`` records or SHARD_SECONDS. ``scorer`` and ``pool``: a model and
+    decoding processes already running (a node keeps them for every series it scores);
+    ``on_records`` hears each finished unit's records."""
+    with contextlib.nullcontext(pool) if pool is not None else DecodePool(settings, options.workers) as pool:
         decoded = pool.events(todo)  # the workers start reading now, while the model loads
         scorer = scorer or spec.build()  # torch is imported here, after the workers have forked without it
         from ..records import to_record

@@ -1,0 +1,103 @@
+"""Peak memory of ``clinreadnet listen`` scoring a pushed series, beside ``clinreadnet score`` on the
+same files, without and with ``--sr`` (the node always writes the series' Structured Report).
+
+    python benchmarks/listen_memory.py --slices 300 --json benchmarks/results/listen_memory.json
+
+Both run with the default weights and settings; memory is each process's high-water mark plus its
+decoding processes' (``scoring.process_peak_rss``). The series is pushed with pynetdicom's Storage
+SCU from this process; the node is stopped once its manifest records the series.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pydicom
+from pynetdicom import AE
+
+from common import write_json
+from scoring import build_series, command_peak_rss, poll_peaks
+
+from clinreadnet_cli.checkpoint import resolve_weights
+from clinreadnet_cli.engine.base import MANIFEST
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def push(files: list[Path], port: int) -> int:
+    ae = AE(ae_title="BENCH")
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    ae.add_requested_context(first.SOPClassUID, first.file_meta.TransferSyntaxUID)
+    association = ae.associate("127.0.0.1", port, ae_title="CLINREADNET")
+    stored = sum(getattr(association.send_c_store(str(f)), "Status", None) == 0 for f in files)
+    association.release()
+    return stored
+
+
+def listen_peak_rss(series: Path, weights: Path, out: Path) -> tuple[float, float, int]:
+    """(peak MiB of the node and its children, seconds from the first push to the series scored, stored)."""
+    port = free_port()
+    log = out.parent / "listen.log"
+    node = subprocess.Popen([sys.executable, "-m", "clinreadnet_cli", "listen", "--out", str(out), "--port",
+                             str(port), "--weights", str(weights), "--series-timeout", "2"],
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    peaks: dict[int, int] = {}
+    try:
+        while "listening on" not in log.read_text():
+            if node.poll() is not None:
+                raise RuntimeError(log.read_text())
+            poll_peaks(node.pid, peaks)
+            time.sleep(0.05)
+        start = time.perf_counter()
+        files = sorted(series.glob("*.dcm"))
+        stored = push(files, port)
+        while not (out / MANIFEST).exists() or not (out / MANIFEST).read_text().strip():
+            poll_peaks(node.pid, peaks)
+            time.sleep(0.02)
+        seconds = time.perf_counter() - start
+        poll_peaks(node.pid, peaks)
+    finally:
+        node.terminate()
+        node.wait(timeout=60)
+    entry = json.loads((out / MANIFEST).read_text().splitlines()[0])
+    if entry["slices"] != len(files):
+        raise RuntimeError(f"the node scored {entry['slices']} of {len(files)} slices: {log.read_text()[-2000:]}")
+    return sum(peaks.values()) / 1024, seconds, stored
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--weights", type=Path, default=None, help="default: the shipped default weights")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    weights = resolve_weights(args.weights)
+    with tempfile.TemporaryDirectory() as tmp:
+        series = build_series(Path(tmp) / "series", args.slices)
+        score_mib, score_seconds = command_peak_rss(series, weights, "auto", 8, [])
+        sr_mib, sr_seconds = command_peak_rss(series, weights, "auto", 8, ["--sr", str(Path(tmp) / "sr")])
+        listen_mib, listen_seconds, stored = listen_peak_rss(series, weights, Path(tmp) / "node")
+    rows = [{"command": "score", "slices": args.slices, "peak_rss_mib": round(score_mib), "seconds": round(score_seconds, 1)},
+            {"command": "score --sr", "slices": args.slices, "peak_rss_mib": round(sr_mib),
+             "seconds": round(sr_seconds, 1)},
+            {"command": "listen", "slices": stored, "peak_rss_mib": round(listen_mib),
+             "seconds": round(listen_seconds, 1), "note": "from the first push to the series scored, 2 s timeout included"}]
+    for row in rows:
+        print(row)
+    write_json(args.json, rows, args)
+
+
+if __name__ == "__main__":
+    main()
