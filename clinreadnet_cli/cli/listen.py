@@ -55,7 +55,8 @@ def listen(
     or SIGTERM (series not yet scored stay spooled and are scored on the next start)."""
     from ..api import ScorerSpec
     from ..checkpoint import resolve_weights
-    from ..dicomnet.node import Node, Peer
+    from ..dicomnet.dimse import Peer
+    from ..engine.node import Node
     from ..engine.base import ArchiveOptions
     from ..engine.local import decode_workers
 

@@ -21,57 +21,21 @@ import hashlib
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..decoding import DecodeSettings
-from ..engine.base import ArchiveOptions, ArchiveStore, Unit
-from ..engine.local import DecodePool
-from .dicomweb import uid_file_name
-from .sr import series_records, series_report, source_headers, write_report
+from ..dicomnet.dicomweb import uid_file_name
+from ..dicomnet.dimse import SUCCESS, Peer, send
+from ..dicomnet.sr import series_records, series_report, source_headers, write_report
+from .base import ArchiveOptions, ArchiveStore, Unit
+from .local import DecodePool
 
-SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
+OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0xA700, 0xC000
 CT_IMAGE_CLASSES = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
 POLL_SECONDS = 0.5
 
 Log = Callable[[str, str], None]  # (level: info | warning | error, message)
-
-
-@dataclass(frozen=True)
-class Peer:
-    """A DICOM peer written AE@HOST:PORT."""
-
-    ae_title: str
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> "Peer":
-        ae, _, address = text.partition("@")
-        host, _, port = address.rpartition(":")
-        if not ae or not host or not port.isdigit() or len(ae) > 16:
-            raise ValueError(f"{text!r}: a DICOM peer is written AE_TITLE@HOST:PORT (AE title up to 16 characters)")
-        return cls(ae, host, int(port))
-
-
-def send(dataset, peer: Peer, own_ae_title: str) -> None:
-    """C-STORE one object to ``peer``; raises OSError when it is not stored."""
-    from pynetdicom import AE
-
-    ae = AE(ae_title=own_ae_title)
-    ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
-    association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
-    if not association.is_established:
-        raise OSError(f"{peer.ae_title}@{peer.host}:{peer.port} did not accept an association")
-    try:
-        status = association.send_c_store(dataset)
-    finally:
-        association.release()
-    code = getattr(status, "Status", None)
-    if code != SUCCESS:
-        raise OSError(f"{peer.ae_title}@{peer.host}:{peer.port} answered C-STORE with status "
-                      f"{'none' if code is None else hex(code)}")
 
 
 class Spool:
@@ -187,7 +151,7 @@ class Node:
         return status
 
     def score_series(self, series: str) -> None:
-        from ..engine.archive import run_local
+        from .archive import run_local
 
         files = self.spool.take(series)
         unit = series_unit(series, files)
@@ -231,7 +195,7 @@ class Node:
             from pynetdicom.sop_class import Verification
 
             from ..checkpoint import read_config
-            from ..engine.archive import run_info
+            from .archive import run_info
 
             self.store = ArchiveStore(self.out, run_info(self.spec, self.options),
                                       assumed={"sampling_grids": read_config(self.spec.weights).sampling_grids})
