@@ -76,13 +76,24 @@ def resolve_device_type(name: str) -> str:
     return resolve_device(name).type
 
 
+def cuda_available() -> bool:
+    """``torch.cuda.is_available()``, not asked where Linux lists no NVIDIA driver: there the answer
+    is no, and probing CUDA in a process that has loaded OpenVINO and ONNX Runtime beside torch has
+    crashed it (a segmentation fault, now and then, in the test suite)."""
+    if not gpu_driver_present():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def resolve_device(name: str) -> "torch.device":
     """``auto`` -> CUDA when present, else CPU. Raises ConfigError for an unusable choice."""
     import torch
 
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+        return torch.device("cuda" if cuda_available() else "cpu")
+    if name == "cuda" and not cuda_available():
         raise ConfigError("--device cuda asked for, but no CUDA device is available")
     return torch.device(name)
 

@@ -43,7 +43,7 @@ from .losses import create_loss
 from .losses.distillation import DistillationLoss
 from .metrics import correlation_metrics
 from .preprocess import GRID_OFFSETS
-from .scoring import resolve_device
+from .scoring import cuda_available, resolve_device
 
 STATE_FORMAT = "clinreadnet-train-state/1"
 HRPS_TERMS = ("cross_entropy", "fine_rps", "coarse_rps", "entropy")
@@ -198,7 +198,7 @@ def save_state(path: Path, model: ClinReadNet, optimizer, scheduler, epoch: int,
             else:
                 scalars[f"{index}.{key}"] = value
     tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
+    if cuda_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     metadata = {
         "format": STATE_FORMAT, "epoch": str(epoch), "best": json.dumps(best),
@@ -245,7 +245,7 @@ def _load_state(path: Path, model: ClinReadNet, optimizer, scheduler) -> tuple[i
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
     scheduler.load_state_dict(json.loads(meta["scheduler"]))
     torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
+    if "rng.cuda" in tensors and cuda_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     return int(meta["epoch"]), json.loads(meta["best"])
 

@@ -23,6 +23,7 @@ from clinreadnet_cli.dicom_export import write_series
 from clinreadnet_cli.readers import Series, SliceRef
 from clinreadnet_cli.api import Scorer
 from clinreadnet_cli.patient_size import water_equivalent_diameter
+from clinreadnet_cli.scoring import cuda_available
 
 from .conftest import ct_phantom, tiny_config, unit_phantom
 
@@ -173,7 +174,7 @@ def test_output_file_is_written_whole_or_not_at_all(study, weights, tmp_path, mo
 def test_usage_errors_exit_2(study, weights, args, message):
     if "--weights" not in args:
         args = [*args, "--weights", str(weights)]
-    if "--device" in args and torch.cuda.is_available():
+    if "--device" in args and cuda_available():
         pytest.skip("this machine has CUDA")
     result = run(study / "series", *args)
     assert result.exit_code == 2 and message in result.stderr and result.stdout == ""
