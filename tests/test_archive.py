@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -190,8 +188,7 @@ def test_a_crashing_decoder_costs_its_unit_only(archive, weights, monkeypatch):
             os._exit(11)
         return real(unit, settings)
 
-    monkeypatch.setattr(local, "decode_unit", crashing)  # forked workers inherit it (a forkserver's would not)
-    monkeypatch.setattr(local, "_process_context", lambda: (multiprocessing.get_context("fork"), True))
+    monkeypatch.setattr(local, "decode_unit", crashing)  # the forked workers inherit it
     units = plan_units([archive]).units
     settings = DecodeSettings(read_config(weights), batch_size=2)
     with local.DecodePool(settings, workers=2) as pool:
@@ -202,32 +199,6 @@ def test_a_crashing_decoder_costs_its_unit_only(archive, weights, monkeypatch):
     assert len(crashed) == 1 and "decoding process died" in crashed[0].items[0].reason
     decoded = sum(1 for _, batch in events if batch is not local.END for item in batch.items if hasattr(item, "pixels"))
     assert decoded == 5 * 3 + 2 + 1
-
-
-def test_a_process_running_threads_decodes_through_a_forkserver(archive, weights):
-    """A fork could copy a lock another thread holds (a worker then hangs): with threads running, the
-    workers come from a forkserver, and decode the same batches."""
-    units = plan_units([archive]).units
-    settings = DecodeSettings(read_config(weights), batch_size=2)
-    with local.DecodePool(settings, workers=1) as pool:  # no other thread yet: forked
-        forked = [(tag, batch) for tag, batch in pool.events(units)]
-    busy = threading.Event()
-    thread = threading.Thread(target=busy.wait, daemon=True)
-    thread.start()
-    try:
-        assert local._process_context()[0].get_start_method() == "forkserver"
-        with local.DecodePool(settings, workers=1) as pool:
-            served = [(tag, batch) for tag, batch in pool.events(units)]
-    finally:
-        busy.set()
-    assert _digest(served) == _digest(forked)
-
-
-def _digest(events) -> list:
-    """Each event as (unit, END or each item's path, slice and pixel sum)."""
-    return [(tag, None if batch is local.END else
-             [(str(item.path), item.slice, float(item.pixels.sum()) if hasattr(item, "pixels") else None)
-              for item in batch.items]) for tag, batch in events]
 
 
 def test_ray_engine_gives_the_same_records(archive, weights, tmp_path):

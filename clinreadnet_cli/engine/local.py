@@ -43,30 +43,6 @@ def decode_workers(choice: str, device: str) -> int:
     return max(1, cores - 1) if gpu else 1
 
 
-def _process_context():
-    """(context, forked): fork while this process runs one thread, the fastest start, which also
-    leaves torch unimported in the workers; once other threads run (this pool's own, a DICOM
-    node's, a library's), a fork could copy a lock one of them holds, so workers then come from a
-    forkserver, a clean process started for them. Elsewhere than Linux, spawn."""
-    if sys.platform != "linux":
-        return mp.get_context("spawn"), False
-    if threading.active_count() == 1:
-        return mp.get_context("fork"), True
-    context = mp.get_context("forkserver")
-    context.set_forkserver_preload([__name__])  # the decoding modules load once, in the server
-    return context, False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # there, but another user's: ours was replaced after it died
-        return False
-    return True
-
-
 def _worker(tasks, conn, settings: DecodeSettings, parent: int, inherited: list) -> None:
     # Forked with every pipe's receiving end: close them, so that when the main process dies our
     # sends fail (and we end) instead of filling a pipe nobody reads.
@@ -81,7 +57,7 @@ def _worker(tasks, conn, settings: DecodeSettings, parent: int, inherited: list)
         try:
             task = tasks.get(timeout=POLL_SECONDS)
         except queue.Empty:
-            if not _alive(parent):  # the main process is gone (killed, or ended by a closed pipe)
+            if os.getppid() != parent:  # the main process is gone (killed, or ended by a closed pipe)
                 os._exit(0)
             continue
         if task is None:
@@ -107,6 +83,8 @@ class DecodePool:
     """
 
     def __init__(self, settings: DecodeSettings, workers: int = 2, prefetch: int = 32, units_ahead: int = 2):
+        methods = mp.get_all_start_methods()
+        self._context = mp.get_context("fork" if "fork" in methods and sys.platform == "linux" else "spawn")
         self.settings = settings
         self.units_ahead = units_ahead  # units queued per worker beyond the one it reads
         self._inbox: queue.Queue = queue.Queue(maxsize=max(2, prefetch))
@@ -118,13 +96,12 @@ class DecodePool:
         self._receiver.start()
 
     def _start(self, w: int):
-        context, forked = _process_context()
-        tasks = context.Queue()
-        receiving, sending = context.Pipe(duplex=False)
+        tasks = self._context.Queue()
+        receiving, sending = self._context.Pipe(duplex=False)
         with self._lock:
-            inherited = [receiving, *self._pipes] if forked else []  # a forked worker holds copies of them
-        process = context.Process(target=_worker, args=(tasks, sending, self.settings, os.getpid(), inherited),
-                                  daemon=True, name="clinreadnet-decode")
+            inherited = [receiving, *self._pipes]
+        process = self._context.Process(target=_worker, args=(tasks, sending, self.settings, os.getpid(), inherited),
+                                        daemon=True, name="clinreadnet-decode")
         process.start()
         sending.close()  # only the worker writes: its death closes the pipe, which is how we notice
         with self._lock:
