@@ -107,12 +107,13 @@ def score(
     if output is not None and (problem := output_problem(output)):
         usage_error(f"--output: {problem}")
     require_paths([Path(p) for p in paths if not is_dicomweb(p)])
-    if (study or series) and not any(is_dicomweb(p) for p in paths):
+    remote = any(is_dicomweb(p) for p in paths)
+    if (study or series) and not remote:
         usage_error("--study and --series choose what to score from a DICOMweb source (dicomweb+http://...)")
-    if any(is_dicomweb(p) for p in paths) and not study:
+    if remote and not study:
         usage_error("a DICOMweb source needs --study UID (the study to score; score-archive queries a whole "
                     "archive)")
-    if store_sr and (sr is None or not any(is_dicomweb(p) for p in paths)):
+    if store_sr and (sr is None or not remote):
         usage_error("--store-sr sends the reports of --sr back to a DICOMweb source (dicomweb+http://...); "
                     "give both")
     if sr is not None and sr.exists() and not sr.is_dir():

@@ -38,7 +38,7 @@ RETRY_WAIT_SECONDS = 0.5  # doubled after each failed try
 TIMEOUT_SECONDS = 30.0  # connecting, or waiting for the next bytes of a response
 ANY_TRANSFER_SYNTAX = (("application/dicom", "*"),)  # as stored: compressed data is decoded by our readers
 
-SERIES_UID, STUDY_UID, SOP_UID, MODALITY, DESCRIPTION = "0020000E", "0020000D", "00080018", "00080060", "0008103E"
+SERIES_UID, STUDY_UID, SOP_UID, MODALITY = "0020000E", "0020000D", "00080018", "00080060"
 
 
 class DicomWebError(Exception):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from ..atomic import atomic_path
 from ..version import __version__
@@ -177,6 +177,16 @@ def write_report(sr: "Dataset", folder: Path) -> Path:
     return path
 
 
+def write_reports(records: list[dict], remote: "RemoteSeries | None", folder: Path,
+                  threshold: float) -> Iterator[tuple[str, "Dataset", Path]]:
+    """The SR of each scored DICOM series among ``records`` written into ``folder``, as it is made:
+    (source SeriesInstanceUID, report, file). ``remote``: the DICOMweb series they came from, if any.
+    Raises ValueError, DicomWebError or OSError for the series it is on."""
+    for uid, series in series_records(records).items():
+        sr = series_report(series, source_headers(series, remote), threshold)
+        yield uid, sr, write_report(sr, folder)
+
+
 class UnitReports:
     """The SRs of a stream of records that arrive unit by unit, in unit order (``in_unit_order``): a
     unit's series are reported once the next unit's first record comes, or at ``finish``. Each
@@ -204,9 +214,8 @@ class UnitReports:
         unit, records = self.units[self.current], self.records
         self.current, self.records = None, []
         try:
-            for series in series_records(records).values():
-                sr = series_report(series, source_headers(series, unit.remote), self.threshold)
-                self.written.append(write_report(sr, self.folder))
+            for _, sr, path in write_reports(records, unit.remote, self.folder, self.threshold):
+                self.written.append(path)
                 if self.send:
                     store(unit.remote.server, sr, str(sr.StudyInstanceUID))
         except (ValueError, DicomWebError, OSError) as exc:

@@ -60,6 +60,7 @@ def plan_inputs(inputs: Iterable[str | Path], all_orientations: bool = False,
     the series ``query`` finds there (default: every CT series), each a unit. A source that cannot
     be listed is an error of its own; a malformed source, or a study it does not hold, raises
     ValueError."""
+    inputs = list(inputs)  # read twice below: a generator would give the files nothing
     sources = [str(i) for i in inputs if is_dicomweb(str(i))]
     plan = plan_units([i for i in inputs if not is_dicomweb(str(i))], all_orientations)
     for locator in sources:

@@ -27,7 +27,7 @@ from typing import Callable
 from ..decoding import DecodeSettings
 from ..dicomnet.dicomweb import uid_file_name
 from ..dicomnet.dimse import SUCCESS, Peer, send
-from ..dicomnet.sr import series_records, series_report, source_headers, write_report
+from ..dicomnet.sr import write_reports
 from .base import ArchiveOptions, ArchiveStore, Unit
 from .local import DecodePool
 
@@ -172,16 +172,14 @@ class Node:
 
     def _report(self, unit: Unit, records: list[dict]) -> None:
         """The unit's SR into OUT/sr (and to the forward peer); a failure is logged, the records stay."""
-        for uid, series in series_records(records).items():
-            try:
-                sr = series_report(series, source_headers(series, None), self.options.threshold)
-                path = write_report(sr, self.out / "sr")
+        try:
+            for uid, sr, path in write_reports(records, None, self.out / "sr", self.options.threshold):
                 self.log("info", f"wrote {path}")
                 if self.forward is not None:
                     send(sr, self.forward, self.ae_title)
                     self.log("info", f"sent the SR of series {uid} to {self.forward.ae_title}@{self.forward.host}")
-            except (ValueError, OSError) as exc:
-                self.log("error", f"series {uid}: no Structured Report: {exc}")
+        except (ValueError, OSError) as exc:  # a unit of the node is one series
+            self.log("error", f"{unit.key}: no Structured Report: {exc}")
 
     def serve(self, port: int, host: str = "", stop: threading.Event | None = None,
               on_listening: Callable[[], None] = lambda: None) -> None:
