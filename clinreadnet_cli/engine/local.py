@@ -4,6 +4,8 @@ Workers take units from a queue and put back batches of prepared slices; the que
 bounded (``prefetch`` batches), so memory does not grow with the archive, and a worker that dies
 (a reader library crashing on a hostile file) costs its unit, not the run. Start the pool before
 importing torch and the workers fork without it: their start-up then overlaps the model's.
+Started later, in a process that already runs threads of its own, the workers come from a clean
+fork server instead (see ``start_method``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,21 @@ from .base import Unit, decode_unit
 
 END = None  # marks a unit's last batch in the event stream
 POLL_SECONDS = 1.0  # how often a silent queue makes us check that the workers are alive
+# Libraries that run thread pools of their own once loaded. A fork copies their locks, perhaps held,
+# into a child that has none of their threads: a decoding worker forked from a long-lived process
+# holding them can wait forever on such a lock.
+THREADED_LIBRARIES = ("torch", "onnxruntime", "openvino", "ray", "pynetdicom")
+
+
+def start_method() -> str:
+    """How decoding workers start: ``fork`` (instant, copy-on-write) while this process runs only
+    its main thread and has loaded none of ``THREADED_LIBRARIES``, as the CLI does by starting its
+    pool first; otherwise ``forkserver``, whose server is a fresh interpreter that forks the workers
+    without any of this process's threads or locks (``spawn`` where Linux's fork is not there)."""
+    if sys.platform != "linux":
+        return "spawn"
+    threaded = threading.active_count() > 1 or any(name in sys.modules for name in THREADED_LIBRARIES)
+    return "forkserver" if threaded else "fork"
 
 
 def decode_workers(choice: str, device: str) -> int:
@@ -43,11 +60,12 @@ def decode_workers(choice: str, device: str) -> int:
     return max(1, cores - 1) if gpu else 1
 
 
-def _worker(tasks, conn, settings: DecodeSettings, parent: int, inherited: list) -> None:
+def _worker(tasks, conn, settings: DecodeSettings, inherited: list) -> None:
     # Forked with every pipe's receiving end: close them, so that when the main process dies our
     # sends fail (and we end) instead of filling a pipe nobody reads.
     for end in inherited:
         end.close()
+    parent = os.getppid()  # the main process, or the fork server that ends with it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     if "torch" in sys.modules:  # forked from a process that has torch: keep its thread pool out
         import torch
@@ -83,8 +101,9 @@ class DecodePool:
     """
 
     def __init__(self, settings: DecodeSettings, workers: int = 2, prefetch: int = 32, units_ahead: int = 2):
-        methods = mp.get_all_start_methods()
-        self._context = mp.get_context("fork" if "fork" in methods and sys.platform == "linux" else "spawn")
+        self._context = mp.get_context(start_method())
+        if self._context.get_start_method() == "forkserver":
+            self._context.set_forkserver_preload([__name__])  # the readers, imported once in the server
         self.settings = settings
         self.units_ahead = units_ahead  # units queued per worker beyond the one it reads
         self._inbox: queue.Queue = queue.Queue(maxsize=max(2, prefetch))
@@ -98,9 +117,10 @@ class DecodePool:
     def _start(self, w: int):
         tasks = self._context.Queue()
         receiving, sending = self._context.Pipe(duplex=False)
+        forked = self._context.get_start_method() == "fork"
         with self._lock:
-            inherited = [receiving, *self._pipes]
-        process = self._context.Process(target=_worker, args=(tasks, sending, self.settings, os.getpid(), inherited),
+            inherited = [receiving, *self._pipes] if forked else []  # only a fork copies our ends
+        process = self._context.Process(target=_worker, args=(tasks, sending, self.settings, inherited),
                                         daemon=True, name="clinreadnet-decode")
         process.start()
         sending.close()  # only the worker writes: its death closes the pipe, which is how we notice
