@@ -24,17 +24,21 @@ if TYPE_CHECKING:  # torch and the model are imported where tensors are handled;
 
 FORMAT = "clinreadnet-weights/1"
 _WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-# Shipped weights by name, architecture.training (``--weights clinreadnet.sim-v4``, or ``sim-v4`` for
-# short); each file's own header says how to build and feed its model (v1 resizes, v2 decimates one
-# sampling grid, v3 and v4 all four).
-NAMED_WEIGHTS = {
-    "clinreadnet.sim-v1": _WEIGHTS_DIR / "clinreadnet-sim.safetensors",
-    "clinreadnet.sim-v2": _WEIGHTS_DIR / "clinreadnet-sim-v2.safetensors",
-    "clinreadnet.sim-v3": _WEIGHTS_DIR / "clinreadnet-sim-v3.safetensors",
-    "clinreadnet.sim-v4": _WEIGHTS_DIR / "clinreadnet-sim-v4.safetensors",
-}
+# The shipped weights by name, architecture.training (``--weights clinreadnet.sim-v4``, or ``sim-v4`` for
+# short): the default, the one weights file in the tree.
+NAMED_WEIGHTS = {"clinreadnet.sim-v4": _WEIGHTS_DIR / "clinreadnet-sim-v4.safetensors"}
 DEFAULT_WEIGHTS_NAME = "clinreadnet.sim-v4"
 SHIPPED_WEIGHTS = NAMED_WEIGHTS[DEFAULT_WEIGHTS_NAME]
+# Earlier releases, kept out of the tree to keep it small: each stays in the git history under a tag,
+# and records still name a file with its SHA-256.
+RETIRED_WEIGHTS = {
+    "clinreadnet.sim-v1": ("weights-sim-v1", "clinreadnet-sim.safetensors",
+                           "678ccb302b14750bcb4e418bf72d3307ab93dbba2165b6a7f0d0af2bd242dbc7"),
+    "clinreadnet.sim-v2": ("weights-sim-v2", "clinreadnet-sim-v2.safetensors",
+                           "e2737aca710214afa79d767b3c13e525e13cdcfc1b2e4ef2b9ade550ed608b15"),
+    "clinreadnet.sim-v3": ("weights-sim-v3", "clinreadnet-sim-v3.safetensors",
+                           "8d809651107e866ee385344c9c70a65f7887728548b36ab901e82a66ffe9792e"),
+}
 
 
 def default_weights() -> Path:
@@ -44,12 +48,19 @@ def default_weights() -> Path:
 
 def resolve_weights(value: str | Path | None) -> Path:
     """A weights file: a path, or the name of shipped weights (``clinreadnet.sim-v4`` or ``sim-v4``);
-    None: the default."""
+    None: the default. WeightsError for the name of a release no longer in the tree, saying where it went."""
     if value is None:
         return default_weights()
-    name = str(value) if str(value) in NAMED_WEIGHTS else f"clinreadnet.{value}"
-    if not Path(value).exists() and name in NAMED_WEIGHTS:
+    if Path(value).exists():
+        return Path(value)
+    name = str(value) if str(value).startswith("clinreadnet.") else f"clinreadnet.{value}"
+    if name in NAMED_WEIGHTS:
         return NAMED_WEIGHTS[name]
+    if name in RETIRED_WEIGHTS:
+        tag, file_name, _ = RETIRED_WEIGHTS[name]
+        raise WeightsError(f"{value}: {name} is no longer shipped in weights/ (only {DEFAULT_WEIGHTS_NAME}); it "
+                           f"is in the git history: git show {tag}:weights/{file_name} > {file_name}, then "
+                           f"--weights {file_name}")
     return Path(value)
 
 
@@ -65,12 +76,14 @@ def scoring_config(path: str | Path, sampling_grids: int | None = None) -> ClinR
 def weights_identity(path: str | Path) -> dict:
     """What records say about the weights that scored them: the shipped name or the file, and its SHA-256."""
     path = Path(path)
-    names = [name for name, shipped in NAMED_WEIGHTS.items() if shipped.resolve() == path.resolve()]
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return {"weights": names[0] if names else str(path), "weights_sha256": digest.hexdigest()}
+    sha256 = digest.hexdigest()
+    names = [name for name, shipped in NAMED_WEIGHTS.items() if shipped.resolve() == path.resolve()]
+    names += [name for name, (_, _, retired) in RETIRED_WEIGHTS.items() if retired == sha256]
+    return {"weights": names[0] if names else str(path), "weights_sha256": sha256}
 
 
 class WeightsError(ValueError):

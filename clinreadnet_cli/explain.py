@@ -4,7 +4,7 @@ The target of every map is the slice's *badness*, 4 - score (the score is the ex
 the head-averaged distribution / 5), so a map shows where the features that pulled the score down
 lie. Maps are computed on one stage's feature map, hooked through ``ClinReadNet.feature_modules``
 (the outputs ``forward_intermediates`` pools), and come back at the input's size in [0, 1].
-Which stage and which method: measured by ``scripts/cam_choice.py``, see docs/explain.md.
+Which stage and which method: measured by ``research/cam_choice.py``, see docs/explain.md.
 """
 
 from __future__ import annotations

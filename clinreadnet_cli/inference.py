@@ -2,11 +2,11 @@
 
 Runtimes: torch eager, or on the CPU ONNX Runtime / OpenVINO on the model exported once
 (``runtimes``; OpenVINO comes with the package, ONNX Runtime with the ``onnxruntime`` extra).
-``auto`` takes the CPU runtime that measured fastest with scores unchanged (the README's speed
+``auto`` takes the CPU runtime that measured fastest with scores unchanged (docs/speed.md's
 section) when it is installed, else torch.
 Precision ``auto``: fp32 on the CPU. bf16 is 2-3x faster on CPUs with bf16 arithmetic (AMX,
 AVX512-BF16) but moves the default weights' scores by up to 0.012 (torch) and 0.019 (OpenVINO)
-on the sample data, past the 0.01 a runtime may move them (README, Speed), so it is asked for,
+on the sample data, past the 0.01 a runtime may move them (docs/speed.md), so it is asked for,
 not chosen. CUDA defaults to bf16 autocast and channels-last input. int8 (dynamic quantisation of
 the linear layers, CPU only) and ``torch.compile`` are opt-in torch options.
 """
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # torch is imported where a torch model runs: the exported ru
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # the autocast dtype of the forward pass (fp32: none)
 RUNTIMES = ("torch", "onnxruntime", "openvino")
-# What ``auto`` takes on the CPU, first installed first: the fastest with fp32 scores (README, Speed).
+# What ``auto`` takes on the CPU, first installed first: the fastest with fp32 scores (docs/speed.md).
 CPU_RUNTIME_PREFERENCE = ("openvino", "onnxruntime")
 
 

@@ -16,6 +16,46 @@ FIELDS = ["path", "series", "series_uid", "slice", "score", "grade", "class", "h
           "uncertain", "noise_hu", "noise_note", "wed_mm", "noise_hu_size", *META_FIELDS, "weights", "weights_sha256",
           "sampling_grids", "error"]
 FORMATS = ("json", "jsonl", "csv")
+# What each field means, one line each: the documentation's record table is generated from this.
+FIELD_MEANINGS = {
+    "path": "the file the slice came from (for DICOMweb, the instance's WADO-RS address)",
+    "series": "series description (DICOM) or file name",
+    "series_uid": "DICOM SeriesInstanceUID, `null` for other formats",
+    "slice": "0-based index in the series / volume, in anatomical order",
+    "score": "0-4, the expected class of the head-averaged distribution / 5",
+    "grade": "bad · poor · fair · good · excellent (nearest whole score)",
+    "class": "most probable of the 21 classes (score × 5; the score is the distribution's mean, so they can differ)",
+    "head_scores": "the four heads' own scores (CSV: `;`-separated)",
+    "head_sd": "spread (SD) of the heads' scores, in score points: the model's own uncertainty",
+    "entropy": "normalised entropy of the head-averaged distribution, 0 sure … 1 flat",
+    "uncertain": "`head_sd` ≥ 0.35",
+    "noise_hu": "the classical noise figure beside the score (never part of it): robust noise SD in HU, 1.4826 × MAD "
+                "of the 5 × 5 high-pass residual inside soft tissue (−50…150 HU of a 9 × 9 mean, eroded 3 px), at "
+                "native resolution; `null` where it cannot be measured",
+    "noise_note": "why `noise_hu` is `null`: `not in HU` (windowed [0, 1] input), `fewer than 500 soft-tissue "
+                  "pixels`, `non-finite pixels`",
+    "wed_mm": "the patient's water-equivalent diameter in mm (AAPM report 220), beside the score: 2 √(Σ (HU / 1000 "
+              "+ 1) × pixel area / π) over the largest region above −500 HU, holes filled; `null` without HU, a "
+              "pixel spacing or a body",
+    "noise_hu_size": "`noise_hu` with the patient's size divided out, `noise_hu × exp(−0.00965 × (wed_mm − 250))`: "
+                     "the noise a 250 mm patient would show at the same tube output (nothing fitted; μ_water = "
+                     "0.0193 /mm); `null` where either figure is",
+    "study_uid": "DICOM StudyInstanceUID",
+    "sop_uid": "DICOM SOPInstanceUID",
+    "instance_number": "DICOM InstanceNumber (the frame number for multi-frame files)",
+    "z_mm": "the slice position (ImagePositionPatient z, per frame for enhanced CT)",
+    "slice_thickness_mm": "SliceThickness",
+    "kvp": "KVP",
+    "mas": "Exposure in mAs, else tube current × exposure time",
+    "ctdivol_mgy": "CTDIvol",
+    "kernel": "ConvolutionKernel",
+    "manufacturer": "Manufacturer",
+    "weights": "the weights that produced the score: shipped name (`clinreadnet.sim-v4`) or file",
+    "weights_sha256": "the weights file's SHA-256",
+    "sampling_grids": "how many sampling grids of the input path the slice was read through and averaged",
+    "error": "only on failed inputs, which carry `path`, `slice` (null when the whole file failed) and `error`, "
+             "and no score",
+}
 
 
 def choose_format(requested: str | None, output: Path | None, stdout_is_terminal: bool) -> str:

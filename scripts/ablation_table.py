@@ -1,7 +1,7 @@
 """The ablation study's data and table (used by scripts/ablations.sh).
 
     python scripts/ablation_table.py subset SIM_DIR OUT_DIR --images 1600
-    python scripts/ablation_table.py table WORK_DIR --card weights/MODEL_CARD.md
+    python scripts/ablation_table.py table WORK_DIR --card docs/ablations.md
 
 ``subset`` links every k-th source slice of a ``clinreadnet simulate`` folder, with all of its
 acquisitions, into OUT_DIR (same layout: image/, train.json, manifest.csv), so every row trains
@@ -10,7 +10,7 @@ writes each image as the rows' network input instead (decimated and cropped to 2
 deflate): the same pixels the rows train on, ~25 times smaller, small enough to carry to a GPU
 machine (8 bits of the 350 HU window are 1.4 HU steps, against noise of 10 HU and more). ``table`` reads each run's
 ``eval.json`` (``clinreadnet evaluate --format json``) and writes the table between the
-``<!-- ablations:start -->`` and ``<!-- ablations:end -->`` lines of the model card.
+``<!-- ablations:start -->`` and ``<!-- ablations:end -->`` lines of docs/ablations.md.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def main() -> None:
                       help="write the network input (224², 8-bit) instead of linking the 512² images")
     write = commands.add_parser("table")
     write.add_argument("work", type=Path)
-    write.add_argument("--card", type=Path, default=Path("weights/MODEL_CARD.md"))
+    write.add_argument("--card", type=Path, default=Path("docs/ablations.md"))
     args = parser.parse_args()
     if args.command == "subset":
         subset(args.sim, args.out, args.images, args.model_input)

@@ -2,11 +2,11 @@
 # The paper's comparisons on one budget: every row of Tab. 3 (both Swin-T baselines), Tab. 7
 # (BAM channel / spatial) and the head partition, trained on the same simulated images, patient
 # split and epochs, evaluated on the same held-out patients (PLCC, SROCC, KROCC, Score and the
-# ordering measures), and written as a table into weights/MODEL_CARD.md.
+# ordering measures), and written as a table into docs/ablations.md.
 #
 #   bash scripts/ablations.sh SIM_DIR [WORK]
 #
-# SIM_DIR: a `clinreadnet simulate` folder (scripts/train_default_weights.sh makes one); WORK:
+# SIM_DIR: a `clinreadnet simulate` folder (research/train_default_weights.sh makes one); WORK:
 # where the subset and the runs go (default work/ablations, ignored by git). Resumable: a row
 # with an eval.json is skipped, an interrupted row continues from its last epoch.
 # Budget: IMAGES (default 1600) images, EPOCHS (default 2) epochs of 224² at batch 8, bf16; each
@@ -22,7 +22,7 @@ CLI=${CLINREADNET:-.venv/bin/clinreadnet}
 PY=${PYTHON:-.venv/bin/python}
 PARALLEL=${PARALLEL:-1}          # rows trained at once (a GPU takes several)
 SUBSET_FLAGS=${SUBSET_FLAGS:-}   # --model-input: a small 224² 8-bit subset, e.g. to carry to a GPU machine
-CARD=${CARD:-weights/MODEL_CARD.md}
+CARD=${CARD:-docs/ablations.md}
 OPTIONS_EXTRA=${OPTIONS_EXTRA:-}  # more lines for every row's options file (e.g. a tiny model to test this script)
 
 [ -f "$WORK/data/manifest.csv" ] || "$PY" scripts/ablation_table.py subset "$SIM" "$WORK/data" --images "$IMAGES" $SUBSET_FLAGS

@@ -22,17 +22,13 @@ from clinreadnet_cli.preprocess import window_hu
 from clinreadnet_cli.simulate.lowdose import Acquisition, simulate_slice
 
 DEFAULT_SOURCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_sources"
-# Two DICOM series of 8 slices: slices 1-4 untouched, slices 5-8 re-acquired by the physics
-# simulation (clinreadnet simulate) at falling dose and view count. Pancreas-CT-CB_001 was among
-# the default weights' training patients, LungFCP-01-0001 among their validation patients.
-SERIES_SOURCES = [
-    ("tcia-pancreatic-ct-cbct-seg_Pancreas-CT-CB_001.npz", range(32, 40), "pancreas-ct-cb-001", 6.0,
-     "Abdomen"),  # 6 mm apart
-    ("tcia-lung-fused-ct-pathology_LungFCP-01-0001.npz", range(0, 8), "lungfcp-01-0001", 6.0,
-     "Lower chest"),  # lung bases upwards, 6 mm apart
-]
-DEGRADED = [(0.5, 1000), (0.25, 720), (0.1, 360), (0.1, 180)]  # (dose fraction, views) of slices 5-8
-VOLUME_SOURCE = ("tcia-c4kc-kits_KiTS-00072.npz", range(0, 4))  # upper abdomen, arterial phase
+# One DICOM series of 4 slices: slices 1-2 untouched, slices 3-4 re-acquired by the physics simulation
+# (clinreadnet simulate) at falling dose and view count. LungFCP-01-0001 was among the default weights'
+# validation patients (never trained on). Four slices, a one-slice volume and a TIFF keep the tree small.
+SERIES_SOURCE = ("tcia-lung-fused-ct-pathology_LungFCP-01-0001.npz", range(0, 4), "lungfcp-01-0001", 6.0,
+                 "Lower chest")  # lung bases upwards, 6 mm apart
+DEGRADED = [(0.25, 720), (0.1, 180)]  # (dose fraction, views) of slices 3-4
+VOLUME_SOURCE = ("tcia-c4kc-kits_KiTS-00072.npz", range(0, 1))  # upper abdomen, arterial phase
 TIFF_SOURCE = ("tcia-tcga-luad-lusc_singles.npz", 11)  # TCGA-17-Z031, abdomen/pelvis
 SEED = 20261122
 
@@ -52,17 +48,18 @@ def main() -> None:
     for sub in ("dicom", "nifti", "tiff"):
         shutil.rmtree(args.out / sub, ignore_errors=True)
 
-    for number, (name, index, folder, spacing_z, region) in enumerate(SERIES_SOURCES):
-        src = np.load(args.sources / name)
-        hu = src["hu"][list(index)].astype(np.float32)
-        pixel_mm = float(src["pixel_spacing_mm"][index[0]][0])
-        for offset, (dose, views) in enumerate(DEGRADED, start=4):
-            hu[offset] = degrade(hu[offset], pixel_mm, dose, views, seed=SEED + 10 * number + offset)
-        write_series(
-            hu, args.out / "dicom" / folder, spacing=src["pixel_spacing_mm"][index[0]], thickness=spacing_z,
-            z0=float(src["z_mm"][index[0]]), description=f"{region}, slices 5-8 simulated low dose",
-            patient_id=str(src["patient_id"][index[0]]), transfer_syntax=JPEG2000Lossless,
-        )
+    name, index, folder, spacing_z, region = SERIES_SOURCE
+    src = np.load(args.sources / name)
+    hu = src["hu"][list(index)].astype(np.float32)
+    pixel_mm = float(src["pixel_spacing_mm"][index[0]][0])
+    first = len(index) - len(DEGRADED)
+    for offset, (dose, views) in enumerate(DEGRADED, start=first):
+        hu[offset] = degrade(hu[offset], pixel_mm, dose, views, seed=SEED + offset)
+    write_series(
+        hu, args.out / "dicom" / folder, spacing=src["pixel_spacing_mm"][index[0]], thickness=spacing_z,
+        z0=float(src["z_mm"][index[0]]), description=f"{region}, slices {first + 1}-{len(index)} simulated low dose",
+        patient_id=str(src["patient_id"][index[0]]), transfer_syntax=JPEG2000Lossless,
+    )
 
     name, index = VOLUME_SOURCE
     src = np.load(args.sources / name)

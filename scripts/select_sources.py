@@ -2,9 +2,9 @@
 so that a simulation of chosen patients or slices is a command, not a one-off selection.
 
     # every slice of the held-out patients (those named in an ordering-check result file)
-    python scripts/select_sources.py heldout.npz --patients-from benchmarks/results/ordering_check_v2.json
+    python scripts/select_sources.py heldout.npz --patients-from scripts/default_weights/heldout_patients.json
     # the training patients (the rest), at most two slices each, evenly spaced along each patient
-    python scripts/select_sources.py train60.npz --patients-from benchmarks/results/ordering_check_v2.json \
+    python scripts/select_sources.py train60.npz --patients-from scripts/default_weights/heldout_patients.json \
         --exclude --per-patient 2
 
 Patients are named as ``simulate`` names them (``simulate.find_sources``: the archive's

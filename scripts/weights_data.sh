@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The simulated data behind weights v4 and v5 (weights/MODEL_CARD.md), built in WORK from the real CT
-# sources; finished steps are skipped when re-run. Sourced by train_weights_v4.sh and train_weights_v5.sh.
+# The simulated data behind weights v4 and v5 (docs/model-card.md), built in WORK from the real CT
+# sources; finished steps are skipped when re-run. Sourced by train_weights_v4.sh (and research/train_weights_v5.sh).
 #
 #   bash scripts/weights_data.sh [SOURCES] [WORK]
 #
@@ -14,7 +14,7 @@ SOURCES=${1:-../shared/data/ct_sources}
 WORK=${2:-work}
 CLI=${CLINREADNET:-.venv/bin/clinreadnet}
 PY=${PYTHON:-.venv/bin/python}
-HELDOUT=benchmarks/results/ordering_check_v2.json  # names the 11 held-out patients
+HELDOUT=scripts/default_weights/heldout_patients.json  # names the 11 held-out patients
 mkdir -p "$WORK"
 
 # Held out: every slice of the 11 patients; training: two evenly spaced slices of each other patient.

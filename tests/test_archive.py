@@ -108,7 +108,7 @@ def test_other_weights_or_a_foreign_folder_are_refused(archive, weights, tmp_pat
     archive_cli(archive, "--out", out, "--weights", weights)
     other = save_weights(create_model(tiny_config()), tmp_path / "other.safetensors")
     refused = archive_cli(archive, "--out", out, "--weights", other)
-    assert refused.exit_code == 2 and "weights_sha256" in refused.stderr
+    assert refused.exit_code == 2 and "weights_sha256" in refused.stderr, (refused.exit_code, refused.stderr)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("...")
     foreign = archive_cli(archive, "--out", tmp_path / "mine", "--weights", weights)
@@ -188,7 +188,8 @@ def test_a_crashing_decoder_costs_its_unit_only(archive, weights, monkeypatch):
             os._exit(11)
         return real(unit, settings)
 
-    monkeypatch.setattr(local, "decode_unit", crashing)  # the forked workers inherit it
+    monkeypatch.setattr(local, "decode_unit", crashing)
+    monkeypatch.setattr(local, "start_method", lambda: "fork")  # so that the workers inherit the patch
     units = plan_units([archive]).units
     settings = DecodeSettings(read_config(weights), batch_size=2)
     with local.DecodePool(settings, workers=2) as pool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,7 @@ from clinreadnet_cli.dicomnet.dicomweb import DicomWebError, DicomWebServer
 from .conftest import tiny_config
 from .orthanc import PASSWORD, USER, free_port, running_orthanc
 
-SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "dicom"
-PANCREAS = SAMPLE / "pancreas-ct-cb-001"
+SERIES = Path(__file__).resolve().parents[1] / "sample_data" / "dicom" / "lungfcp-01-0001"  # 4 CT slices
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +32,27 @@ def weights(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pacs(tmp_path_factory):
-    """Orthanc holding the sample data's two CT studies."""
+def studies(tmp_path_factory) -> Path:
+    """Two CT studies of one series each: the sample series, and a copy of it under new UIDs."""
+    from pydicom.uid import generate_uid
+
+    root = tmp_path_factory.mktemp("studies")
+    shutil.copytree(SERIES, root / "first")
+    (root / "second").mkdir()
+    study, series = generate_uid(), generate_uid()
+    for path in sorted(SERIES.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.PatientID = study, series, "SECOND"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(root / "second" / path.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory, studies):
+    """Orthanc holding the two CT studies."""
     with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
-        for path in sorted(SAMPLE.glob("*/*.dcm")):
+        for path in sorted(studies.glob("*/*.dcm")):
             server.upload(path)
         yield server
 
@@ -64,10 +81,10 @@ def score(*args) -> tuple[int, list[dict], str]:
 
 
 def test_a_study_pulled_over_dicomweb_gets_the_records_of_its_files(pacs, weights, signed_in):
-    code, remote, _ = score(pacs.dicomweb, "--study", study_uid(PANCREAS), "--weights", weights)
+    code, remote, _ = score(pacs.dicomweb, "--study", study_uid(SERIES), "--weights", weights)
     assert code == 0
-    code, local, _ = score(PANCREAS, "--weights", weights)
-    assert code == 0 and len(remote) == len(local) == 8
+    code, local, _ = score(SERIES, "--weights", weights)
+    assert code == 0 and len(remote) == len(local) == 4
     for r, f in zip(remote, local):
         assert abs(r["score"] - f["score"]) <= 1e-4
         assert {k: v for k, v in r.items() if k not in ("path", "score")} == \
@@ -78,15 +95,15 @@ def test_a_study_pulled_over_dicomweb_gets_the_records_of_its_files(pacs, weight
 
 
 def test_one_series_by_uid_and_usage_errors(pacs, weights, signed_in):
-    series = str(pydicom.dcmread(next(PANCREAS.glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID)
-    code, records, _ = score(pacs.dicomweb, "--study", study_uid(PANCREAS), "--series", series, "--weights", weights)
+    series = str(pydicom.dcmread(next(SERIES.glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID)
+    code, records, _ = score(pacs.dicomweb, "--study", study_uid(SERIES), "--series", series, "--weights", weights)
     assert code == 0 and {r["series_uid"] for r in records} == {series}
     for args, message in [
         ((pacs.dicomweb,), "needs --study"),
         ((pacs.dicomweb, "--study", "1.2.3.4"), "no study 1.2.3.4"),
         ((pacs.dicomweb.replace("://", f"://{USER}:{PASSWORD}@"), "--study", "1.2.3"), "carries no credentials"),
-        ((PANCREAS, "--study", "1.2.3"), "choose what to score from a DICOMweb source"),
-        ((pacs.dicomweb, "--study", study_uid(PANCREAS), "--store-sr"), "give both"),
+        ((SERIES, "--study", "1.2.3"), "choose what to score from a DICOMweb source"),
+        ((pacs.dicomweb, "--study", study_uid(SERIES), "--store-sr"), "give both"),
     ]:
         result = command("score", *args, "--weights", weights)
         assert result.returncode == 2, result.stderr
@@ -96,15 +113,15 @@ def test_one_series_by_uid_and_usage_errors(pacs, weights, signed_in):
 
 def test_a_server_that_refuses_or_is_gone_is_one_error_record(pacs, weights, signed_in, monkeypatch):
     monkeypatch.setenv(dicomweb.PASSWORD_ENV, "wrong")
-    code, records, err = score(pacs.dicomweb, "--study", study_uid(PANCREAS), "--weights", weights)
+    code, records, err = score(pacs.dicomweb, "--study", study_uid(SERIES), "--weights", weights)
     assert code == 1 and len(records) == 1
     assert "HTTP 401" in records[0]["error"] and "check the credentials" in records[0]["error"]
     assert "wrong" not in err
     gone = f"dicomweb+http://127.0.0.1:{free_port()}/dicom-web"
-    code, records, _ = score(gone, "--study", "1.2.3", PANCREAS, "--weights", weights)
+    code, records, _ = score(gone, "--study", "1.2.3", SERIES, "--weights", weights)
     assert code == 1
     assert "cannot connect (after 3 tries)" in records[0]["error"]
-    assert sum("score" in r for r in records) == 8  # the files beside it are still scored
+    assert sum("score" in r for r in records) == 4  # the files beside it are still scored
 
 
 def test_retries_are_bounded_and_only_for_what_may_pass(monkeypatch):
@@ -158,14 +175,14 @@ def _measurements(sr) -> dict[str, dict]:
 
 
 def test_the_sr_names_every_scored_image_and_orthanc_files_it_under_the_study(pacs, weights, signed_in, tmp_path):
-    study = study_uid(PANCREAS)
+    study = study_uid(SERIES)
     code, records, err = score(pacs.dicomweb, "--study", study, "--weights", weights, "--sr", tmp_path,
                                "--store-sr")
     assert code == 0, err
     [written] = tmp_path.glob("*.sr.dcm")
     assert written.name == f"{records[0]['series_uid']}.sr.dcm"
     sr = hd.sr.srread(written)
-    source = pydicom.dcmread(next(PANCREAS.glob("*.dcm")), stop_before_pixels=True)
+    source = pydicom.dcmread(next(SERIES.glob("*.dcm")), stop_before_pixels=True)
     assert (sr.StudyInstanceUID, sr.PatientID, sr.Modality) == (study, source.PatientID, "SR")
     per_image = _measurements(sr)
     assert set(per_image) == {r["sop_uid"] for r in records}
@@ -188,8 +205,8 @@ def test_the_sr_names_every_scored_image_and_orthanc_files_it_under_the_study(pa
     assert len(pacs.get(f"/series/{stored_id}/instances").json()) == 1
 
 
-def test_files_get_their_reports_too(weights, tmp_path):
-    code, records, err = score(SAMPLE, "--weights", weights, "--sr", tmp_path / "sr")
+def test_files_get_their_reports_too(weights, studies, tmp_path):
+    code, records, err = score(studies, "--weights", weights, "--sr", tmp_path / "sr")
     assert code == 0, err
     reports = sorted((tmp_path / "sr").glob("*.sr.dcm"))
     assert len(reports) == 2
@@ -197,14 +214,14 @@ def test_files_get_their_reports_too(weights, tmp_path):
     for path in reports:
         sr = hd.sr.srread(path)
         per_image = _measurements(sr)
-        assert len(per_image) == 8
+        assert len(per_image) == 4
         for uid, values in per_image.items():
             assert values["Image Quality Rating"] == pytest.approx(scored[uid]["score"], abs=1e-4)
             assert values.get("Noise, standard deviation in uniform tissue") == pytest.approx(scored[uid]["noise_hu"])
         assert sr.StudyInstanceUID == scored[next(iter(per_image))]["study_uid"]
 
 
-def test_score_archive_queries_the_archive_by_date_and_resumes(pacs, weights, signed_in, tmp_path):
+def test_score_archive_queries_the_archive_by_date_and_resumes(pacs, studies, weights, signed_in, tmp_path):
     import pyarrow.parquet as pq
 
     out = tmp_path / "results"
@@ -212,14 +229,14 @@ def test_score_archive_queries_the_archive_by_date_and_resumes(pacs, weights, si
     first = command(*args)
     assert first.returncode == 0, first.stderr
     records = pq.read_table(out / "records").to_pylist()
-    assert len(records) == 16 and {r["sop_uid"] for r in records} == {
-        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in SAMPLE.glob("*/*.dcm")}
+    assert len(records) == 8 and {r["sop_uid"] for r in records} == {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in studies.glob("*/*.dcm")}
     again = command(*args)
     assert again.returncode == 0 and "2 already finished" in again.stderr and "0 to score" in again.stderr
     future = command("score-archive", pacs.dicomweb, "--out", tmp_path / "none", "--weights", weights, "--since",
                      "2999-01-01")
     assert "0 series planned" in future.stderr
-    refused = command("score-archive", SAMPLE, "--out", tmp_path / "x", "--since", "2000-01-01")
+    refused = command("score-archive", studies, "--out", tmp_path / "x", "--since", "2000-01-01")
     assert refused.returncode == 2 and "query a DICOMweb source" in refused.stderr
 
 
@@ -280,20 +297,20 @@ def manifest(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_listen_scores_a_pushed_series_and_forwards_its_sr(pacs, weights, tmp_path):
+def test_listen_scores_a_pushed_series_and_forwards_its_sr(pacs, studies, weights, tmp_path):
     import pyarrow.parquet as pq
 
     out = tmp_path / "node"
     node = Listener(out, weights, "--series-timeout", "1", "--allow", "SCANNER",
                     "--forward", f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}")
     try:
-        files = sorted(PANCREAS.glob("*.dcm"))
+        files = sorted(SERIES.glob("*.dcm"))
         report = _an_sr(tmp_path, weights)
-        assert push([*files, report], node.port) == [0] * 9  # the SR is acknowledged and ignored
+        assert push([*files, report], node.port) == [0] * 5  # the SR is acknowledged and ignored
         assert push(files[:1], node.port, calling="INTRUDER") == []  # not in --allow: refused
         node.wait_for(lambda: len(manifest(out)) == 1)
-        later = sorted((SAMPLE / "lungfcp-01-0001").glob("*.dcm"))  # a second series, to the same model
-        assert push(later, node.port) == [0] * 8
+        later = sorted((studies / "second").glob("*.dcm"))  # a second series, to the same model
+        assert push(later, node.port) == [0] * 4
         node.wait_for(lambda: len(manifest(out)) == 2)
         node.wait_for(lambda: node.log.read_text().count("sent the SR") == 2)
         assert "ignored SR" in node.log.read_text()
@@ -307,13 +324,13 @@ def test_listen_scores_a_pushed_series_and_forwards_its_sr(pacs, weights, tmp_pa
     sr_path = out / "sr" / f"{pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID}.sr.dcm"
     assert set(_measurements(hd.sr.srread(sr_path))) == sops - {str(pydicom.dcmread(p, stop_before_pixels=True)
                                                                      .SOPInstanceUID) for p in later}
-    study = study_uid(PANCREAS)
+    study = study_uid(SERIES)
     [orthanc_study] = [s for s in pacs.get("/studies?expand").json() if s["MainDicomTags"]["StudyInstanceUID"] == study]
     assert "SR" in {pacs.get(f"/series/{s}").json()["MainDicomTags"]["Modality"] for s in orthanc_study["Series"]}
 
 
 def _an_sr(tmp_path: Path, weights: Path) -> Path:
-    code, _, err = score(PANCREAS, "--weights", weights, "--sr", tmp_path / "sr")
+    code, _, err = score(SERIES, "--weights", weights, "--sr", tmp_path / "sr")
     assert code == 0, err
     return next((tmp_path / "sr").glob("*.sr.dcm"))
 
@@ -323,19 +340,19 @@ def test_a_kill_mid_push_loses_no_acknowledged_instance(weights, tmp_path):
     from pynetdicom import AE
 
     out = tmp_path / "node"
-    files = sorted(PANCREAS.glob("*.dcm"))
+    files = sorted(SERIES.glob("*.dcm"))
     node = Listener(out, weights, "--series-timeout", "600")
     ae = AE(ae_title="SCANNER")
     ds = pydicom.dcmread(files[0], stop_before_pixels=True)
     ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
     association = ae.associate("127.0.0.1", node.port, ae_title="CLINREADNET")
     acknowledged = []
-    for path in files[:5]:
+    for path in files[:3]:
         if getattr(association.send_c_store(str(path)), "Status", None) == 0:
             acknowledged.append(str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID))
     node.stop(kill=True)  # mid-push: the association is still open
     association.abort()
-    assert len(acknowledged) == 5
+    assert len(acknowledged) == 3
     spooled = {p.stem for p in (out / "spool").rglob("*.dcm")}
     assert spooled == set(acknowledged)
     restarted = Listener(out, weights, "--series-timeout", "1")
@@ -350,7 +367,7 @@ def test_a_kill_mid_push_loses_no_acknowledged_instance(weights, tmp_path):
 def test_a_full_spool_refuses_with_out_of_resources(weights, tmp_path):
     node = Listener(tmp_path / "node", weights, "--max-spool-gib", "0.000001")  # about 1 KiB
     try:
-        assert push(sorted(PANCREAS.glob("*.dcm"))[:1], node.port) == [0xA700]
+        assert push(sorted(SERIES.glob("*.dcm"))[:1], node.port) == [0xA700]
     finally:
         node.stop()
     assert "spool full" in node.log.read_text()
@@ -360,13 +377,13 @@ def test_a_stream_cut_halfway_is_completed_instance_by_instance(pacs, signed_in,
     from dicomweb_client.api import DICOMwebClient
 
     server = DicomWebServer.from_locator(pacs.dicomweb)
-    [remote], _ = dicomweb.find_series(server, dicomweb.SeriesQuery(study_uid(PANCREAS)))
+    [remote], _ = dicomweb.find_series(server, dicomweb.SeriesQuery(study_uid(SERIES)))
     stream = DICOMwebClient.iter_series
     streamed, asked = [], []
 
-    def cut_after_three(self, *args, **kwargs):
+    def cut_after_two(self, *args, **kwargs):
         for count, dataset in enumerate(stream(self, *args, **kwargs)):
-            if count == 3:
+            if count == 2:
                 raise requests.ConnectionError("connection reset by peer")
             streamed.append(str(dataset.SOPInstanceUID))
             yield dataset
@@ -376,10 +393,10 @@ def test_a_stream_cut_halfway_is_completed_instance_by_instance(pacs, signed_in,
         return retrieve(self, study, series, sop, **kwargs)
 
     retrieve = DICOMwebClient.retrieve_instance
-    monkeypatch.setattr(DICOMwebClient, "iter_series", cut_after_three)
+    monkeypatch.setattr(DICOMwebClient, "iter_series", cut_after_two)
     monkeypatch.setattr(DICOMwebClient, "retrieve_instance", counted)
     fetched = dicomweb.fetch_series(remote, tmp_path)
     on_disk = {p.stem for p in tmp_path.glob("*.dcm")}
-    assert len(on_disk) == 8 and set(fetched.values()) == {remote.instance_url(uid) for uid in on_disk}
-    # only the five the stream did not bring, each once
-    assert len(asked) == len(set(asked)) == 5 and not set(asked) & set(streamed)
+    assert len(on_disk) == 4 and set(fetched.values()) == {remote.instance_url(uid) for uid in on_disk}
+    # only the two the stream did not bring, each once
+    assert len(asked) == len(set(asked)) == 2 and not set(asked) & set(streamed)

@@ -13,7 +13,7 @@ from clinreadnet_cli.explain import quality_maps
 from clinreadnet_cli.preprocess import prepare_slice
 from clinreadnet_cli.simulate import degraded_in
 
-SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "dicom" / "pancreas-ct-cb-001" / "IM0001.dcm"
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "dicom" / "lungfcp-01-0001" / "IM0001.dcm"
 
 
 def test_the_map_of_a_half_degraded_slice_lies_mostly_in_that_half():

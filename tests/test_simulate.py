@@ -29,12 +29,14 @@ from tests.conftest import ct_phantom, tiny_config
 REPO = Path(__file__).resolve().parents[1]
 CT_SOURCES = REPO.parent / "shared" / "data" / "ct_sources"
 PANCREAS = CT_SOURCES / "tcia-pancreatic-ct-cbct-seg_Pancreas-CT-CB_001.npz"
-SAMPLE_SERIES = REPO / "sample_data" / "dicom" / "pancreas-ct-cb-001"  # slice 1 = PANCREAS #32, untouched
+SAMPLE_SERIES = REPO / "sample_data" / "dicom" / "lungfcp-01-0001"  # slice 1: untouched
+VOLUME_SLICES = 1  # the slices of sample_data/nifti/kits-00072.nii.gz
 
 
 def script_module(name: str):
-    """scripts/NAME.py imported as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    """scripts/NAME.py or research/NAME.py imported as a module (neither is a package)."""
+    path = next(p for p in (REPO / "scripts" / f"{name}.py", REPO / "research" / f"{name}.py") if p.is_file())
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -43,7 +45,7 @@ def script_module(name: str):
 @pytest.fixture(scope="module")
 def real_slice() -> tuple[np.ndarray, float]:
     """An abdominal slice (512 x 512, HU) and its pixel spacing, from the CT sources or, where
-    they are not checked out, the same slice as shipped in sample_data."""
+    they are not checked out, an untouched chest slice of sample_data."""
     if PANCREAS.is_file():
         archive = np.load(PANCREAS)
         return archive["hu"][32].astype(np.float32), float(archive["pixel_spacing_mm"][32][0])
@@ -318,10 +320,10 @@ def test_sources_need_hu_and_square_pixels(tmp_path, half_slice):
 def test_dicom_and_nifti_sources_carry_spacing_and_patient():
     slices, errors, _ = find_sources([REPO / "sample_data" / "dicom", REPO / "sample_data" / "nifti"])
     assert not errors
-    dicom = [s for s in slices if "pancreas" in s.source]
+    dicom = [s for s in slices if "lungfcp" in s.source]
     nifti = [s for s in slices if "kits" in s.source]
-    assert len(dicom) == 8 and len(nifti) == 4
-    assert dicom[0].patient == "Pancreas-CT-CB_001" and dicom[0].pixel_mm == pytest.approx(1.0742, abs=1e-3)
+    assert len(dicom) == 4 and len(nifti) == VOLUME_SLICES
+    assert dicom[0].patient == "LungFCP-01-0001" and dicom[0].pixel_mm == pytest.approx(0.7598, abs=1e-3)
     assert nifti[0].patient == "kits-00072" and nifti[0].pixel_mm == pytest.approx(0.664, abs=1e-3)
 
 
@@ -334,8 +336,8 @@ def test_simulate_command(tmp_path):
             "--full-views", "200", "--views", "full,100", "--doses", "1,0.25", "--workers", "2"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "4 slices" in result.output and "slices/s" in result.output
-    assert len(json.loads((out / "train.json").read_text())) == 4 * 4
+    assert f"{VOLUME_SLICES} slices" in result.output and "slices/s" in result.output
+    assert len(json.loads((out / "train.json").read_text())) == VOLUME_SLICES * 4
     # An existing dataset is not replaced without --overwrite.
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--overwrite" in again.output
@@ -356,7 +358,7 @@ def test_simulate_command_photon_budget_goes_into_the_manifest(tmp_path):
     rows = simulate_full_mode(tmp_path / "sim", "--photon-budget", "1e6")
     assert {r["full_dose_fraction"] for r in rows if r["kind"] == "source"} == {"1"}
     fractions = [float(r["full_dose_fraction"]) for r in rows if r["kind"] == "full"]
-    assert len(fractions) == 4 * 2 and all(0 < f < 1 for f in fractions)  # 10⁶ photons: below every source
+    assert len(fractions) == VOLUME_SLICES * 2 and all(0 < f < 1 for f in fractions)  # 10⁶ photons: below every source
     assert all(float(r["score"]) == 4.0 for r in rows if r["kind"] == "full" and r["dose"] == "1.0000")
     # every image carries its source's water-equivalent diameter: one value per slice, whatever the dose
     from clinreadnet_cli.patient_size import water_equivalent_diameter
@@ -383,7 +385,7 @@ def test_simulate_leaves_out_images_the_readers_would_refuse(tmp_path):
     written = sorted(p.name for p in (out / "image").iterdir())
     assert sorted(labelled) == sorted(Path(r["path"]).name for r in rows) == written
     assert any(r["kind"] == "source" for r in rows)
-    assert len([r for r in rows if r["kind"] == "full"]) < 4 * 2  # some starved reconstructions left out
+    assert len([r for r in rows if r["kind"] == "full"]) < VOLUME_SLICES * 2  # some starved reconstructions left out
     for name in written:
         assert content_problem(tifffile.imread(out / "image" / name), "unit") is None
 
@@ -392,7 +394,7 @@ def test_simulate_command_grids_write_each_scan_on_every_grid(tmp_path):
     out = tmp_path / "sim"
     rows = simulate_full_mode(out, "--grids", "128@2,96")
     full = [r for r in rows if r["kind"] == "full"]
-    assert Counter(r["grid"] for r in full) == {"": 4 * 2, "128@2": 4 * 2, "96": 4 * 2}
+    assert Counter(r["grid"] for r in full) == {"": VOLUME_SLICES * 2, "128@2": VOLUME_SLICES * 2, "96": VOLUME_SLICES * 2}
     for r in full:
         shape = tifffile.imread(out / r["path"]).shape
         assert shape == {"": shape, "128@2": (128, 128), "96": (96, 96)}[r["grid"]]
@@ -435,7 +437,7 @@ def test_simulate_command_reports_bad_sources_and_goes_on(tmp_path):
                                  "--full-views", "100", "--views", "full", "--doses", "0.5"])
     assert result.exit_code == 1
     assert "windowed.tif" in result.output and "not HU" in result.output
-    assert len(json.loads((tmp_path / "o" / "train.json").read_text())) == 4 * 2
+    assert len(json.loads((tmp_path / "o" / "train.json").read_text())) == VOLUME_SLICES * 2
 
 
 @pytest.mark.parametrize("flag, value, message", [("--views", "full,lots", "neither"),
@@ -576,7 +578,7 @@ def test_simulation_checks_add_the_size_adjusted_noise_where_the_manifest_has_si
 
 
 def test_size_check_fits_beta_per_kernel_on_a_one_flux_simulation():
-    """scripts/size_check.py --fit: on a one-flux training simulation a score that reads the noise
+    """research/size_check.py --fit: on a one-flux training simulation a score that reads the noise
     misorders the two patients' acquisitions; the fitted beta (mean over kernels of the cross-slice
     share) is the smallest that orders them all, and adding it to a check set shows as its own row."""
     size_check = script_module("size_check")
@@ -667,14 +669,14 @@ def test_label_ordering_labels_each_grid_of_a_slice_on_its_own():
 
 
 def test_repeat_untouched_script_repeats_or_lists_the_untouched_training_images(tmp_path):
-    """scripts/repeat_untouched.py: each untouched training image drawn N times, or (--untouched-val)
+    """research/repeat_untouched.py: each untouched training image drawn N times, or (--untouched-val)
     listed once as the val split so that `evaluate --split val` scores them."""
     rows = ["path,kind", "image/0000.tif,source", "image/0001.tif,add", "image/0002.tif,source",
             "image/0003.tif,source"]
     (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "split.json").write_text(json.dumps({"train": ["0000.tif", "0001.tif", "0002.tif"],
                                                      "val": ["0003.tif"]}))
-    script = Path(__file__).resolve().parents[1] / "scripts" / "repeat_untouched.py"
+    script = Path(__file__).resolve().parents[1] / "research" / "repeat_untouched.py"
     for extra, out in (([], "x3.json"), (["--untouched-val"], "untouched.json")):
         subprocess.run([sys.executable, str(script), str(tmp_path / "split.json"), str(tmp_path / "manifest.csv"),
                         "--times", "3", "--out", str(tmp_path / out), *extra], check=True, capture_output=True)
@@ -789,7 +791,7 @@ def test_select_sources_script_writes_the_chosen_patients_slices(tmp_path):
 
 
 def test_feature_probe_ridge_reads_out_a_linear_target_and_dose_means_take_the_most_views():
-    """scripts/feature_probe.py: the ridge read-out recovers a target linear in the features on
+    """research/feature_probe.py: the ridge read-out recovers a target linear in the features on
     unseen rows, and the dose spread is read at the most views."""
     probe = script_module("feature_probe")
     rng = np.random.default_rng(0)
@@ -836,7 +838,7 @@ def test_ordering_check_names_weights_of_one_file_name_apart():
 
 
 def test_size_check_noise_adjusted_for_size_orders_one_flux_across_patients():
-    """scripts/size_check.py: at one flux a larger patient's image is noisier at every dose, so the
+    """research/size_check.py: at one flux a larger patient's image is noisier at every dose, so the
     noise figure misorders pairs across the two patients; with the size divided out it orders all."""
     size_check = script_module("size_check")
     from clinreadnet_cli.evaluation import Acquisitions
@@ -857,7 +859,7 @@ def test_size_check_noise_adjusted_for_size_orders_one_flux_across_patients():
 
 
 def test_slice_offsets_finds_the_slice_that_reads_high_at_every_protocol(tmp_path):
-    """scripts/slice_offsets.py: a slice scored half a point above the other at each acquisition gets
+    """research/slice_offsets.py: a slice scored half a point above the other at each acquisition gets
     an offset of +0.25 (the other -0.25) against a dose step of the scorer's own; the untouched images
     and the unmeasured ones do not count; each slice's kernel and spacing come from its source archive."""
     offsets_script = script_module("slice_offsets")
@@ -879,7 +881,7 @@ def test_slice_offsets_finds_the_slice_that_reads_high_at_every_protocol(tmp_pat
 
 
 def test_label_ceiling_measures_each_slice_in_its_own_reference_noise():
-    """scripts/label_ceiling.py: with nested doses the RMS of (50 % - full dose) is the reference's own
+    """research/label_ceiling.py: with nested doses the RMS of (50 % - full dose) is the reference's own
     noise, so a quiet and a noisy slice at the same dose get the same reference-unit label (pure noise:
     sqrt(1/d - 1) units), while one unit for both ranks the quiet slice's 25 % above the noisy one's 50 %."""
     label_ceiling = script_module("label_ceiling")

@@ -278,8 +278,11 @@ def test_config_file_extends_its_base_key_by_key_and_table_by_table(tmp_path):
         read_config_file(tmp_path / "orphan.toml")
 
 
-@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "scripts" / "default_weights").glob("*.toml")),
-                         ids=lambda p: p.name)
+RECIPES = [*(Path(__file__).parents[1] / "scripts" / "default_weights").glob("*.toml"),
+           *(Path(__file__).parents[1] / "research" / "recipes").glob("*.toml")]
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES), ids=lambda p: p.name)
 def test_shipped_recipes_read_into_training_options(recipe):
     TrainConfig.from_dict({"data": "ldct", **read_config_file(recipe)}).model_config()
 

@@ -8,13 +8,14 @@ interrupted (Ctrl-C).
 from __future__ import annotations
 
 from enum import Enum
-from typing import NoReturn
+from pathlib import Path
+from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..checkpoint import DEFAULT_WEIGHTS_NAME
+from ..checkpoint import DEFAULT_WEIGHTS_NAME, WeightsError, resolve_weights
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_GATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -28,8 +29,8 @@ app = typer.Typer(
 stdout = Console()
 stderr = Console(stderr=True, soft_wrap=True)  # never break a message across lines
 # The --weights help of every command that scores, naming the default in one place.
-WEIGHTS_HELP = (f"Weights file (.safetensors) or shipped weights by name ({DEFAULT_WEIGHTS_NAME}, or "
-                f"{DEFAULT_WEIGHTS_NAME.split('.')[1]}; clinreadnet.sim-v1 for the first release).")
+WEIGHTS_HELP = (f"Weights file (.safetensors) or the shipped weights by name ({DEFAULT_WEIGHTS_NAME}, or "
+                f"{DEFAULT_WEIGHTS_NAME.split('.')[1]}).")
 DEFAULT_WEIGHTS_HELP = f"{WEIGHTS_HELP} Default: {DEFAULT_WEIGHTS_NAME}."
 SAMPLING_GRIDS_HELP = ("Read each slice through N sampling grids (1 or 4, decimate input paths) instead of the "
                        "weights' own number (sim-v4: 4). 1 costs a quarter of the model time; records say which.")
@@ -90,6 +91,18 @@ class InputRangeChoice(str, Enum):
 def usage_error(message: str) -> NoReturn:
     stderr.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(EXIT_USAGE)
+
+
+def weights_file(value: Optional[str]) -> Path:
+    """The file ``--weights`` names (a path or a shipped name; None: the default), or a usage error
+    saying why there is none."""
+    try:
+        path = resolve_weights(value)
+    except WeightsError as exc:
+        usage_error(str(exc))
+    if not path.is_file():
+        usage_error(f"no weights at {path}; pass --weights FILE (a clinreadnet .safetensors file)")
+    return path
 
 
 def print_messages(notes=(), warnings=(), errors=()) -> None:

@@ -52,7 +52,7 @@ def evaluate(
     try:
         inputs = resolve_inputs(data, weights, split, split_file, run,
                                 input_range=input_range.value if input_range else None)
-    except DatasetError as exc:
+    except (DatasetError, WeightsError) as exc:
         usage_error(str(exc))
     data, weights_path = inputs.data, inputs.weights
     if not weights_path.is_file():

@@ -22,6 +22,7 @@ from .app import (
     app,
     stderr,
     usage_error,
+    weights_file,
 )
 
 LEVEL_STYLE = {"info": "dim", "warning": "yellow", "error": "bold red"}
@@ -54,7 +55,6 @@ def listen(
     """Receive CT studies by DICOM (C-STORE) and score each series once it is complete; stop with Ctrl-C
     or SIGTERM (series not yet scored stay spooled and are scored on the next start)."""
     from ..api import ScorerSpec
-    from ..checkpoint import resolve_weights
     from ..dicomnet.dimse import Peer
     from ..engine.node import Node
     from ..engine.base import ArchiveOptions
@@ -62,9 +62,7 @@ def listen(
 
     if len(ae_title) > 16 or any(t for t in (allow or []) if len(t) > 16):
         usage_error("AE titles are at most 16 characters")
-    weights_path = resolve_weights(weights)
-    if not weights_path.is_file():
-        usage_error(f"no weights at {weights_path}; pass --weights FILE (a clinreadnet .safetensors file)")
+    weights_path = weights_file(weights)
     try:
         peer = Peer.parse(forward) if forward else None
         options = ArchiveOptions(workers=decode_workers(workers, device.value), threshold=threshold)

@@ -33,6 +33,7 @@ from .app import (
     stderr,
     stdout,
     usage_error,
+    weights_file,
 )
 
 GRADE_STYLE = {"bad": "bold red", "poor": "red", "fair": "yellow", "good": "green", "excellent": "bold green"}
@@ -83,14 +84,14 @@ def score(
                                           "by default: the model was trained on axial slices)."),
     limit: Optional[list[str]] = typer.Option(
         None, help="Raise or lower an input cap, NAME=VALUE (repeatable): max_side, max_aspect, max_slices, "
-                   "max_volume_mib. See the README's input rules."),
+                   "max_volume_mib. See docs/inputs.md."),
 ) -> None:
     """Score every CT slice of the given files and folders (0 bad ... 4 excellent)."""
     # torch is imported only once the decoding processes have started (they fork without it), so
     # that its import and the model's loading overlap the first slices' decoding.
     from .. import records
     from ..atomic import output_problem, streaming_output
-    from ..checkpoint import resolve_weights, scoring_config
+    from ..checkpoint import scoring_config
     from ..config import slices_per_batch
     from ..decoding import DecodeSettings
     from ..dicomnet.sr import UnitReports
@@ -118,9 +119,7 @@ def score(
                     "give both")
     if sr is not None and sr.exists() and not sr.is_dir():
         usage_error(f"--sr {sr}: not a folder")
-    weights_path = resolve_weights(weights)
-    if not weights_path.is_file():
-        usage_error(f"no weights at {weights_path}; pass --weights FILE (a clinreadnet .safetensors file)")
+    weights_path = weights_file(weights)
     try:
         workers_count = decode_workers(workers, device.value)
         limits = Limits.from_pairs(limit or [])

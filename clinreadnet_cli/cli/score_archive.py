@@ -27,6 +27,7 @@ from .app import (
     require_paths,
     stderr,
     usage_error,
+    weights_file,
 )
 
 
@@ -72,7 +73,6 @@ def score_archive(
 ) -> None:
     """Score every series under ROOTS into a results folder; rerun to resume (finished series are
     skipped), --retry-failed to retry failed ones. Exit 1 if any series failed."""
-    from ..checkpoint import resolve_weights
     from ..engine.archive import plan_archive
     from ..engine.archive import score_archive as run
     from ..api import ScorerSpec
@@ -89,9 +89,7 @@ def score_archive(
     if remote and engine is Engine.ray:
         usage_error("--engine ray reads an archive on a file system the cluster shares; score a DICOMweb source "
                     "with --engine local")
-    weights_path = resolve_weights(weights)
-    if not weights_path.is_file():
-        usage_error(f"no weights at {weights_path}; pass --weights FILE (a clinreadnet .safetensors file)")
+    weights_path = weights_file(weights)
     if engine is Engine.ray:
         try:
             import ray  # noqa: F401

@@ -1,4 +1,4 @@
-"""What an input may declare before any pixel data is read (README: "Input rules").
+"""What an input may declare before any pixel data is read (docs/inputs.md: "Input rules").
 
 Limits are checked against the header (rows, columns, frames, bytes) so that a hostile file is
 refused before it can allocate; they raise InputError naming the file and the reason.
@@ -18,7 +18,7 @@ from .types import InputError
 
 @dataclass(frozen=True)
 class Limits:
-    """Caps on what one input may declare (README: "Input rules"). Override with --limit NAME=VALUE."""
+    """Caps on what one input may declare (docs/inputs.md: "Input rules"). Override with --limit NAME=VALUE."""
 
     max_side: int = 4096  # rows or columns of a slice
     max_aspect: float = 4.0  # longer side / shorter side (slices are padded to a square)
