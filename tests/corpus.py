@@ -19,7 +19,7 @@ import SimpleITK as sitk
 import tifffile
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless
 
 from clinreadnet_cli.dicom_export import write_multiframe, write_series
 
@@ -143,6 +143,28 @@ def build_corpus(root: Path, seed: int = 0) -> Expected:
     exp.errors[str(bad / "empty.dcm")] = "empty"
     (bad / "random.bin").write_bytes(rng.bytes(4096))
     exp.errors[str(bad / "random.bin")] = "not a DICOM"
+    # A CT image whose image cannot be read is damaged data, never paperwork skipped with a note.
+    _dicom_variant(one, bad / "ct-no-rows.dcm", lambda ds: delattr(ds, "Rows"))
+    exp.errors[str(bad / "ct-no-rows.dcm")] = "damaged CT image"
+    (bad / "ct-big-endian-syntax.dcm").write_bytes(raw)  # big-endian transfer syntax over little-endian bytes
+    _patch(bad / "ct-big-endian-syntax.dcm", b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.2\x00")
+    exp.errors[str(bad / "ct-big-endian-syntax.dcm")] = "damaged CT image"
+    at = raw.find(b"\x28\x00\x10\x00US")  # Rows: its tag and value bytes flipped
+    (bad / "ct-header-flipped.dcm").write_bytes(raw[:at] + bytes(b ^ 0xFF for b in raw[at:at + 10]) + raw[at + 10:])
+    exp.errors[str(bad / "ct-header-flipped.dcm")] = "damaged CT image"
+    [j2k] = write_series(hu[3:], bad / "j2k", names=["cut"], transfer_syntax=JPEG2000Lossless)
+    (bad / "ct-j2k-cut.dcm").write_bytes(j2k.read_bytes()[: j2k.stat().st_size * 6 // 10])
+    j2k.unlink()
+    j2k.parent.rmdir()
+    exp.errors[str(bad / "ct-j2k-cut.dcm")] = "damaged CT image"
+    # Headers that contradict the pixel data: refused, the pixels cannot be trusted.
+    _dicom_variant(one, bad / "ct-bits8-over-16.dcm", lambda ds: ds.update({"BitsAllocated": 8, "BitsStored": 8,
+                                                                            "HighBit": 7}))
+    exp.errors[str(bad / "ct-bits8-over-16.dcm")] = "does not describe"
+    _dicom_variant(one, bad / "ct-pixeldata-double.dcm", lambda ds: setattr(ds, "PixelData", ds.PixelData * 2))
+    exp.errors[str(bad / "ct-pixeldata-double.dcm")] = "does not describe"
+    _dicom_variant(one, bad / "ct-rgb-one-sample.dcm", lambda ds: setattr(ds, "PhotometricInterpretation", "RGB"))
+    exp.errors[str(bad / "ct-rgb-one-sample.dcm")] = "PhotometricInterpretation"
     at = raw.find(b"\x08\x00\x3e\x10LO")  # SeriesDescription with a VR no standard knows
     (odd / "unknown-vr.dcm").write_bytes(raw[:at + 4] + b"ZZ" + raw[at + 6:])
     exp.either.add(str(odd / "unknown-vr.dcm"))
@@ -156,6 +178,13 @@ def build_corpus(root: Path, seed: int = 0) -> Expected:
     data = (bad / "truncated.nii").read_bytes()
     (bad / "truncated.nii").write_bytes(data[: len(data) // 2])
     exp.errors[str(bad / "truncated.nii")] = "truncated"
+    _nifti(bad / "whole.nii.gz", hu[:3].astype(np.int16))  # cut anywhere, a gzip volume gives no score
+    whole = (bad / "whole.nii.gz").read_bytes()
+    (bad / "whole.nii.gz").unlink()
+    for share in (0.5, 0.84, 0.97, 0.999):
+        name = f"cut-{share:g}.nii.gz"
+        (bad / name).write_bytes(whole[: int(len(whole) * share)])
+        exp.errors[str(bad / name)] = "gzip"
     _nifti(bad / "huge-header.nii", hu[:1].astype(np.int16))
     header = bytearray((bad / "huge-header.nii").read_bytes())
     header[40:48] = struct.pack("<4h", 3, 32767, 32767, 32767)

@@ -105,7 +105,9 @@ def test_rerun_skips_finished_and_retries_failed_on_request(archive, weights, tm
 
 def test_other_weights_or_a_foreign_folder_are_refused(archive, weights, tmp_path):
     out = tmp_path / "results"
-    archive_cli(archive, "--out", out, "--weights", weights)
+    first = archive_cli(archive, "--out", out, "--weights", weights)
+    assert first.exit_code == 1 and (out / "run.json").is_file(), first.stderr  # 1: the archive's damaged file
+    torch.manual_seed(1)  # other tensors than the fixture's, whatever ran before
     other = save_weights(create_model(tiny_config()), tmp_path / "other.safetensors")
     refused = archive_cli(archive, "--out", out, "--weights", other)
     assert refused.exit_code == 2 and "weights_sha256" in refused.stderr, (refused.exit_code, refused.stderr)

@@ -109,6 +109,55 @@ def test_ras_nifti_is_reoriented_to_radiological_layout(tmp_path, hu):
     np.testing.assert_array_equal(loaded(discover([tmp_path]).series[0]), hu)
 
 
+@pytest.mark.parametrize("orientation", ["LPS", "RAS", "LAI", "SLP", "PIR"])
+def test_nifti_reads_as_simpleitk_orients_it_in_any_layout(tmp_path, hu, orientation):
+    """nibabel's slice-by-slice reading gives the slices, their order and their spacing that
+    SimpleITK's whole-volume reading in radiological layout gives, whatever the file's axis order
+    (the axial axis last, where slices are read one at a time, or not) and directions."""
+    lps = sitk.GetImageFromArray(hu.astype(np.int16))
+    lps.SetSpacing((0.7, 0.8, 2.5))
+    stored = sitk.DICOMOrient(lps, orientation)
+    sitk.WriteImage(stored, str(tmp_path / "v.nii.gz"))
+    [series] = discover([tmp_path / "v.nii.gz"]).series
+    expected = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(tmp_path / "v.nii.gz")), "LPS"))
+    np.testing.assert_array_equal(loaded(series), expected)
+    np.testing.assert_array_equal(loaded(series), hu)
+    assert all(ref.pixel_spacing_mm == pytest.approx((0.8, 0.7)) for ref in series.slices)  # rows (P), columns (L)
+
+
+def test_a_nifti_volume_is_never_held_whole(tmp_path):
+    """Slices of a .nii.gz are read one at a time through a gzip index: reading every slice of a
+    40 MiB volume allocates about one slice at a time, not the volume."""
+    import tracemalloc
+
+    import nibabel as nib
+
+    volume = np.zeros((512, 512, 80), np.int16)
+    volume[128:384, 128:384] = np.arange(80, dtype=np.int16)  # each slice its own value
+    nib.save(nib.Nifti1Image(volume, np.diag([-0.7, -0.7, 2.5, 1.0])), str(tmp_path / "v.nii.gz"))
+    [series] = discover([tmp_path / "v.nii.gz"]).series
+    tracemalloc.start()
+    try:
+        values = [float(ref.decode()[256, 256]) for ref in series.slices]  # pixels as read, unchecked
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert values == list(range(80))
+    assert peak < 8 * 2**20, peak  # the volume is 40 MiB; a slice in float32 1 MiB
+
+
+def test_a_cut_gzip_volume_gives_no_slice(tmp_path):
+    import nibabel as nib
+
+    volume = np.random.default_rng(0).integers(-1000, 1000, (64, 64, 6)).astype(np.int16)
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(tmp_path / "v.nii.gz"))
+    data = (tmp_path / "v.nii.gz").read_bytes()
+    (tmp_path / "v.nii.gz").write_bytes(data[: len(data) - 3])  # the trailer's CRC and size half gone
+    found = discover([tmp_path / "v.nii.gz"])
+    assert not found.series and [e.reason for e in found.errors] == [
+        "the gzip stream ends before its end-of-stream marker: a truncated file"]
+
+
 def test_2d_image_is_one_slice(tmp_path, hu):
     sitk.WriteImage(sitk.GetImageFromArray(hu[0].astype(np.int16)), str(tmp_path / "one.mha"))
     series = discover([tmp_path]).series

@@ -4,6 +4,8 @@ import csv
 import io
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -314,3 +316,17 @@ def test_workers_auto_is_one_on_the_cpu_and_every_core_but_one_with_a_gpu(monkey
             decode_workers(bad, "cpu")
     result = runner.invoke(app, ["score", str(tmp_path), "--workers", "none"])
     assert result.exit_code == 2 and "--workers takes a count" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["scores.jsonl", "scores"])  # a results suffix, and none at all
+def test_records_redirected_into_the_study_are_not_read_back(weights, tmp_path, name):
+    """`clinreadnet score study/ > study/scores.jsonl`: the shell creates the file before the run,
+    and the run skips it (as paperwork by its suffix, or as its own stdout) instead of failing on it."""
+    study = tmp_path / "study"
+    write_series(ct_phantom(2, 96), study)
+    with open(study / name, "w") as stdout:
+        done = subprocess.run([sys.executable, "-m", "clinreadnet_cli", "score", str(study), "--weights", str(weights)],
+                              stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert len((study / name).read_text().splitlines()) == 2
+    assert f"{study / name}: skipped" in done.stderr

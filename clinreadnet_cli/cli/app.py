@@ -7,6 +7,7 @@ interrupted (Ctrl-C).
 
 from __future__ import annotations
 
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import NoReturn, Optional
@@ -91,6 +92,14 @@ class InputRangeChoice(str, Enum):
 def usage_error(message: str) -> NoReturn:
     stderr.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(EXIT_USAGE)
+
+
+def stdout_descriptor() -> int | None:
+    """stdout's file descriptor, or None where stdout is no real file (a test runner's capture)."""
+    try:
+        return sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def weights_file(value: Optional[str]) -> Path:

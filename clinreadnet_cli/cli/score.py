@@ -32,6 +32,7 @@ from .app import (
     require_paths,
     stderr,
     stdout,
+    stdout_descriptor,
     usage_error,
     weights_file,
 )
@@ -98,7 +99,7 @@ def score(
     from ..dicomnet.dicomweb import SeriesQuery, is_dicomweb
     from ..engine.base import plan_inputs
     from ..engine.local import DecodePool, decode_workers, in_unit_order, score_events
-    from ..readers import InputError, Limits
+    from ..readers import InputError, Limits, file_identities
     from ..summary import SummaryCollector
 
     try:
@@ -129,8 +130,9 @@ def score(
     except ValueError as exc:  # WeightsError and ConfigError among them
         usage_error(str(exc))
 
+    own_output = file_identities(stdout_descriptor(), output, summary)  # `score study/ > study/x`: not an input
     try:
-        plan = plan_inputs(paths, all_orientations, SeriesQuery(study, series))
+        plan = plan_inputs(paths, all_orientations, SeriesQuery(study, series), own_output)
     except ValueError as exc:
         usage_error(str(exc))
     print_messages(plan.notes, errors=plan.errors)

@@ -55,14 +55,14 @@ class Plan:
 
 
 def plan_inputs(inputs: Iterable[str | Path], all_orientations: bool = False,
-                query: SeriesQuery | None = None) -> Plan:
+                query: SeriesQuery | None = None, skip: frozenset[tuple[int, int]] = frozenset()) -> Plan:
     """Files and folders as ``plan_units`` plans them, and DICOMweb sources (``dicomweb+http://...``):
     the series ``query`` finds there (default: every CT series), each a unit. A source that cannot
     be listed is an error of its own; a malformed source, or a study it does not hold, raises
     ValueError."""
     inputs = list(inputs)  # read twice below: a generator would give the files nothing
     sources = [str(i) for i in inputs if is_dicomweb(str(i))]
-    plan = plan_units([i for i in inputs if not is_dicomweb(str(i))], all_orientations)
+    plan = plan_units([i for i in inputs if not is_dicomweb(str(i))], all_orientations, skip)
     for locator in sources:
         server = DicomWebServer.from_locator(locator)
         try:
@@ -75,13 +75,14 @@ def plan_inputs(inputs: Iterable[str | Path], all_orientations: bool = False,
     return plan
 
 
-def plan_units(paths: Iterable[str | Path], all_orientations: bool = False) -> Plan:
+def plan_units(paths: Iterable[str | Path], all_orientations: bool = False,
+               skip: frozenset[tuple[int, int]] = frozenset()) -> Plan:
     """The units under ``paths``: DICOM files grouped by SeriesInstanceUID from their headers (no
     pixel data), every other file on its own. What cannot be read becomes a unit of its own, so
     that decoding it reports the error as ``score`` does. Only paths are kept, a few hundred bytes
-    per file."""
+    per file. Files in ``skip`` (the run's own output, ``readers.file_identities``) are left out."""
     found = Discovery()
-    files = walk_files((Path(p) for p in paths), found)
+    files = walk_files((Path(p) for p in paths), found, skip)
     series: dict[str, list[str]] = defaultdict(list)
     singles = [error.path for error in found.errors]
     for path in files:

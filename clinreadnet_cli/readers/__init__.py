@@ -7,6 +7,7 @@ slices plus one error per input that cannot be scored. Nothing here knows about 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Iterable, Literal
 
@@ -17,16 +18,18 @@ from .types import Discovery, InputError, Series, SliceRef
 from .volume import VOLUME_SUFFIXES, volume_series
 
 __all__ = ["DEFAULT_LIMITS", "Discovery", "InputError", "InputRange", "Limits", "Series", "SliceRef", "discover",
-           "file_suffix", "walk_files"]
+           "file_identities", "file_suffix", "walk_files"]
 
 InputRange = Literal["auto", "hu", "unit"]
 SUPPORTED = "DICOM, NIfTI, MHA/MHD, NRRD or TIFF"
 OTHER_IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF"}
 DETACHED_DATA_SUFFIXES = (".raw", ".zraw", ".img")  # pixel files that belong to a header (.mhd, ...)
 # Found while walking a folder, these are the study's paperwork (READMEs, JSON sidecars such as
-# LDCTIQAG2023's train.json, label tables), not images: skipped with a note. Named explicitly
-# on the command line they are still errors.
-DOCUMENT_SUFFIXES = {".md", ".txt", ".json", ".csv", ".tsv", ".xml", ".html", ".pdf", ".yaml", ".yml", ".log"}
+# LDCTIQAG2023's train.json, label tables) and results (this tool's own records, reports and
+# unfinished outputs among them), not images: skipped with a note. Named explicitly on the
+# command line they are still errors.
+DOCUMENT_SUFFIXES = {".md", ".txt", ".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".xml", ".html", ".htm",
+                     ".pdf", ".yaml", ".yml", ".log", ".partial"}
 
 
 def file_suffix(path: Path) -> str:
@@ -34,14 +37,31 @@ def file_suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
-def walk_files(paths: Iterable[Path], found: Discovery) -> list[Path]:
+def file_identities(*targets: str | Path | int | None) -> frozenset[tuple[int, int]]:
+    """(device, inode) of each regular file among ``targets`` (paths, or open file descriptors such as
+    stdout's): a run's own output, which ``walk_files`` skips when it meets it among the inputs."""
+    found = set()
+    for target in targets:
+        try:
+            info = os.fstat(target) if isinstance(target, int) else os.stat(target) if target is not None else None
+        except OSError:
+            continue
+        if info is not None and stat.S_ISREG(info.st_mode):
+            found.add((info.st_dev, info.st_ino))
+    return frozenset(found)
+
+
+def walk_files(paths: Iterable[Path], found: Discovery, skip: frozenset[tuple[int, int]] = frozenset()) -> list[Path]:
     """Regular files under ``paths``. Links are followed to regular files only; directory links are
-    not followed (no loops); FIFOs, sockets and devices are skipped with a note, never opened."""
+    not followed (no loops); FIFOs, sockets and devices are skipped with a note, never opened; so is
+    any file in ``skip`` (``file_identities``: the run's own output)."""
     files: list[Path] = []
 
     def consider(file: Path, named: bool) -> None:
         problem = regular_file_problem(file)
-        if problem is None:
+        if problem is None and skip and file_identities(file) <= skip:
+            found.notes.append(f"{file}: skipped, this run's own output")
+        elif problem is None:
             files.append(file)
         elif problem.startswith("not a regular file"):
             found.notes.append(f"{file}: skipped, {problem}")

@@ -26,6 +26,10 @@ from .types import InputError, Series, SliceRef
 MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR's SOP class
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame variants (.7.1-.7.4)
+# CT Image, Enhanced CT Image and Legacy Converted Enhanced CT Image Storage: objects that are an
+# image by their SOP class, so one without its image is damaged, never paperwork.
+CT_IMAGE_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
+GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 AXIAL_MIN_COSINE = 0.8  # slice normal within ~37 degrees of the patient's S-I axis: axial (gantry tilt included)
 
 
@@ -34,11 +38,12 @@ class NotDicom(Exception):
 
 
 def read_header(path: Path) -> Dataset:
-    """The dataset without its pixel data. Raises NotDicom, or InputError for a damaged file."""
+    """The dataset, its pixel data left unread (its length is known: ``pixel_data_length``).
+    Raises NotDicom, or InputError for a damaged file."""
     with warnings.catch_warnings():  # damage shows up below as a missing SOP class
         warnings.simplefilter("ignore")
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ds = pydicom.dcmread(path, defer_size=1024)
         except InvalidDicomError:
             raise NotDicom(path) from None
         except Exception as exc:  # pydicom raises many types for damaged files
@@ -57,9 +62,9 @@ def skip_reason(ds: Dataset, all_orientations: bool = False) -> str | None:
     sop_class = ds.file_meta.get("MediaStorageSOPClassUID", _safe(ds, "SOPClassUID"))
     if sop_class == MEDIA_DIRECTORY:
         return "DICOMDIR (a media index, not an image)"
-    if "Rows" not in ds or "Columns" not in ds:
+    if ("Rows" not in ds or "Columns" not in ds) and str(sop_class) not in CT_IMAGE_CLASSES:
         name = getattr(sop_class, "name", sop_class) or "unknown SOP class"
-        return f"no image data ({name})"
+        return f"no image data ({name})"  # a CT image without them is damaged: check_image says so
     modality = _safe(ds, "Modality")
     if modality and modality != "CT":
         return f"modality {modality}, not CT"
@@ -99,10 +104,18 @@ def check_image(path: Path, ds: Dataset, limits: Limits, warn: Callable[[str], N
 
     Geometry that cannot be parsed is a warning (the file falls back to file order), never an error.
     """
-    samples = _whole(ds.get("SamplesPerPixel", 1))
+    if "Rows" not in ds or "Columns" not in ds or "PixelData" not in ds:
+        missing = [k for k in ("Rows", "Columns", "PixelData") if k not in ds]
+        raise InputError(path, f"damaged CT image: no {' or '.join(missing)} in a {_class_name(ds)} file (the file cut "
+                               "short or garbled, or a transfer syntax that does not match its bytes)")
+    samples = _whole(_safe(ds, "SamplesPerPixel") or 1)
     if samples != 1:
         raise InputError(path, f"{ds.get('SamplesPerPixel')!s} samples per pixel (colour image), not a grayscale CT slice")
-    rows, columns, bits = _whole(ds.get("Rows")), _whole(ds.get("Columns")), _whole(ds.get("BitsAllocated", 16))
+    photometric = str(_safe(ds, "PhotometricInterpretation") or "").strip().upper()
+    if photometric and photometric not in GRAYSCALE:
+        raise InputError(path, f"PhotometricInterpretation {photometric} with one sample per pixel: the header "
+                               "contradicts itself, its pixels cannot be trusted")
+    rows, columns, bits = _whole(_safe(ds, "Rows")), _whole(_safe(ds, "Columns")), _whole(_safe(ds, "BitsAllocated") or 16)
     if rows is None or columns is None or bits not in (8, 16, 32):
         raise InputError(path, f"malformed image size: Rows {ds.get('Rows')!s}, Columns {ds.get('Columns')!s}, "
                                f"BitsAllocated {ds.get('BitsAllocated')!s}")
@@ -112,9 +125,16 @@ def check_image(path: Path, ds: Dataset, limits: Limits, warn: Callable[[str], N
     limits.check_slices(path, rows, columns, frames, bits / 8)
     syntax = ds.file_meta.get("TransferSyntaxUID")
     declared = rows * columns * frames * bits // 8
-    if syntax is not None and not syntax.is_compressed and syntax != DEFLATED and declared > path.stat().st_size:
-        raise InputError(path, f"declares {frames} frame(s) of {rows} x {columns} x {bits} bits ({declared:,} bytes) "
-                               f"but the file holds {path.stat().st_size:,} bytes: truncated or wrong NumberOfFrames")
+    if syntax is not None and not syntax.is_compressed and syntax != DEFLATED:
+        if declared > path.stat().st_size:
+            raise InputError(path, f"declares {frames} frame(s) of {rows} x {columns} x {bits} bits ({declared:,} "
+                                   f"bytes) but the file holds {path.stat().st_size:,} bytes: truncated or wrong "
+                                   "NumberOfFrames")
+        held = pixel_data_length(ds)
+        if held is not None and held not in (declared, declared + 1):  # + 1: a value of odd length is padded
+            raise InputError(path, f"its PixelData holds {held:,} bytes where Rows x Columns x frames x "
+                                   f"BitsAllocated ({rows} x {columns} x {frames} x {bits}) make {declared:,}: the "
+                                   "header does not describe these pixels")
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is not None and len(per_frame) < frames:
         raise InputError(path, f"{len(per_frame)} per-frame functional group(s) for {frames} frames")
@@ -146,6 +166,21 @@ def check_image(path: Path, ds: Dataset, limits: Limits, warn: Callable[[str], N
     else:
         metas = [{**shared, "instance_number": f + 1, "z_mm": _z(frame_geometry(ds, f)[1])} for f in frame_order]
     return DicomImage(path, ds, frames, position, instance, frame_order, uid, label, _patient(ds), spacings, metas)
+
+
+def pixel_data_length(ds: Dataset) -> int | None:
+    """The stored length of native (uncompressed) PixelData, read from its element header, or None."""
+    try:
+        element = ds.get_item("PixelData", keep_deferred=True)  # its header only: the value stays on disk
+    except Exception:
+        return None
+    length = getattr(element, "length", None)
+    return length if isinstance(length, int) and length != 0xFFFFFFFF else None
+
+
+def _class_name(ds: Dataset) -> str:
+    sop_class = ds.file_meta.get("MediaStorageSOPClassUID", _safe(ds, "SOPClassUID"))
+    return str(getattr(sop_class, "name", sop_class) or "CT image")
 
 
 def acquisition_meta(ds: Dataset) -> dict:

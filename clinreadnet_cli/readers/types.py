@@ -16,6 +16,7 @@ class InputError(Exception):
     """An input that cannot be scored: ``path`` the file, ``slice`` the slice where only one failed."""
 
     def __init__(self, path: Path | str, reason: str, slice: int | None = None):
+        reason = " ".join(reason.split())  # one line, whatever a library's message held
         super().__init__(reason)
         self.path = path if isinstance(path, str) and "://" in path else Path(path)  # a URL stays whole
         self.reason = reason

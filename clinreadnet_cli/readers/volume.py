@@ -1,11 +1,13 @@
-"""NIfTI, MHA/MHD and NRRD through SimpleITK: 3-D volumes slice by slice along the axial axis, 2-D images as one slice."""
+"""3-D volumes slice by slice along the axial axis, 2-D images as one slice: NIfTI through nibabel,
+read one slice at a time (``indexed_gzip`` makes ``.nii.gz`` seekable), so that memory does not grow
+with the volume; MHA/MHD and NRRD through SimpleITK, read whole on the first slice asked for."""
 
 from __future__ import annotations
 
 import gzip
 import threading
+import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,13 +15,12 @@ from ..preprocess import ValueRange
 from .limits import DEFAULT_LIMITS, Limits, regular_file_problem
 from .types import InputError, Series, SliceRef
 
-if TYPE_CHECKING:
-    import SimpleITK as sitk
-
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NIFTI_HEADER_BYTES = 348
-NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 / float64
 HEADER_READ_BYTES = 65536  # MetaImage / NRRD text headers are far shorter
+GZIP_CHECK_BLOCK = 1 << 24  # bytes inflated at a time while a .nii.gz is checked whole
+GZIP_SLACK = 64 << 20  # inflated bytes tolerated past what the header declares (a gzip bomb stops here)
 
 
 class _Volume:
@@ -39,17 +40,12 @@ class _Volume:
 
         try:
             image = sitk.ReadImage(str(self.path))
-            damaged = _nifti_non_finite(self.path, image)
             if image.GetDimension() == 3:
                 # Axial slices in radiological layout: index axes -> patient L, P, S; no resampling.
                 image = sitk.DICOMOrient(image, "LPS")
-                damaged = sitk.DICOMOrient(damaged, "LPS") if damaged is not None else None
             array = sitk.GetArrayFromImage(image)  # (z, y, x) or (y, x)
         except RuntimeError as exc:
             raise InputError(self.path, f"cannot read image data ({str(exc).strip().splitlines()[-1]})") from None
-        if damaged is not None:  # put back the NaNs the NIfTI reader turned into zeros
-            array = array.astype(np.float32, copy=False)
-            array[sitk.GetArrayFromImage(damaged).astype(bool)] = np.nan
         return array if array.ndim == 3 else array[None]
 
     def slice(self, index: int) -> np.ndarray:
@@ -63,36 +59,103 @@ class _Volume:
             return out
 
 
-def _nifti_non_finite(path: Path, image: sitk.Image) -> sitk.Image | None:
-    """A mask of the voxels a float NIfTI file stores as NaN or inf (in ``image``'s geometry), or None.
+class _NiftiVolume:
+    """A NIfTI volume in radiological layout (rows toward P, columns toward L, slices from I to S)
+    without resampling, as ``_Volume`` gives the others, read through nibabel's array proxy.
 
-    SimpleITK's NIfTI reader gives those voxels as 0, which would be scored as water; the raw
-    voxels are read again here (float files only) so that they are refused like any NaN.
+    Where the axial axis is the file's last one (the usual layout: each slice contiguous on disk)
+    one slice is read at a time, so memory holds a slice, not the volume. Otherwise the volume is
+    read whole once (within ``max_volume_mib``), since each slice would cross the whole file. NaN
+    and inf voxels stay what they are, so that the slice checks refuse them.
     """
-    import SimpleITK as sitk
 
-    name = path.name.lower()
-    if not name.endswith((".nii", ".nii.gz")):
-        return None
-    with (gzip.open(path, "rb") if name.endswith(".gz") else open(path, "rb")) as f:
-        header = f.read(NIFTI_HEADER_BYTES)
-        order = "<" if int.from_bytes(header[:4], "little") == NIFTI_HEADER_BYTES else ">"
-        datatype = int(np.frombuffer(header[70:72], f"{order}i2")[0])
-        if datatype not in NIFTI_FLOAT_TYPES:
-            return None
-        offset = int(np.frombuffer(header[108:112], f"{order}f4")[0])
-        f.read(max(0, offset - NIFTI_HEADER_BYTES))
-        dtype = np.dtype(NIFTI_FLOAT_TYPES[datatype]).newbyteorder(order)
-        expected = int(np.prod(image.GetSize()))
-        voxels = np.frombuffer(f.read(expected * dtype.itemsize), dtype)  # never more than declared
-    if voxels.size < expected:
-        return None  # the size check has refused a short file already
-    bad = ~np.isfinite(voxels)
-    if not bad.any():
-        return None
-    mask = sitk.GetImageFromArray(bad.reshape(image.GetSize()[::-1]).astype(np.uint8))
-    mask.CopyInformation(image)
-    return mask
+    def __init__(self, path: Path, image, shape: tuple[int, int, int], axes: tuple[int, int, int],
+                 flips: tuple[bool, bool, bool]):
+        self.path, self.image, self.shape = path, image, shape
+        self.axis_s, self.axis_p, self.axis_l = axes
+        self.flip_s, self.flip_p, self.flip_l = flips
+        self.n_slices = shape[self.axis_s]
+        self.streamed = len(image.shape) == 3 and self.axis_s == 2
+        self._remaining = self.n_slices
+        self._whole: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def _plane(self, k: int) -> np.ndarray:
+        if self.image is None:  # asked again after the last slice let the file go
+            import nibabel as nib
+
+            self.image = nib.load(str(self.path), keep_file_open=True, mmap=False)
+        if self.streamed:
+            return np.asarray(self.image.dataobj[:, :, k])
+        if self._whole is None:
+            self._whole = np.asarray(self.image.dataobj).reshape(self.shape)
+        return np.take(self._whole, k, axis=self.axis_s)
+
+    def slice(self, index: int) -> np.ndarray:
+        k = self.n_slices - 1 - index if self.flip_s else index
+        with self._lock:
+            try:
+                plane = self._plane(k)
+            except (OSError, EOFError, ValueError, zlib.error) as exc:
+                raise InputError(self.path, f"cannot read image data ({type(exc).__name__}: {exc})") from None
+            self._remaining -= 1
+            if self._remaining == 0:  # the last slice: let go of the file and of any whole copy
+                self._whole = self.image = None
+                self._remaining = self.n_slices
+        in_plane = [axis for axis in range(3) if axis != self.axis_s]  # the plane's axes, in the file's order
+        if in_plane.index(self.axis_p) != 0:
+            plane = plane.T
+        if self.flip_p:
+            plane = plane[::-1]
+        if self.flip_l:
+            plane = plane[:, ::-1]
+        return np.ascontiguousarray(plane, dtype=np.float32)
+
+
+def nifti_series(path: Path, value_range: ValueRange, limits: Limits) -> Series:
+    """A NIfTI file's axial slices: its header and its stored size checked (a ``.nii.gz`` read
+    through once, so that a cut stream is refused before any slice is scored), no voxel kept."""
+    import nibabel as nib  # here: only NIfTI inputs pay for its import
+
+    # A cut or corrupt stream is refused before anything else: no slice of it is ever scored.
+    inflated = (gzip_inflated_size(path, limits.max_volume_mib * 2**20 + GZIP_SLACK)
+                if path.name.lower().endswith(".gz") else None)
+    try:
+        # one file handle, and for .nii.gz one gzip index (indexed_gzip), serve every slice
+        image = nib.load(str(path), keep_file_open=True, mmap=False)
+        dtype = image.header.get_data_dtype()
+        offset = int(image.dataobj.offset)
+    except Exception as exc:  # nibabel raises many types for damaged headers
+        raise InputError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+    if len(dtype) or dtype.kind not in "iuf":  # structured (RGB) or complex voxels
+        raise InputError(path, f"voxels of type {dtype}, not a grayscale CT image")
+    shape = tuple(int(n) for n in image.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    shape = shape + (1,) if len(shape) == 2 else shape
+    if len(shape) != 3:
+        raise InputError(path, f"{len(shape)}-D image; expected a 2-D slice or a 3-D volume")
+    orientation = nib.orientations.io_orientation(image.affine)  # per file axis: (R, A or S, direction)
+    axis_toward = {int(world): axis for axis, (world, _) in enumerate(orientation) if not np.isnan(world)}
+    if len(axis_toward) != 3:
+        raise InputError(path, f"degenerate orientation (affine {image.affine.tolist()}): cannot tell the axial slices")
+    axes = (axis_toward[2], axis_toward[1], axis_toward[0])  # the file's axes toward S, A and R
+    heading = {axis: orientation[axis][1] for axis in range(3)}
+    flips = (heading[axes[0]] < 0, heading[axes[1]] > 0, heading[axes[2]] > 0)  # I to S; toward P and L
+    limits.check_volume(path, shape[axes[1]], shape[axes[2]], shape[axes[0]], dtype.itemsize)
+    problem = stored_size_problem(path, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, offset, inflated)
+    if problem:
+        raise InputError(path, problem)
+    zooms = image.header.get_zooms()
+    volume = _NiftiVolume(path, image, shape, axes, flips)
+    return _series(path, value_range, volume.n_slices, volume.slice, (float(zooms[axes[1]]), float(zooms[axes[2]])))
+
+
+def _series(path: Path, value_range: ValueRange, n_slices: int, read, spacing: tuple[float, float]) -> Series:
+    series = Series(label=path.name, series_uid=None, patient_id=_stem(path))
+    series.slices = [SliceRef(path=path, index=k, value_range=value_range, decode=lambda k=k: read(k),
+                              pixel_spacing_mm=spacing) for k in range(n_slices)]
+    return series
 
 
 def _stem(path: Path) -> str:
@@ -101,6 +164,8 @@ def _stem(path: Path) -> str:
 
 
 def volume_series(path: Path, value_range: ValueRange, limits: Limits = DEFAULT_LIMITS) -> Series:
+    if path.name.lower().endswith(NIFTI_SUFFIXES):
+        return nifti_series(path, value_range, limits)
     import SimpleITK as sitk  # here, not at the top: its import costs every start-up ~0.1 s, volumes or not
 
     reader = sitk.ImageFileReader()
@@ -132,30 +197,39 @@ def volume_series(path: Path, value_range: ValueRange, limits: Limits = DEFAULT_
     if problem:
         raise InputError(path, problem)
     volume = _Volume(path, n_slices)
-    series = Series(label=path.name, series_uid=None, patient_id=_stem(path))
-    series.slices = [
-        SliceRef(path=path, index=k, value_range=value_range, decode=lambda k=k: volume.slice(k),
-                 pixel_spacing_mm=(float(row_col_spacing[0]), float(row_col_spacing[1])))
-        for k in range(n_slices)
-    ]
-    return series
+    return _series(path, value_range, n_slices, volume.slice, (float(row_col_spacing[0]), float(row_col_spacing[1])))
 
 
-def stored_size_problem(path: Path, declared: int) -> str | None:
-    """Why the file cannot hold the ``declared`` bytes of voxels it promises, or None.
+def gzip_inflated_size(path: Path, at_most: int) -> int:
+    """The bytes a gzip file inflates to, read through once in blocks (memory stays flat). Raises
+    InputError where the stream is not whole (cut before its end-of-stream marker, or corrupt) or
+    inflates past ``at_most`` bytes."""
+    inflated = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while block := f.read(GZIP_CHECK_BLOCK):
+                inflated += len(block)
+                if inflated > at_most:
+                    raise InputError(path, f"inflates past {at_most:,} bytes, beyond the volume limit "
+                                           "(--limit max_volume_mib=N)")
+    except EOFError:
+        raise InputError(path, "the gzip stream ends before its end-of-stream marker: a truncated file") from None
+    except (OSError, zlib.error) as exc:  # gzip.BadGzipFile among them: a bad CRC, a garbled block
+        raise InputError(path, f"damaged gzip stream ({exc})") from None
+    return inflated
 
-    Checked before reading, so that a truncated file is refused instead of read as zeros, and a
-    header pointing at a device (/dev/zero) or a FIFO is never opened.
-    """
+
+def stored_size_problem(path: Path, declared: int, offset: int = NIFTI_HEADER_BYTES,
+                        inflated: int | None = None) -> str | None:
+    """Why the file cannot hold the ``declared`` bytes of voxels it promises (after ``offset`` bytes
+    of NIfTI header; a ``.nii.gz`` by its ``inflated`` size), or None. Checked before reading, so
+    that a truncated file is refused instead of read as zeros, and a header pointing at a device
+    (/dev/zero) or a FIFO is never opened."""
     name = path.name.lower()
     if name.endswith(".nii"):
-        held = path.stat().st_size - NIFTI_HEADER_BYTES
-    elif name.endswith(".nii.gz"):
-        with open(path, "rb") as f:  # gzip's trailer holds the inflated size mod 2^32
-            f.seek(-4, 2)
-            held = int.from_bytes(f.read(4), "little") - NIFTI_HEADER_BYTES
-        if declared >= 2**32:
-            return None
+        held = path.stat().st_size - offset
+    elif name.endswith(".nii.gz") and inflated is not None:
+        held = inflated - offset
     elif name.endswith((".mha", ".mhd", ".nrrd", ".nhdr")):
         fields = _text_header(path)
         compressed = (fields.get("compresseddata", "false").lower() == "true"
