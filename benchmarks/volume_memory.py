@@ -62,7 +62,7 @@ def main() -> None:
     for row in rows:
         print(row)
     if args.json:
-        write_json(args.json, rows, args)
+        write_json(args.json, rows)
 
 
 if __name__ == "__main__":

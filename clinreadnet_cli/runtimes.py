@@ -10,9 +10,12 @@ the logits are torch's up to float rounding (benchmarks/run.py, section options)
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import importlib.util
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -96,6 +99,33 @@ def _onnxruntime(onnx: Path, threads: int | None) -> Logits:
     return lambda batch: session.run(None, {"slices": np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
 
+class _SignalStack(ctypes.Structure):  # stack_t of sigaltstack(2)
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def _keeps_signal_stack():
+    """Leave the calling thread on the alternate signal stack it had.
+
+    OpenVINO's CPU plugin installs a signal stack of its own on the thread that compiles a model,
+    and puts back the one it found when that model is freed. Two models freed in another order
+    than they were compiled leave the thread on a freed stack, and the next signal that runs a
+    Python handler there (Ctrl-C, SIGTERM, a child's SIGCHLD) kills the process with SIGSEGV.
+    Where the old stack cannot be put back (too small for this CPU's signal frames), the thread
+    goes without one: signals then run on its own stack."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = _SignalStack()
+    libc.sigaltstack(None, ctypes.byref(own))
+    try:
+        yield
+    finally:
+        if libc.sigaltstack(ctypes.byref(own), None) != 0:
+            libc.sigaltstack(ctypes.byref(_SignalStack(None, 2, 0)), None)  # SS_DISABLE
+
+
 def _openvino(onnx: Path, threads: int | None, precision: str) -> Logits:
     import openvino as ov
 
@@ -103,6 +133,7 @@ def _openvino(onnx: Path, threads: int | None, precision: str) -> Logits:
     # kernels have no Mish (SOQN's activation) on some CPUs, so they are switched off.
     config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "SNIPPETS_MODE": "DISABLE",
               "PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
-    compiled = ov.Core().compile_model(str(onnx), "CPU", config)
-    request, output = compiled.create_infer_request(), compiled.output(0)
+    with _keeps_signal_stack():
+        compiled = ov.Core().compile_model(str(onnx), "CPU", config)
+        request, output = compiled.create_infer_request(), compiled.output(0)
     return lambda batch: np.array(request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})[output])

@@ -89,3 +89,39 @@ def test_int8_leaves_the_callers_model_untouched(model, images):
     before = model.predict(images).score
     prepare_for_inference(model, CPU, InferenceOptions(int8=True))
     assert isinstance(model.head.heads[0], torch.nn.Linear) and torch.equal(model.predict(images).score, before)
+
+
+SIGNAL_AFTER_TWO_MODELS = """
+import faulthandler, gc, os, signal, sys
+import torch
+from clinreadnet_cli.archs import create_model
+from clinreadnet_cli.runtimes import export_onnx, runtime_logits
+from tests.conftest import tiny_config
+
+faulthandler.enable()  # an alternate signal stack on this thread, as pytest and python -X faulthandler give
+torch.manual_seed(0)
+onnx = export_onnx(create_model(tiny_config()).eval(), __import__("pathlib").Path(sys.argv[1]))
+first, second = runtime_logits("openvino", onnx, 1, "fp32"), runtime_logits("openvino", onnx, 1, "fp32")
+del first  # freed in the order they were made: OpenVINO puts back the stacks it found in the other order
+gc.collect()
+del second
+gc.collect()
+heard = []
+signal.signal(signal.SIGUSR1, lambda *_: heard.append(1))  # a Python handler runs on the alternate stack
+os.kill(os.getpid(), signal.SIGUSR1)
+print("survived", heard)
+"""
+
+
+@pytest.mark.skipif(not installed("openvino"), reason="needs OpenVINO")
+def test_a_signal_after_two_openvino_models_are_freed_is_handled(tmp_path):
+    """OpenVINO's CPU plugin leaves its own alternate signal stack on the compiling thread and puts
+    back the old one when the model is freed; freed out of order, the thread was left on freed
+    memory and the next signal killed the process (SIGSEGV). The thread keeps its own stack."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_TWO_MODELS, str(tmp_path / "m.onnx")],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "survived [1]" in done.stdout, (done.returncode, done.stderr[-2000:])
