@@ -82,9 +82,7 @@ class _NiftiVolume:
 
     def _plane(self, k: int) -> np.ndarray:
         if self.image is None:  # asked again after the last slice let the file go
-            import nibabel as nib
-
-            self.image = nib.load(str(self.path), keep_file_open=True, mmap=False)
+            self.image = _open_nifti(self.path)
         if self.streamed:
             return np.asarray(self.image.dataobj[:, :, k])
         if self._whole is None:
@@ -112,20 +110,27 @@ class _NiftiVolume:
         return np.ascontiguousarray(plane, dtype=np.float32)
 
 
-def nifti_series(path: Path, value_range: ValueRange, limits: Limits) -> Series:
-    """A NIfTI file's axial slices: its header and its stored size checked (a ``.nii.gz`` read
-    through once, so that a cut stream is refused before any slice is scored), no voxel kept."""
+def _open_nifti(path: Path):
+    """The NIfTI image, its voxels unread: one file handle, and for .nii.gz one gzip index
+    (indexed_gzip), serve every slice."""
     import nibabel as nib  # here: only NIfTI inputs pay for its import
 
-    # A cut or corrupt stream is refused before anything else: no slice of it is ever scored.
-    inflated = (gzip_inflated_size(path, limits.max_volume_mib * 2**20 + GZIP_SLACK)
-                if path.name.lower().endswith(".gz") else None)
+    return nib.load(str(path), keep_file_open=True, mmap=False)
+
+
+def nifti_series(path: Path, value_range: ValueRange, limits: Limits) -> Series:
+    """A NIfTI file's axial slices: its header checked, then its stored size (a ``.nii.gz`` read
+    through once, so that a cut stream is refused before any slice is scored), no voxel kept."""
+    import nibabel as nib
+
+    gzipped = path.name.lower().endswith(".gz")
     try:
-        # one file handle, and for .nii.gz one gzip index (indexed_gzip), serve every slice
-        image = nib.load(str(path), keep_file_open=True, mmap=False)
+        image = _open_nifti(path)
         dtype = image.header.get_data_dtype()
         offset = int(image.dataobj.offset)
     except Exception as exc:  # nibabel raises many types for damaged headers
+        if gzipped:  # a header the cut of its stream made unreadable: say that
+            gzip_inflated_size(path, limits.max_volume_mib * 2**20 + GZIP_SLACK)
         raise InputError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
     if len(dtype) or dtype.kind not in "iuf":  # structured (RGB) or complex voxels
         raise InputError(path, f"voxels of type {dtype}, not a grayscale CT image")
@@ -142,8 +147,11 @@ def nifti_series(path: Path, value_range: ValueRange, limits: Limits) -> Series:
     axes = (axis_toward[2], axis_toward[1], axis_toward[0])  # the file's axes toward S, A and R
     heading = {axis: orientation[axis][1] for axis in range(3)}
     flips = (heading[axes[0]] < 0, heading[axes[1]] > 0, heading[axes[2]] > 0)  # I to S; toward P and L
-    limits.check_volume(path, shape[axes[1]], shape[axes[2]], shape[axes[0]], dtype.itemsize)
-    problem = stored_size_problem(path, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, offset, inflated)
+    limits.check_volume(path, shape[axes[1]], shape[axes[2]], shape[axes[0]], dtype.itemsize)  # before inflating
+    declared = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # read through once before any slice: a cut or corrupt stream never gives a score
+    inflated = gzip_inflated_size(path, offset + declared + GZIP_SLACK) if gzipped else None
+    problem = stored_size_problem(path, declared, offset, inflated)
     if problem:
         raise InputError(path, problem)
     zooms = image.header.get_zooms()
@@ -210,8 +218,8 @@ def gzip_inflated_size(path: Path, at_most: int) -> int:
             while block := f.read(GZIP_CHECK_BLOCK):
                 inflated += len(block)
                 if inflated > at_most:
-                    raise InputError(path, f"inflates past {at_most:,} bytes, beyond the volume limit "
-                                           "(--limit max_volume_mib=N)")
+                    raise InputError(path, f"inflates past {at_most:,} bytes, more than its header and the "
+                                           "volume limit allow")
     except EOFError:
         raise InputError(path, "the gzip stream ends before its end-of-stream marker: a truncated file") from None
     except (OSError, zlib.error) as exc:  # gzip.BadGzipFile among them: a bad CRC, a garbled block
