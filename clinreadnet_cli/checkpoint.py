@@ -29,14 +29,16 @@ _WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 NAMED_WEIGHTS = {"clinreadnet.sim-v4": _WEIGHTS_DIR / "clinreadnet-sim-v4.safetensors"}
 DEFAULT_WEIGHTS_NAME = "clinreadnet.sim-v4"
 SHIPPED_WEIGHTS = NAMED_WEIGHTS[DEFAULT_WEIGHTS_NAME]
-# Earlier releases, kept out of the tree to keep it small: each stays in the git history under a tag,
-# and records still name a file with its SHA-256.
-RETIRED_WEIGHTS = {
-    "clinreadnet.sim-v1": ("weights-sim-v1", "clinreadnet-sim.safetensors",
+# Earlier releases, kept out of the tree to keep it small: each stays in the git history at the last
+# commit that held them (a commit, not a tag, since tags do not travel with every clone), and records
+# still name a file with its SHA-256.
+RETIRED_AT_COMMIT = "4a31dea"
+RETIRED_WEIGHTS = {  # name: (file name under weights/ at RETIRED_AT_COMMIT, SHA-256)
+    "clinreadnet.sim-v1": ("clinreadnet-sim.safetensors",
                            "678ccb302b14750bcb4e418bf72d3307ab93dbba2165b6a7f0d0af2bd242dbc7"),
-    "clinreadnet.sim-v2": ("weights-sim-v2", "clinreadnet-sim-v2.safetensors",
+    "clinreadnet.sim-v2": ("clinreadnet-sim-v2.safetensors",
                            "e2737aca710214afa79d767b3c13e525e13cdcfc1b2e4ef2b9ade550ed608b15"),
-    "clinreadnet.sim-v3": ("weights-sim-v3", "clinreadnet-sim-v3.safetensors",
+    "clinreadnet.sim-v3": ("clinreadnet-sim-v3.safetensors",
                            "8d809651107e866ee385344c9c70a65f7887728548b36ab901e82a66ffe9792e"),
 }
 
@@ -57,9 +59,9 @@ def resolve_weights(value: str | Path | None) -> Path:
     if name in NAMED_WEIGHTS:
         return NAMED_WEIGHTS[name]
     if name in RETIRED_WEIGHTS:
-        tag, file_name, _ = RETIRED_WEIGHTS[name]
+        file_name, _ = RETIRED_WEIGHTS[name]
         raise WeightsError(f"{value}: {name} is no longer shipped in weights/ (only {DEFAULT_WEIGHTS_NAME}); it "
-                           f"is in the git history: git show {tag}:weights/{file_name} > {file_name}, then "
+                           f"is in the git history: git show {RETIRED_AT_COMMIT}:weights/{file_name} > {file_name}, then "
                            f"--weights {file_name}")
     return Path(value)
 
@@ -82,7 +84,7 @@ def weights_identity(path: str | Path) -> dict:
             digest.update(block)
     sha256 = digest.hexdigest()
     names = [name for name, shipped in NAMED_WEIGHTS.items() if shipped.resolve() == path.resolve()]
-    names += [name for name, (_, _, retired) in RETIRED_WEIGHTS.items() if retired == sha256]
+    names += [name for name, (_, retired) in RETIRED_WEIGHTS.items() if retired == sha256]
     return {"weights": names[0] if names else str(path), "weights_sha256": sha256}
 
 

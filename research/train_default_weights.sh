@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Rebuild weights v2 (WORK/clinreadnet-sim-v2.safetensors; the release is under the git tag weights-sim-v2)
-# from the real CT sources, starting from v1 (tag weights-sim-v1, fetched into WORK), and check it on
+# Rebuild weights v2 (WORK/clinreadnet-sim-v2.safetensors; the release is in the git history at commit 4a31dea)
+# from the real CT sources, starting from v1 (at commit 4a31dea, fetched into WORK), and check it on
 # held-out patients degraded by two other simulators. Every step is resumable: re-run the script
 # and finished steps are skipped, an interrupted training stage continues from its last epoch.
 #
@@ -20,7 +20,7 @@ PY=${PYTHON:-.venv/bin/python}
 OPTIONS=research/recipes
 V1="$WORK/clinreadnet-sim.safetensors"  # weights v1, the first stage's start
 mkdir -p "$WORK"
-[ -f "$V1" ] || { git show weights-sim-v1:weights/clinreadnet-sim.safetensors > "$V1.partial" && mv "$V1.partial" "$V1"; }
+[ -f "$V1" ] || { git show 4a31dea:weights/clinreadnet-sim.safetensors > "$V1.partial" && mv "$V1.partial" "$V1"; }
 
 # Both reconstructions from the same projections: the degradation added to the source (its own
 # kernel) and full FBP images with a filter drawn per slice; electronic noise drawn per slice.

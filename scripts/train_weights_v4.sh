@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild weights/clinreadnet-sim-v4.safetensors from weights v3 and the real CT sources: v3 fine-tuned
 # for two epochs on reference-unit labels, then v3 and that fine-tune averaged half and half
-# (docs/model-card.md). v3 is taken from the git tag weights-sim-v3. Finished steps are skipped when
+# (docs/model-card.md). v3 is taken from the git history (commit 4a31dea). Finished steps are skipped when
 # the script is re-run.
 #
 #   bash scripts/train_weights_v4.sh [SOURCES] [WORK]
@@ -20,7 +20,7 @@ HELDOUT=scripts/default_weights/heldout_patients.json  # names the 11 held-out p
 bash scripts/weights_data.sh "$SOURCES" "$WORK"  # held-out and training simulations, labels, MIX25
 V3="$WORK/clinreadnet-sim-v3.safetensors"  # the start, no longer in weights/
 if [ ! -f "$V3" ]; then
-  git show weights-sim-v3:weights/clinreadnet-sim-v3.safetensors > "$V3.partial" && mv "$V3.partial" "$V3"
+  git show 4a31dea:weights/clinreadnet-sim-v3.safetensors > "$V3.partial" && mv "$V3.partial" "$V3"
 fi
 
 # The fine-tune (the twenty-fifth attempt): two epochs from v3, ranking term, bf16 where the CPU
