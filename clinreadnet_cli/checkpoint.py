@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 
 from .version import __version__
 from .atomic import atomic_path
-from .config import ClinReadNetConfig, ConfigError
+from .config import STACK_PATHS, ClinReadNetConfig, ConfigError
 
 if TYPE_CHECKING:  # torch and the model are imported where tensors are handled; names and headers need neither
     import torch
@@ -175,7 +175,9 @@ def initialise_from(model: ClinReadNet, path: str | Path) -> tuple[int, list[str
     (input path, MTMSA parameterisation): every tensor whose name and shape match is copied, and
     temperatures stored as T become log T. A patch embedding with more input channels than the
     stored one takes the stored channels and zeros for the new ones (a new detail channel starts
-    silent: the model begins as the stored one). The rest keep their fresh initialisation.
+    silent: the model begins as the stored one), except that a one-grid embedding widened to a
+    stacked-grid path is dealt across the grids (``deal_across_grids``). The rest keep their
+    fresh initialisation.
     """
     import torch
 
@@ -189,8 +191,11 @@ def initialise_from(model: ClinReadNet, path: str | Path) -> tuple[int, list[str
         for name, target in model.state_dict().items():
             source = tensors.get(name)
             if source is not None and name.endswith("patch_embed.proj.weight") and widens_channels(source, target):
-                source = torch.cat([source, source.new_zeros(source.shape[0], target.shape[1] - source.shape[1],
-                                                              *source.shape[2:])], dim=1)
+                if model.config.input_path in STACK_PATHS and source.shape[1] == 1:
+                    source = deal_across_grids(source, target.shape[1])
+                else:
+                    source = torch.cat([source, source.new_zeros(source.shape[0], target.shape[1] - source.shape[1],
+                                                                  *source.shape[2:])], dim=1)
             if source is None or source.shape != target.shape:
                 fresh.append(name)
                 continue
@@ -199,6 +204,19 @@ def initialise_from(model: ClinReadNet, path: str | Path) -> tuple[int, list[str
     if copied == 0:
         raise WeightsError(f"{path}: no tensor fits model {model.config.name!r}")
     return copied, fresh
+
+
+def deal_across_grids(weight, grids: int):
+    """A one-channel patch embedding (out, 1, k, k) widened to ``grids`` stacked grids: output
+    dimension d reads grid d mod ``grids`` alone, with its own weights. Each dimension then sees one
+    grid's pixels at the noise level the weights were trained on, and the grids' independent noise
+    draws are spread across the dimensions, which the layers after it pool."""
+    import torch
+
+    widened = weight.new_zeros(weight.shape[0], grids, *weight.shape[2:])
+    rows = torch.arange(weight.shape[0])
+    widened[rows, rows % grids] = weight[:, 0]
+    return widened
 
 
 def widens_channels(source, target) -> bool:

@@ -21,6 +21,9 @@ slice (HU or already-windowed [0, 1]) -> intensity window -> clip to [0, 1] -> p
   C = 4 x ``in_chans``); the model scores each and averages their class probabilities. One grid
   reads a quarter of the pixels, so its score carries that grid's noise draw (0.07 points SD
   between grids on the held-out simulation); the average uses them all.
+- ``decimate-stack``: the four grids of the 2x sampling as the four channels of one forward
+  (in_chans 4): the patch embedding reads every native pixel of the central 448², so one forward
+  sees all four noise draws that ``sampling_grids = 4`` scores one by one.
 - ``crop``: a native-resolution centre crop (or pad).
 - ``resize`` (weights v1): antialiased resize, which filters out most of the fine FBP noise.
 """
@@ -33,7 +36,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .config import DECIMATE_PATHS, DETAIL_PATHS, ClinReadNetConfig
+from .config import DECIMATE_PATHS, DETAIL_PATHS, STACK_PATHS, ClinReadNetConfig
 
 if TYPE_CHECKING:
     import torch
@@ -122,7 +125,7 @@ def sample_slice(image: np.ndarray, value_range: ValueRange, cfg: ClinReadNetCon
     """A 2-D slice -> (C, S, S) float32 in [0, 1], numpy only: windowed, squared and sampled by the
     input path; S is the input size except on the ``resize`` path, whose resize is ``model_input``'s.
     ``grid``: on a decimate path, that one sampling grid alone (a training draw) instead of the
-    config's ``sampling_grids``."""
+    config's ``sampling_grids`` (a stacked-grid path reads all four, always)."""
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D slice, got shape {image.shape}")
     if value_range == "hu":
@@ -135,7 +138,10 @@ def sample_slice(image: np.ndarray, value_range: ValueRange, cfg: ClinReadNetCon
             square = area_resample(square, LARGEST_SIDE)
         step = decimation_step(square.shape[-1])
         channels = []
-        offsets = GRID_OFFSETS[:cfg.sampling_grids] if grid is None else GRID_OFFSETS[grid:grid + 1]
+        if cfg.input_path in STACK_PATHS:
+            offsets = GRID_OFFSETS
+        else:
+            offsets = GRID_OFFSETS[:cfg.sampling_grids] if grid is None else GRID_OFFSETS[grid:grid + 1]
         for dy, dx in offsets:
             channels.append(grid_sample(square, dy, dx, step))
             if cfg.input_path in DETAIL_PATHS:

@@ -36,7 +36,7 @@ from .archs import ClinReadNet, create_model
 from .archs.clinreadnet import Prediction
 from .atomic import atomic_path, write_text_atomic
 from .checkpoint import initialise_from, load_model, resolve_weights, save_weights, weights_identity
-from .config import DECIMATE_PATHS, DETAIL_PATHS, ClinReadNetConfig, ConfigError, resolve_config
+from .config import DECIMATE_PATHS, DETAIL_PATHS, STACK_PATHS, ClinReadNetConfig, ConfigError, resolve_config
 from .data import (DatasetError, LabelledSlice, SliceDataset, SourceRunSampler, check_readable, load_labelled,
                    split_train_val)
 from .losses import create_loss
@@ -170,7 +170,7 @@ def merged_tables(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, An
     return merged
 
 
-def augmentation() -> v2.Compose:
+def augmentation(model_cfg: ClinReadNetConfig) -> v2.Compose:
     """Tab. 1: RandomRotation ±15°, RandomAffine scale (0.95, 1.20), horizontal and vertical flips.
 
     Nearest-neighbour resampling: bilinear interpolation averages neighbouring pixels by a random
@@ -178,12 +178,30 @@ def augmentation() -> v2.Compose:
     noise would no longer match its label. Nearest moves pixels and keeps their values.
     """
     nearest = v2.InterpolationMode.NEAREST
+    flips = [StackedGridFlip(-1), StackedGridFlip(-2)] if model_cfg.input_path in STACK_PATHS \
+        else [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
     return v2.Compose([
         v2.RandomRotation(15, interpolation=nearest),
         v2.RandomAffine(degrees=0, scale=(0.95, 1.20), interpolation=nearest),
-        v2.RandomHorizontalFlip(),
-        v2.RandomVerticalFlip(),
+        *flips,
     ])
+
+
+class StackedGridFlip(torch.nn.Module):
+    """A random flip of a stacked-grid input (C = the four grids of GRID_OFFSETS): mirrored, the grid
+    one native pixel right (or down) of another becomes the one left (or up) of it, so the channels
+    swap with the pixels and each keeps its place in the 2 x 2 cell."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        shift = (0, 1) if dim == -1 else (1, 0)  # the offset a flip along dim reverses
+        self.order = [GRID_OFFSETS.index(((dy + shift[0]) % 2, (dx + shift[1]) % 2)) for dy, dx in GRID_OFFSETS]
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if torch.rand(()) < 0.5:
+            return image.flip(self.dim)[..., self.order, :, :]
+        return image
 
 
 # --- state files (safetensors; no pickles) -----------------------------------------------------
@@ -407,9 +425,10 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, emit: Event, out: Pa
                                                           "data": str(Path(cfg.data).resolve())}, indent=2) + "\n")
     # A training step reads one sampling grid, drawn at random; a student distilled from every grid
     # is shown all four whatever it reads at inference, so no grid's noise draw is learnt as its own.
-    grids = len(GRID_OFFSETS) if teacher is not None and model_cfg.input_path in DECIMATE_PATHS \
+    # A stacked-grid path reads all four in every step.
+    grids = len(GRID_OFFSETS) if teacher is not None and model_cfg.input_path in DECIMATE_PATHS - STACK_PATHS \
         else model_cfg.sampling_grids
-    train_set = SliceDataset(train_items, model_cfg, augmentation() if cfg.augment else None, cfg.input_range,
+    train_set = SliceDataset(train_items, model_cfg, augmentation(model_cfg) if cfg.augment else None, cfg.input_range,
                              random_grids=grids, targets=teacher)
     # One sampler for one or many processes: its shuffle is seeded by (seed, epoch), so a resumed
     # run sees the same order as an uninterrupted one.

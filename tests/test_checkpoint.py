@@ -153,6 +153,19 @@ def test_fine_tuning_onto_the_detail_path_starts_where_the_stored_model_was(trai
         torch.testing.assert_close(widened(torch.cat([batch, detail], dim=1)), trained(batch))
 
 
+def test_fine_tuning_onto_the_stack_path_deals_the_embedding_across_the_grids(trained, batch, tmp_path):
+    """A one-channel model's weights seed a decimate-stack model: each embedding dimension reads one
+    grid with the stored weights, so four identical grids score as the stored model scores one."""
+    path = save_weights(trained, tmp_path / "one-channel.safetensors")
+    stacked = create_model(tiny_config("clinreadnet", input_path="decimate-stack", in_chans=4)).eval()
+    copied, fresh = checkpoint.initialise_from(stacked, path)
+    assert fresh == [] and copied == len(stacked.state_dict())
+    weight = stacked.backbone.patch_embed.proj.weight
+    assert [int(weight[d].abs().sum(dim=(1, 2)).nonzero()[0]) for d in range(8)] == [0, 1, 2, 3] * 2
+    with torch.no_grad():
+        torch.testing.assert_close(stacked(batch.repeat(1, 4, 1, 1)), trained(batch))
+
+
 def test_fine_tuning_refuses_weights_of_another_architecture(tmp_path):
     save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(WeightsError, match="not a clinreadnet weights file"):

@@ -199,6 +199,20 @@ def test_sampling_grids_stack_grid_major_with_the_detail_channel():
     np.testing.assert_allclose(x[3], native_detail(moved_left, 2)[16:240, 16:240], atol=1e-6)
 
 
+def test_the_stack_path_feeds_all_four_grids_to_one_forward():
+    image = unit_noise(512)
+    cfg = get_config("clinreadnet", input_path="decimate-stack", in_chans=4)
+    x = prepare_slice(image, "unit", cfg).numpy()
+    assert x.shape == (4, 224, 224)
+    for grid, (dy, dx) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        np.testing.assert_array_equal(x[grid], image[dy::2, dx::2][16:240, 16:240])
+    np.testing.assert_array_equal(prepare_slice(image, "unit", cfg, grid=2).numpy(), x)  # no training draw of one
+    with pytest.raises(ConfigError, match="already reads every sampling grid"):
+        get_config("clinreadnet", input_path="decimate-stack", in_chans=4, sampling_grids=4)
+    with pytest.raises(ConfigError, match="it feeds 4"):
+        get_config("clinreadnet", input_path="decimate-stack")
+
+
 def test_sampling_grids_need_a_decimate_path_and_old_configs_read_one():
     with pytest.raises(ConfigError, match="sampling_grids"):
         get_config("clinreadnet", input_path="crop", sampling_grids=4)

@@ -19,7 +19,7 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from clinreadnet_cli.checkpoint import load_model, read_config
-from clinreadnet_cli.config import ConfigError
+from clinreadnet_cli.config import ConfigError, get_config
 from clinreadnet_cli.cli import app
 from clinreadnet_cli.data import (DatasetError, LabelledSlice, SourceRunSampler, load_labelled, score_to_class,
                                   split_train_val)
@@ -28,7 +28,7 @@ from clinreadnet_cli.losses.distillation import DistillationLoss
 from clinreadnet_cli.metrics import correlation_metrics
 from clinreadnet_cli.noise import measure_noise
 from clinreadnet_cli.preprocess import prepare_slice
-from clinreadnet_cli.training import TrainConfig, read_config_file
+from clinreadnet_cli.training import StackedGridFlip, TrainConfig, read_config_file
 
 from .conftest import TINY, ct_phantom, unit_phantom
 
@@ -301,6 +301,34 @@ def test_ranking_term_source_runs_detail_path_and_four_grids_train_and_score(ldc
         stored = json.loads(f.metadata()["config"])
     assert stored["loss"]["rank_weight"] == 1.0
     assert (stored["input_path"], stored["in_chans"], stored["sampling_grids"]) == ("decimate-detail", 2, 4)
+    scored = runner.invoke(app, ["score", str(ldct / "test"), "--weights", str(out / "best.safetensors"),
+                                 "--format", "json"])
+    assert scored.exit_code == 0 and all(0 <= r["score"] <= 4 for r in json.loads(scored.stdout))
+
+
+def test_a_flipped_stacked_input_is_the_stacked_input_of_the_flipped_slice():
+    """The training flips of the stack path keep each channel the grid it is: mirrored, the grid one
+    native pixel right of another is the one left of it."""
+    image = np.random.default_rng(0).random((512, 512), dtype=np.float32)
+    cfg = get_config("clinreadnet", input_path="decimate-stack", in_chans=4)
+    stacked = prepare_slice(image, "unit", cfg)
+    for dim, axis in ((-1, 1), (-2, 0)):
+        flip, mirrored = StackedGridFlip(dim), prepare_slice(np.ascontiguousarray(np.flip(image, axis)), "unit", cfg)
+        assert not torch.equal(stacked.flip(dim), mirrored)  # a plain flip would swap the grids
+        torch.manual_seed(0)
+        drawn = [flip(stacked) for _ in range(8)]
+        assert any(torch.equal(d, mirrored) for d in drawn) and any(torch.equal(d, stacked) for d in drawn)
+        assert all(torch.equal(d, mirrored) or torch.equal(d, stacked) for d in drawn)
+
+
+def test_the_stack_path_trains_and_scores(ldct, tmp_path):
+    (tmp_path / "c.toml").write_text(TINY_TOML)
+    out = tmp_path / "run"
+    result = train("--data", ldct / "train", "--config", tmp_path / "c.toml", "--epochs", 1, "--out", out,
+                   "--input-path", "decimate-stack")
+    assert result.exit_code == 0, result.stderr
+    stored = read_config(out / "best.safetensors")
+    assert (stored.input_path, stored.in_chans, stored.sampling_grids) == ("decimate-stack", 4, 1)
     scored = runner.invoke(app, ["score", str(ldct / "test"), "--weights", str(out / "best.safetensors"),
                                  "--format", "json"])
     assert scored.exit_code == 0 and all(0 <= r["score"] <= 4 for r in json.loads(scored.stdout))

@@ -38,8 +38,9 @@ def train(
     batch_size: Optional[int] = typer.Option(None, min=1, help="Images per optimiser step. Default: 8 (paper)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate of NAdam. Default: 1e-4 (paper)."),
     img_size: Optional[int] = typer.Option(None, help="Network input size in pixels. Default: 224."),
-    input_path: Optional[str] = typer.Option(None, help="How a slice becomes the input: decimate, decimate-detail, "
-                                                        "crop or resize (weights v1). Default: decimate. See "
+    input_path: Optional[str] = typer.Option(None, help="How a slice becomes the input: decimate, decimate-stack "
+                                                        "(every grid in one forward), decimate-detail, crop or "
+                                                        "resize (weights v1). Default: decimate. See "
                                                         "docs/model.md."),
     val_fraction: Optional[float] = typer.Option(None, help="Share of the images held out for validation, whole "
                                                             "patients where known. Default: 0.2."),
