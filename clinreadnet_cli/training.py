@@ -47,7 +47,7 @@ from .scoring import cuda_available, resolve_device
 
 STATE_FORMAT = "clinreadnet-train-state/1"
 HRPS_TERMS = ("cross_entropy", "fine_rps", "coarse_rps", "entropy")
-TRAIN_ONLY = ("heads", "detail-channel")
+TRAIN_ONLY = ("heads", "detail-channel", "patch-embedding")
 Event = Callable[[str, dict], None]
 
 
@@ -75,8 +75,9 @@ class TrainConfig:
     split_file: str | None = None  # another run's split.json: train and validate on the same images (a fair comparison)
     images_per_source: int = 1  # > 1: batches drawn in runs of this many images of one simulated source slice
     # Train these parameters alone, the rest frozen as --init-weights has them: "heads" (a read-out refit on
-    # frozen features) or "detail-channel" (the detail channel's patch-embedding weights: a channel added to
-    # trained weights starts at zero and, trained with everything else, stays almost unused)
+    # frozen features), "detail-channel" (the detail channel's patch-embedding weights: a channel added to
+    # trained weights starts at zero and, trained with everything else, stays almost unused) or
+    # "patch-embedding" (the whole first layer: how a stacked-grid path combines its grids)
     train_only: str | None = None
     # Train toward these weights' class distributions (read through all their sampling grids) instead
     # of the labels, which then only pick the epoch on validation (losses/distillation.py)
@@ -297,7 +298,8 @@ LATEST = "latest.json"  # beside the run folders: {"run": ..., "data": ...} of t
 def freeze_all_but(model: ClinReadNet, train_only: str) -> None:
     """Leave only the ``train_only`` parameters trainable (TrainConfig.train_only)."""
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(train_only == "heads" and name.startswith("head."))
+        parameter.requires_grad_(train_only == "heads" and name.startswith("head.")
+                                 or train_only == "patch-embedding" and name.startswith("backbone.patch_embed.proj."))
     if train_only == "detail-channel":
         weight = model.backbone.patch_embed.proj.weight  # (out, in_chans x grids, k, k), the image channel first
         detail = (torch.arange(weight.shape[1], device=weight.device) % model.config.in_chans != 0)

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from scipy import stats
 from typer.testing import CliRunner
 
+from clinreadnet_cli.archs import create_model
 from clinreadnet_cli.checkpoint import load_model, read_config
 from clinreadnet_cli.config import ConfigError, get_config
 from clinreadnet_cli.cli import app
@@ -28,9 +29,9 @@ from clinreadnet_cli.losses.distillation import DistillationLoss
 from clinreadnet_cli.metrics import correlation_metrics
 from clinreadnet_cli.noise import measure_noise
 from clinreadnet_cli.preprocess import prepare_slice
-from clinreadnet_cli.training import StackedGridFlip, TrainConfig, read_config_file
+from clinreadnet_cli.training import StackedGridFlip, TrainConfig, freeze_all_but, read_config_file
 
-from .conftest import TINY, ct_phantom, unit_phantom
+from .conftest import TINY, ct_phantom, tiny_config, unit_phantom
 
 runner = CliRunner()
 TINY_TOML = f"""
@@ -319,6 +320,13 @@ def test_a_flipped_stacked_input_is_the_stacked_input_of_the_flipped_slice():
         drawn = [flip(stacked) for _ in range(8)]
         assert any(torch.equal(d, mirrored) for d in drawn) and any(torch.equal(d, stacked) for d in drawn)
         assert all(torch.equal(d, mirrored) or torch.equal(d, stacked) for d in drawn)
+
+
+def test_patch_embedding_alone_leaves_only_the_first_layer_trainable():
+    model = create_model(tiny_config("clinreadnet", input_path="decimate-stack", in_chans=4))
+    freeze_all_but(model, "patch-embedding")
+    assert sorted(n for n, p in model.named_parameters() if p.requires_grad) == [
+        "backbone.patch_embed.proj.bias", "backbone.patch_embed.proj.weight"]
 
 
 def test_the_stack_path_trains_and_scores(ldct, tmp_path):

@@ -19,6 +19,7 @@ from .app import DEFAULT_WEIGHTS_NAME, Device, app, print_messages, stderr, usag
 class TrainOnly(str, Enum):  # training.TRAIN_ONLY
     heads = "heads"
     detail_channel = "detail-channel"
+    patch_embedding = "patch-embedding"
 
 
 @app.command()
@@ -63,8 +64,9 @@ def train(
     split_file: Optional[Path] = typer.Option(None, help="Train and validate on the images of another run's split.json "
                                                          "(to compare runs on the same patients). Default: a new split."),
     train_only: Optional[TrainOnly] = typer.Option(None, help="Train these alone, the rest frozen as --init-weights "
-                                                           "has it: the four heads (a read-out refit) or the "
-                                                           "detail channel's patch-embedding weights. Default: "
+                                                           "has it: the four heads (a read-out refit), the "
+                                                           "detail channel's patch-embedding weights or the whole "
+                                                           "patch embedding. Default: "
                                                            "every layer."),
     distil_from: Optional[str] = typer.Option(None, help="Distil: train toward these weights' class distributions "
                                                          "(read through all their sampling grids) instead of the "
