@@ -126,8 +126,21 @@ def _keeps_signal_stack():
             libc.sigaltstack(ctypes.byref(_SignalStack(None, 2, 0)), None)  # SS_DISABLE
 
 
+def import_openvino():
+    """openvino with its usage telemetry off. On import it sends an event from a forked process (no
+    consent file counts as consent): on a hospital network without internet that process waits in
+    DNS, holding the command's stdout and stderr open after the command has exited, so a pipeline or
+    a caller reading them to the end waits with it; and nothing of a site's use should leave it
+    unasked. A None entry in sys.modules makes openvino's ``import openvino_telemetry`` fail, and
+    openvino then uses its own stub."""
+    sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
+
+    return openvino
+
+
 def _openvino(onnx: Path, threads: int | None, precision: str) -> Logits:
-    import openvino as ov
+    ov = import_openvino()
 
     # OpenVINO defaults to bf16 on CPUs that have it: fp32 must be asked for. Its fused "snippets"
     # kernels have no Mish (SOQN's activation) on some CPUs, so they are switched off.

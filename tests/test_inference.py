@@ -3,6 +3,9 @@ precision it trades away), and impossible combinations are refused."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -118,10 +121,22 @@ def test_a_signal_after_two_openvino_models_are_freed_is_handled(tmp_path):
     """OpenVINO's CPU plugin leaves its own alternate signal stack on the compiling thread and puts
     back the old one when the model is freed; freed out of order, the thread was left on freed
     memory and the next signal killed the process (SIGSEGV). The thread keeps its own stack."""
-    import subprocess
     import sys
     from pathlib import Path
 
     done = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_TWO_MODELS, str(tmp_path / "m.onnx")],
                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "survived [1]" in done.stdout, (done.returncode, done.stderr[-2000:])
+
+
+def test_openvino_is_imported_without_its_telemetry():
+    """openvino sends a usage event on import from a forked process, which without internet waits
+    in DNS holding the caller's pipes open: the runtime imports it with its own stub instead."""
+    pytest.importorskip("openvino")
+    code = ("from clinreadnet_cli.runtimes import import_openvino; import_openvino(); "
+            "import openvino.tools.ovc.telemetry_utils as t; import multiprocessing as m; "
+            "print(t.tm.__name__, len(m.active_children()))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["openvino.tools.ovc.telemetry_stub", "0"]
+
