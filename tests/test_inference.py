@@ -121,7 +121,6 @@ def test_a_signal_after_two_openvino_models_are_freed_is_handled(tmp_path):
     """OpenVINO's CPU plugin leaves its own alternate signal stack on the compiling thread and puts
     back the old one when the model is freed; freed out of order, the thread was left on freed
     memory and the next signal killed the process (SIGSEGV). The thread keeps its own stack."""
-    import sys
     from pathlib import Path
 
     done = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_TWO_MODELS, str(tmp_path / "m.onnx")],
