@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from clinreadnet_cli.archs import create_model
-from clinreadnet_cli.checkpoint import load_model, save_weights
+from clinreadnet_cli.checkpoint import deal_across_grids, load_model, save_weights
 from clinreadnet_cli.config import input_overrides
 
 INITS = ("first", "mean", "dealt")
@@ -33,8 +33,7 @@ def widened(weight: torch.Tensor, init: str) -> torch.Tensor:
     elif init == "mean":
         out[:] = weight / 4
     else:
-        rows = torch.arange(weight.shape[0])
-        out[rows, rows % 4] = weight[:, 0]
+        out = deal_across_grids(weight, 4)  # what fine-tuning onto the stack path starts from
     return out
 
 
