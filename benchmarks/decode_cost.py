@@ -9,7 +9,8 @@ read the headers), the content checks, the network input (``sample_slice``, the 
 path), the 9 x 9 mean that the noise figure and the patient size both threshold
 (``noise.smoothed_hu``, computed once), the noise figure and the patient size; then ``prepare``
 itself, all of them in one call. Every stage's best of ``--repeats`` passes over the series is
-reported. Measures only; nothing here passes or fails on a time.
+reported. Freed memory is kept for reuse as in a decoding worker (``engine.local.reuse_freed_memory``;
+``--system-malloc`` measures without). Measures only; nothing here passes or fails on a time.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from scoring import build_series
 
 from clinreadnet_cli.checkpoint import default_weights, read_config
 from clinreadnet_cli.decoding import prepare
+from clinreadnet_cli.engine.local import reuse_freed_memory
 from clinreadnet_cli.noise import measure_noise, smoothed_hu
 from clinreadnet_cli.patient_size import measure_diameter
 from clinreadnet_cli.preprocess import sample_slice
@@ -90,7 +92,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="passes over the series; the best is reported")
     parser.add_argument("--weights", default=None, help="whose input path (default: the shipped weights)")
     parser.add_argument("--json", dest="json_path", default=None)
+    parser.add_argument("--system-malloc", action="store_true", help="leave glibc's default of returning "
+                        "freed memory to the system, as decoding workers did before")
     args = parser.parse_args()
+    if not args.system_malloc:
+        reuse_freed_memory()
 
     cfg = read_config(args.weights or default_weights())
     with tempfile.TemporaryDirectory() as tmp:

@@ -75,6 +75,7 @@ class Scorer:
         self.identity = {**weights_identity(self.path), "sampling_grids": self.config.sampling_grids}
         self.batch_size = slices_per_batch(batch_size, self.config.sampling_grids)  # slices per model call
         self.threads = threads  # None: the runtime's own choice (torch's, OpenVINO's: the physical cores)
+        self._release: Callable[[], None] | None = None  # set by a runtime that can free its buffers
         self.predict: PredictSlices = (self._torch_predictor() if self.options.runtime == "torch"
                                        else self._exported_predictor())
 
@@ -92,7 +93,9 @@ class Scorer:
         if not onnx.is_file():  # the first run with these weights exports them (torch, ~20 s)
             runtimes.export_onnx(self.model, onnx)
             del self.model  # the runtime holds its own copy of the tensors
-        logits = runtimes.runtime_logits(self.options.runtime, onnx, self.threads, self.options.precision)
+        logits = runtimes.runtime_logits(self.options.runtime, onnx, self.threads, self.options.precision,
+                                         batch=self.batch_size)
+        self._release = getattr(logits, "release", None)
         if self.config.input_path == "resize":  # v1's antialiased resize to the input size is torch's
             from .preprocess import model_input
 
@@ -117,6 +120,12 @@ class Scorer:
             return predict(batch)
 
         return predict_slices
+
+    def release_memory(self) -> None:
+        """Hand back the working memory of inference before other work (a Structured Report) or
+        a wait (a DICOM node between series); the next batch allocates it again."""
+        if self._release is not None:
+            self._release()
 
     def score_items(self, items: list[Item]) -> list[SliceScore | InputError]:
         """One decoded batch (``engine.base.Batch.items``) through the model."""

@@ -31,13 +31,38 @@ def smoothed_hu(hu: np.ndarray) -> np.ndarray:
 
 
 def box_mean(image: np.ndarray, size: int) -> np.ndarray:
-    """``ndimage.uniform_filter(image, size)`` of a 2-D float32 image, value for value: the same two
-    1-D passes, the first (down the columns) written into a column-major array, which ndimage fills
-    about twice as fast as a row-major one."""
-    from scipy import ndimage  # here: the main process of `score` decodes nothing, so never pays its import
+    """The ``size`` x ``size`` mean of a 2-D float32 image, edges reflected as
+    ``ndimage.uniform_filter(image, size)`` reflects them. The window's sum is taken whole, then
+    divided once: on integer HU (the pixels of nearly every CT) the sum is exact in float32, so
+    the mean is the exact mean rounded once, where ndimage rounds each pass's mean. Sums of
+    2, 4, 8 ... neighbours are built by doubling, about three times faster than ndimage's
+    running sums."""
+    half = size // 2
+    columns = _window_sums(np.pad(image, ((half, half), (0, 0)), mode="symmetric"), size, axis=0)
+    sums = _window_sums(np.pad(columns, ((0, 0), (half, half)), mode="symmetric"), size, axis=1)
+    sums /= np.float32(size * size)
+    return sums
 
-    columns = ndimage.uniform_filter1d(image, size, axis=0, output=np.empty(image.shape, np.float32, order="F"))
-    return ndimage.uniform_filter1d(columns, size, axis=1)
+
+def _window_sums(padded: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Sums of ``size`` consecutive elements along ``axis`` (float32): the sums of 2^k neighbours,
+    each from two of the previous width, added up along the binary digits of ``size``."""
+    count = padded.shape[axis] - size + 1
+
+    def take(array, start, length):
+        return array[(slice(None),) * axis + (slice(start, start + length),)]
+
+    total, offset, width, sums = None, 0, 1, padded
+    while True:
+        if size & width:
+            part = take(sums, offset, count)
+            total = part.astype(np.float32) if total is None else total + part
+            offset += width
+        if 2 * width > size:
+            return total
+        pairs = sums.shape[axis] - width
+        sums = take(sums, 0, pairs) + take(sums, width, pairs)
+        width *= 2
 
 
 def tissue_mask(hu: np.ndarray, smooth: bool = False, smoothed: np.ndarray | None = None) -> np.ndarray:

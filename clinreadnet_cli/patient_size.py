@@ -49,11 +49,11 @@ def water_equivalent_diameter(hu: np.ndarray, spacing_mm: tuple[float, float],
     # for the rest of the image, all outside the body) is not 4-connected to the frame is a hole
     outside, _ = ndimage.label(np.pad(~body, 1, constant_values=True))
     filled = outside[1:-1, 1:-1] != outside[0, 0]
-    # Unclipped, so that noise adds nothing on average, even in the lungs
-    water = hu[filled].astype(np.float64)
-    water /= 1000.0
-    water += 1.0
-    area = float(water.sum()) * spacing_mm[0] * spacing_mm[1]
+    # Unclipped, so that noise adds nothing on average, even in the lungs: sum(HU / 1000 + 1) over
+    # the body, as the body's HU summed in float64, / 1000, plus its pixel count
+    inside = hu[filled]
+    water = float(np.add.reduce(inside, dtype=np.float64)) / 1000.0 + inside.size
+    area = water * spacing_mm[0] * spacing_mm[1]
     return 2.0 * math.sqrt(area / math.pi)
 
 

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# A one-forward candidate for weights v5: v4 distilled into one sampling grid plus the detail channel,
+# A one-forward candidate for weights v5, v4 distilled in two stages (by default the thirty-ninth attempt: one sampling grid plus the detail channel,
 # the channel trained alone first (weights/ATTEMPTS.md, thirty-ninth attempt: not shipped), then
 # checked beside v4 on the held-out patients and the two other simulators. Finished steps are skipped
 # when the script is re-run; an interrupted training run resumes.
 #
-#   bash research/train_weights_v5.sh [SOURCES] [WORK]
+#   bash research/train_weights_v5.sh [SOURCES] [WORK] [FIRST SECOND]
 #
+# FIRST, SECOND: the two stages' recipes in research/recipes (default the thirty-ninth attempt's,
+# v5-detail-alone.toml and v5-detail-then-all.toml; the forty-second's: v5-stack-embedding-2epoch.toml
+# v5-stack-then-all.toml). OTHER_SIMULATORS=0 skips the other-simulator check;
+# TRAIN_FLAGS go to each `train` (--no-amp on a CPU without bf16).
 # SOURCES: normal-dose CT (default ../shared/data/ct_sources); WORK: simulated data and runs (default
 # work/, ignored by git). On a 2-core CPU with AVX512-BF16: simulations ~16 min, the teacher's
 # distributions ~12-23 min (reused when a run folder holds them), each stage's two epochs ~9-12 min, held-out evaluation ~5 min, other-simulator check ~35 min
@@ -29,14 +33,16 @@ train_stage() {  # RECIPE INIT RUN
   if [ ! -f "$run/metrics.jsonl" ] || [ "$(wc -l < "$run/metrics.jsonl")" -lt 2 ]; then
     local resume=(); [ -f "$run/last_state.safetensors" ] && resume=(--resume)
     "$CLI" train --config "research/recipes/$recipe" --data "$WORK/mix25" \
-      --split-file "$WORK/mix25/split.json" --init-weights "$init" --out "$run" "${resume[@]}"
+      --split-file "$WORK/mix25/split.json" --init-weights "$init" --out "$run" "${resume[@]}" ${TRAIN_FLAGS:-}
   fi
 }
-STAGE1="$WORK/runs/v5-detail-alone"
-RUN="$WORK/runs/v5"
-train_stage v5-detail-alone.toml "$V4" "$STAGE1"
+FIRST=${3:-v5-detail-alone.toml}
+SECOND=${4:-v5-detail-then-all.toml}
+STAGE1="$WORK/runs/${FIRST%.toml}"
+RUN="$WORK/runs/${SECOND%.toml}"
+train_stage "$FIRST" "$V4" "$STAGE1"
 mkdir -p "$RUN"; [ -f "$RUN/teacher.safetensors" ] || cp "$STAGE1/teacher.safetensors" "$RUN/"
-train_stage v5-detail-then-all.toml "$STAGE1/best.safetensors" "$RUN"
+train_stage "$SECOND" "$STAGE1/best.safetensors" "$RUN"
 "$PY" scripts/export_weights.py "$RUN/best.safetensors" "$V5"
 
 # Held-out patients (reference-unit labels): v5 here; v4's report is benchmarks/results/heldout_v4.md.
@@ -44,6 +50,6 @@ train_stage v5-detail-then-all.toml "$STAGE1/best.safetensors" "$RUN"
   --weights "$V5" --predictions "$WORK/heldout-v5.csv"
 "$PY" scripts/label_ordering.py "$WORK/sim_val-ref" --predictions "$WORK/heldout-v5.csv" --by-patient
 # The two other simulators, 23 held-out slices (named by their place in WORK/heldout.npz), v4 and v5 side by side.
-"$PY" scripts/ordering_check.py --slices scripts/default_weights/heldout_23_slices.json --sources "$WORK" \
+[ "${OTHER_SIMULATORS:-1}" = 0 ] || "$PY" scripts/ordering_check.py --slices scripts/default_weights/heldout_23_slices.json --sources "$WORK" \
   --weights "$V4" --weights "$V5" --cache "$WORK/ordering_cache" --out "$WORK/ordering_check_v5_23slices.json"
 echo "copy $V5 to weights/ to ship it"

@@ -139,3 +139,21 @@ def test_openvino_is_imported_without_its_telemetry():
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["openvino.tools.ovc.telemetry_stub", "0"]
 
+
+
+@pytest.mark.skipif(not installed("openvino"), reason="needs OpenVINO")
+def test_openvino_compiled_for_one_batch_gives_the_same_logits_for_any_batch(model, images, tmp_path):
+    """``Scorer`` compiles OpenVINO for its batch size (less memory): a shorter call is padded, a
+    longer one split, and the logits are those of the model compiled for any batch, also after its
+    buffers were released."""
+    from clinreadnet_cli.runtimes import export_onnx, runtime_logits
+
+    onnx = export_onnx(model, tmp_path / "m.onnx")
+    any_batch, four = runtime_logits("openvino", onnx, 1, "fp32"), runtime_logits("openvino", onnx, 1, "fp32", batch=4)
+    batch = images.numpy()
+    expected = any_batch(batch)
+    assert four(batch).shape == expected.shape == (6, *expected.shape[1:])  # split into 4 + 2 (padded)
+    assert abs(four(batch) - expected).max() < 1e-5
+    assert abs(four(batch[:1]) - expected[:1]).max() < 1e-5
+    four.release()
+    assert abs(four(batch[:4]) - expected[:4]).max() < 1e-5

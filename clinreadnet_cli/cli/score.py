@@ -158,7 +158,8 @@ def score(
             progress = stack.enter_context(Progress(*Progress.get_default_columns()[:1], TextColumn("{task.completed} slices"),
                                                     console=stderr, transient=True, disable=not stderr.is_terminal))
             task = progress.add_task("scoring", total=None)
-            reports = UnitReports(plan.units, sr, threshold, store_sr) if sr is not None else None
+            reports = (UnitReports(plan.units, sr, threshold, store_sr, before_report=scorer.release_memory)
+                       if sr is not None else None)
             events = score_events(decoded, scorer, on_warning=lambda text: print_messages(warnings=[text]))
             try:
                 for index, items in in_unit_order(events):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from ..atomic import atomic_path
 from ..version import __version__
@@ -190,10 +190,14 @@ def write_reports(records: list[dict], remote: "RemoteSeries | None", folder: Pa
 class UnitReports:
     """The SRs of a stream of records that arrive unit by unit, in unit order (``in_unit_order``): a
     unit's series are reported once the next unit's first record comes, or at ``finish``. Each
-    report goes to ``folder`` and, with ``send``, back to the DICOMweb source of its series."""
+    report goes to ``folder`` and, with ``send``, back to the DICOMweb source of its series;
+    ``before_report`` runs first (``Scorer.release_memory``: the report is made in the memory the
+    model's buffers held)."""
 
-    def __init__(self, units: list, folder: Path, threshold: float, send: bool = False):
+    def __init__(self, units: list, folder: Path, threshold: float, send: bool = False,
+                 before_report: Callable[[], None] = lambda: None):
         self.units, self.folder, self.threshold, self.send = units, Path(folder), threshold, send
+        self.before_report = before_report
         self.current: int | None = None
         self.records: list[dict] = []
         self.written: list[Path] = []
@@ -213,6 +217,7 @@ class UnitReports:
             return []
         unit, records = self.units[self.current], self.records
         self.current, self.records = None, []
+        self.before_report()
         try:
             for _, sr, path in write_reports(records, unit.remote, self.folder, self.threshold):
                 self.written.append(path)

@@ -171,7 +171,10 @@ class Node:
         self.spool.release(series, files)
 
     def _report(self, unit: Unit, records: list[dict]) -> None:
-        """The unit's SR into OUT/sr (and to the forward peer); a failure is logged, the records stay."""
+        """The unit's SR into OUT/sr (and to the forward peer); a failure is logged, the records stay.
+        The model's working memory is handed back first: the report is made in it, and the node
+        waits for the next series without it."""
+        self.scorer.release_memory()
         try:
             for uid, sr, path in write_reports(records, None, self.out / "sr", self.options.threshold):
                 self.log("info", f"wrote {path}")
