@@ -147,7 +147,7 @@ class OpenVinoLogits:
 
     Compiled for one batch shape (``batch`` slices; a smaller call is padded, a larger one split),
     the CPU plugin plans its buffers and packs its weights once: 120 MiB less at the peak than for
-    a dynamic batch (benchmarks/run.py, section memory), the same logits bit for bit."""
+    a dynamic batch (benchmarks/listen_memory.py, docs/speed.md), the same logits bit for bit."""
 
     def __init__(self, onnx: Path, threads: int | None, precision: str, batch: int | None = None):
         ov = import_openvino()
