@@ -60,7 +60,8 @@ class Scorer:
     """A loaded model and how to run it. Raises WeightsError / ConfigError / ValueError on bad options.
 
     ``sampling_grids`` reads slices through that many sampling grids instead of the weights' own
-    number (records say which was used); ``batch_size`` counts forward passes, one per slice and grid;
+    number (records say which was used); ``batch_size`` counts forward passes, one per slice and grid
+    (OpenVINO runs every call at that batch, a shorter one padded: 1 for a slice at a time);
     ``runtime``: ``inference.RUNTIMES`` or auto; ``threads``: compute threads (default: the runtime's).
     On an exported runtime whose export is in the cache, torch is never imported."""
 
@@ -174,15 +175,18 @@ class Scorer:
 
 
 @lru_cache(maxsize=4)
-def _scorer(weights: str | None, device: str, precision: str, sampling_grids: int | None) -> Scorer:
-    return Scorer(weights, device=device, precision=precision, sampling_grids=sampling_grids)
+def _scorer(weights: str | None, device: str, precision: str, sampling_grids: int | None,
+            batch_size: int = 8) -> Scorer:
+    return Scorer(weights, device=device, precision=precision, sampling_grids=sampling_grids, batch_size=batch_size)
 
 
 def score_array(image: np.ndarray, weights: str | Path | None = None, value_range: str = "hu",
                 device: str = "auto", precision: str = "auto", sampling_grids: int | None = None,
                 pixel_spacing_mm: tuple[float, float] | None = None) -> dict:
     """Score one 2-D slice; see ``Scorer.score_array``."""
-    scorer = _scorer(None if weights is None else str(weights), device, precision, sampling_grids)
+    # A Scorer of one slice a call: OpenVINO is compiled for the batch, so a larger one would run
+    # its padding too on every call
+    scorer = _scorer(None if weights is None else str(weights), device, precision, sampling_grids, batch_size=1)
     return scorer.score_array(image, value_range, pixel_spacing_mm=pixel_spacing_mm)
 
 
