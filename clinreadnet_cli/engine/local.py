@@ -81,6 +81,20 @@ def reuse_freed_memory() -> None:
     mallopt(m_trim_threshold, 256 * 2**20)  # free heap kept up to this much
 
 
+def return_freed_memory() -> None:
+    """Hand the memory freed so far back to the system (glibc's ``malloc_trim``; elsewhere
+    nothing): a long-running process after a burst of work, such as the threads that received a
+    pushed series, whose freed memory would otherwise stay counted against it."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        return
+
+
 def _worker(tasks, conn, settings: DecodeSettings, inherited: list) -> None:
     # Forked with every pipe's receiving end: close them, so that when the main process dies our
     # sends fail (and we end) instead of filling a pipe nobody reads.

@@ -29,7 +29,7 @@ from ..dicomnet.dicomweb import uid_file_name
 from ..dicomnet.dimse import SUCCESS, Peer, send
 from ..dicomnet.sr import write_reports
 from .base import ArchiveOptions, ArchiveStore, Unit
-from .local import DecodePool
+from .local import DecodePool, return_freed_memory
 
 OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0xA700, 0xC000
 CT_IMAGE_CLASSES = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
@@ -154,6 +154,7 @@ class Node:
         from .archive import run_local
 
         files = self.spool.take(series)
+        return_freed_memory()  # what receiving the series freed, before scoring needs its own
         unit = series_unit(series, files)
         if self.store.status(unit) is not None:  # scored just before a kill, its files not yet removed
             self.log("info", f"series {series}: already scored ({len(files)} instances)")
