@@ -276,3 +276,33 @@ def test_decoding_workers_reuse_freed_memory_instead_of_mapping_it_again():
     faults = {mode: int(subprocess.run([sys.executable, "-c", REPEATED_MEANS, mode], capture_output=True, text=True,
                                        check=True, timeout=300).stdout) for mode in ("reuse", "system")}
     assert faults["reuse"] < 50 < 20 * 256 <= faults["system"], faults  # a 1 MB array is 256 pages
+
+
+FREED_IN_A_THREAD = """
+import threading
+from pathlib import Path
+from clinreadnet_cli.engine.local import return_freed_memory
+
+def rss_mib():
+    return int(next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:")).split()[1]) // 1024
+
+def burst():  # what an association thread does: many small allocations, all freed when it ends
+    held = [bytes(2000) for _ in range(50_000)]
+    del held
+
+thread = threading.Thread(target=burst)
+thread.start()
+thread.join()
+before = rss_mib()
+return_freed_memory()
+print(before, rss_mib())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_a_node_hands_back_what_a_finished_thread_freed():
+    """What a receiving thread allocated and freed stays counted against the process until it is
+    handed back (``return_freed_memory``, which a node calls before scoring a series)."""
+    before, after = map(int, subprocess.run([sys.executable, "-c", FREED_IN_A_THREAD], capture_output=True, text=True,
+                                            check=True, timeout=300).stdout.split())
+    assert before - after >= 10, (before, after)  # 26 MiB here, of the ~100 MiB the thread freed
