@@ -81,8 +81,8 @@ def export_onnx(model: "ClinReadNet", path: Path) -> Path:
 def runtime_logits(runtime: str, onnx: Path, threads: int | None, precision: str,
                    batch: int | None = None) -> Logits:
     """The exported model in ``runtime`` (openvino or onnxruntime) on the CPU; ``threads`` None:
-    the runtime's own choice. ``batch``: the most slices a call passes, which lets OpenVINO plan
-    its memory for that one shape (``OpenVinoLogits``); None: any batch."""
+    the runtime's own choice. ``batch``: the slices a call usually passes, the one shape OpenVINO
+    plans its memory for (``OpenVinoLogits``: shorter calls padded, longer ones split); None: any batch."""
     if runtime == "openvino":
         return OpenVinoLogits(onnx, threads, precision, batch)
     if runtime == "onnxruntime":
@@ -167,15 +167,17 @@ class OpenVinoLogits:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if self.batch is None or len(batch) == self.batch:
-            return np.array(self.request.infer({0: batch})[self.output])
-        parts = []
-        for start in range(0, len(batch), self.batch):
-            part = batch[start:start + self.batch]
-            padded = np.zeros((self.batch, *part.shape[1:]), np.float32)
-            padded[:len(part)] = part
-            parts.append(np.array(self.request.infer({0: padded})[self.output])[:len(part)])
-        return np.concatenate(parts)
+        if self.batch is None:
+            return self._infer(batch)
+        starts = range(0, len(batch), self.batch)
+        return np.concatenate([self._infer(batch[start:start + self.batch]) for start in starts])
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        """Logits of ``batch``, padded with zeros to the compiled batch where it is shorter."""
+        count = len(batch)
+        if self.batch is not None and count < self.batch:
+            batch = np.concatenate([batch, np.zeros((self.batch - count, *batch.shape[1:]), np.float32)])
+        return np.array(self.request.infer({0: batch})[self.output])[:count]
 
     def release(self) -> None:
         """Free the buffers inference allocated (about 110 MiB at 8 forwards a call); the next call
