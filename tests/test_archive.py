@@ -225,3 +225,28 @@ def test_store_refuses_a_file_as_out(tmp_path, weights):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ArchiveError):
         ArchiveStore(tmp_path / "f", {"weights_sha256": "x"})
+
+
+def test_a_results_folder_is_written_and_reopened_without_pandas(archive, weights, tmp_path):
+    """pyarrow's conversion of Python objects imports pandas where it is installed; a node writing
+    series after series would keep it (about 35 MiB), so the folder is written without it."""
+    pytest.importorskip("pandas")  # without pandas installed there is nothing to keep out
+    out = tmp_path / "results"
+    archive_cli(archive, "--out", out, "--weights", weights)
+    rows = read_records(out)
+    script = f"""
+import json, sys
+from pathlib import Path
+from clinreadnet_cli.engine.base import ArchiveStore, Unit, unit_entry
+out = Path({str(out)!r})
+store = ArchiveStore(out, json.loads((out / "run.json").read_text()))  # reads the shards back
+rows = {rows[:5]!r}
+unit = Unit("file:again", (rows[0]["path"],))
+store.commit(store.write_shard([{{**r, "unit": unit.id}} for r in rows]), [unit_entry(unit, rows, 1.0)])
+store.write_series_table()
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "pandas")))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+    assert len(read_records(out)) == len(rows) + 5  # the new unit's rows are there, typed as before

@@ -30,7 +30,7 @@ from ..readers import DEFAULT_LIMITS, Discovery, InputError, Limits, discover, f
 from ..readers.dicom import read_header, skip_reason
 from ..readers.tiff import TIFF_SUFFIXES
 from ..readers.volume import VOLUME_SUFFIXES
-from ..records import FIELDS
+from ..records import FIELDS, with_nulls
 from ..summary import SummaryCollector
 
 
@@ -162,9 +162,41 @@ def record_schema():
 
 def records_table(records: list[dict]):
     """Records (as ``records.to_record`` makes them, plus ``unit``) as an Arrow table of the fixed schema."""
-    import pyarrow as pa
+    return arrow_table(records, record_schema())
 
-    return pa.Table.from_pylist(records, schema=record_schema())
+
+def arrow_table(rows: list[dict], schema):
+    """``rows`` as an Arrow table of ``schema`` (a missing key, NaN or infinity is null, as in score's
+    JSON), parsed as JSON lines by Arrow's own reader. Not ``Table.from_pylist``: pyarrow's
+    conversion of Python objects imports pandas where it is installed, which a node scoring series
+    after series would then keep (about 35 MiB); the reader costs a fifth of that conversion."""
+    import io
+
+    import pyarrow.json as pj
+
+    if not rows:
+        return schema.empty_table()
+    lines = "".join(json.dumps(with_nulls({name: row.get(name) for name in schema.names})) + "\n"
+                    for row in rows).encode()
+    return pj.read_json(io.BytesIO(lines), read_options=pj.ReadOptions(use_threads=False),
+                        parse_options=pj.ParseOptions(explicit_schema=schema))
+
+
+def read_parquet(path: Path, columns: list[str] | None = None):
+    """One Parquet file as a table (``pq.ParquetFile``: ``pq.read_table`` goes through the dataset
+    module, which imports pandas, as ``arrow_table`` says)."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as f:
+        return f.read(columns=columns)
+
+
+def write_parquet(table, path: Path) -> None:
+    """``table`` as the Parquet file ``path``, whole or not at all."""
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def unit_entry(unit: Unit, records: list[dict], seconds: float, threshold: float = 2.0) -> dict:
@@ -267,11 +299,8 @@ class ArchiveStore:
 
     def write_shard(self, records: list[dict]) -> Path:
         """One staged Parquet file of ``records``."""
-        import pyarrow.parquet as pq
-
         folder = self.staging()
-        path = folder / "part.parquet"
-        pq.write_table(records_table(records), path)
+        write_parquet(records_table(records), folder / "part.parquet")
         return folder
 
     def commit(self, staged: Path, entries: list[dict]) -> None:
@@ -290,34 +319,26 @@ class ArchiveStore:
 
     def reconcile(self) -> None:
         """Keep in ``records/`` only the rows their unit's manifest line points to."""
-        import pyarrow.parquet as pq
+        import pyarrow as pa
 
         shutil.rmtree(self.out / ".staging", ignore_errors=True)
         for file in sorted((self.out / RECORDS).glob("*.parquet")):
             group = file.stem[len("part-"):].rsplit("-", 1)[0]
-            units = pq.read_table(file, columns=["unit"]).column("unit").to_pylist()
+            units = read_parquet(file, columns=["unit"]).column("unit").to_pylist()
             keep = [self.entries.get(u, {}).get("group") == group for u in units]
             if all(keep):
                 continue
             if not any(keep):
                 file.unlink()
                 continue
-            import pyarrow as pa
-
-            table = pq.read_table(file).filter(pa.array(keep))
-            with atomic_path(file) as tmp:
-                pq.write_table(table, tmp)
+            mask = arrow_table([{"keep": k} for k in keep], pa.schema([("keep", pa.bool_())])).column("keep")
+            write_parquet(read_parquet(file).filter(mask), file)
 
     def write_series_table(self) -> int:
         """``series.parquet``: one row per series of every finished unit; returns the row count."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         rows = [{**row, "unit": entry["unit"], "unit_status": entry["status"]}
                 for entry in self.entries.values() for row in entry.get("series", [])]
-        table = pa.Table.from_pylist(rows, schema=_series_schema())
-        with atomic_path(self.out / SERIES_TABLE) as tmp:
-            pq.write_table(table, tmp)
+        write_parquet(arrow_table(rows, _series_schema()), self.out / SERIES_TABLE)
         return len(rows)
 
     def _clear(self) -> None:
