@@ -2,6 +2,7 @@
 same files, without and with ``--sr`` (the node always writes the series' Structured Report).
 
     python benchmarks/listen_memory.py --slices 300 --json benchmarks/results/listen_memory.json
+    python benchmarks/listen_memory.py --slices 150 --series 3   # a node scoring series after series
 
 Both run with the default weights and settings; memory is each process's high-water mark plus its
 decoding processes' (``scoring.process_peak_rss``). The series is pushed with pynetdicom's Storage
@@ -46,54 +47,63 @@ def push(files: list[Path], port: int) -> int:
     return stored
 
 
-def listen_peak_rss(series: Path, weights: Path, out: Path) -> tuple[float, float, int]:
-    """(peak MiB of the node and its children, seconds from the first push to the series scored, stored)."""
+def listen_peak_rss(series: list[Path], weights: Path, out: Path) -> list[tuple[float, float, int]]:
+    """Each series pushed once the node has scored the one before: for each, (peak MiB of the node
+    and its children so far, seconds from its first push to it scored, instances stored)."""
     port = free_port()
     log = out.parent / "listen.log"
     node = subprocess.Popen([sys.executable, "-m", "clinreadnet_cli", "listen", "--out", str(out), "--port",
                              str(port), "--weights", str(weights), "--series-timeout", "2"],
                             stdout=subprocess.DEVNULL, stderr=log.open("w"))
     peaks: dict[int, int] = {}
+    results = []
     try:
         while "listening on" not in log.read_text():
             if node.poll() is not None:
                 raise RuntimeError(log.read_text())
             poll_peaks(node.pid, peaks)
             time.sleep(0.05)
-        start = time.perf_counter()
-        files = sorted(series.glob("*.dcm"))
-        stored = push(files, port)
-        while not (out / MANIFEST).exists() or not (out / MANIFEST).read_text().strip():
+        for done, folder in enumerate(series, start=1):
+            start = time.perf_counter()
+            files = sorted(folder.glob("*.dcm"))
+            stored = push(files, port)
+            while not (out / MANIFEST).exists() or len((out / MANIFEST).read_text().splitlines()) < done:
+                poll_peaks(node.pid, peaks)
+                time.sleep(0.02)
+            seconds = time.perf_counter() - start
             poll_peaks(node.pid, peaks)
-            time.sleep(0.02)
-        seconds = time.perf_counter() - start
-        poll_peaks(node.pid, peaks)
+            entry = json.loads((out / MANIFEST).read_text().splitlines()[done - 1])
+            if entry["slices"] != len(files):
+                raise RuntimeError(f"the node scored {entry['slices']} of {len(files)} slices: {log.read_text()[-2000:]}")
+            results.append((sum(peaks.values()) / 1024, seconds, stored))
     finally:
         node.terminate()
         node.wait(timeout=60)
-    entry = json.loads((out / MANIFEST).read_text().splitlines()[0])
-    if entry["slices"] != len(files):
-        raise RuntimeError(f"the node scored {entry['slices']} of {len(files)} slices: {log.read_text()[-2000:]}")
-    return sum(peaks.values()) / 1024, seconds, stored
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--series", type=int, default=1,
+                        help="series pushed to the node one after another (each of --slices; score reads the first)")
     parser.add_argument("--weights", type=Path, default=None, help="default: the shipped default weights")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     weights = resolve_weights(args.weights)
     with tempfile.TemporaryDirectory() as tmp:
-        series = build_series(Path(tmp) / "series", args.slices)
-        score_mib, score_seconds = command_peak_rss(series, weights, "auto", 8, [])
-        sr_mib, sr_seconds = command_peak_rss(series, weights, "auto", 8, ["--sr", str(Path(tmp) / "sr")])
-        listen_mib, listen_seconds, stored = listen_peak_rss(series, weights, Path(tmp) / "node")
+        series = [build_series(Path(tmp) / f"series{k}", args.slices) for k in range(args.series)]
+        score_mib, score_seconds = command_peak_rss(series[0], weights, "auto", 8, [])
+        sr_mib, sr_seconds = command_peak_rss(series[0], weights, "auto", 8, ["--sr", str(Path(tmp) / "sr")])
+        node = listen_peak_rss(series, weights, Path(tmp) / "node")
     rows = [{"command": "score", "slices": args.slices, "peak_rss_mib": round(score_mib), "seconds": round(score_seconds, 1)},
             {"command": "score --sr", "slices": args.slices, "peak_rss_mib": round(sr_mib),
-             "seconds": round(sr_seconds, 1)},
-            {"command": "listen", "slices": stored, "peak_rss_mib": round(listen_mib),
-             "seconds": round(listen_seconds, 1), "note": "from the first push to the series scored, 2 s timeout included"}]
+             "seconds": round(sr_seconds, 1)}]
+    for k, (listen_mib, listen_seconds, stored) in enumerate(node, start=1):
+        rows.append({"command": "listen" if args.series == 1 else f"listen, series {k} of {args.series}",
+                     "slices": stored, "peak_rss_mib": round(listen_mib), "seconds": round(listen_seconds, 1),
+                     "note": "peak from the node's start; seconds from the series' first push to it scored, "
+                             "2 s timeout included"})
     for row in rows:
         print(row)
     write_json(args.json, rows, args)

@@ -18,6 +18,7 @@ from clinreadnet_cli.archs import create_model
 from clinreadnet_cli.checkpoint import save_weights
 from clinreadnet_cli.dicomnet import dicomweb
 from clinreadnet_cli.dicomnet.dicomweb import DicomWebError, DicomWebServer
+from clinreadnet_cli.dicomnet.sr import series_records, series_report, source_headers
 
 from .conftest import tiny_config
 from .orthanc import PASSWORD, USER, free_port, running_orthanc
@@ -219,6 +220,21 @@ def test_files_get_their_reports_too(weights, studies, tmp_path):
             assert values["Image Quality Rating"] == pytest.approx(scored[uid]["score"], abs=1e-4)
             assert values.get("Noise, standard deviation in uniform tissue") == pytest.approx(scored[uid]["noise_hu"])
         assert sr.StudyInstanceUID == scored[next(iter(per_image))]["study_uid"]
+
+
+def test_a_report_does_not_keep_highdicoms_table_of_the_standard(weights, studies):
+    """highdicom reads the standard's module table (about 65 MiB as Python objects) for each SR and
+    would keep it; a node would then hold it through every later series' scoring."""
+    standard = pytest.importorskip("highdicom._standard_utils")
+    code, records, err = score(studies, "--weights", weights)
+    assert code == 0, err
+    series = next(iter(series_records(records).values()))
+    first = series_report(series, source_headers(series, None), 2.0)
+    assert standard.get_module_attribute_map.cache_info().currsize == 0
+    again = series_report(series, source_headers(series, None), 2.0)  # read again, the same report
+    assert again.PatientID == first.PatientID and again.StudyInstanceUID == first.StudyInstanceUID
+    read = [hd.sr.Comprehensive3DSR.from_dataset(report) for report in (first, again)]
+    assert _measurements(read[1]) == _measurements(read[0]) and len(_measurements(read[0])) == len(series)
 
 
 def test_score_archive_queries_the_archive_by_date_and_resumes(pacs, studies, weights, signed_in, tmp_path):

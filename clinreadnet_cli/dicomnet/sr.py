@@ -139,7 +139,20 @@ def series_report(records: list[dict], headers: dict[str, "Dataset"], threshold:
                                      instance_number=1, manufacturer="clinreadnet", is_complete=True,
                                      is_final=False)
     sr.SeriesDescription = "clinreadnet image quality"
+    forget_standard_tables()
     return sr
+
+
+def forget_standard_tables() -> None:
+    """Drop highdicom's table of the standard's module attributes, which it reads (a 22 MB JSON
+    file, about 65 MiB as Python objects) to copy the patient and study modules and then keeps for
+    the process: a node, or a run of many series, would hold it through every later series'
+    scoring. Reading it again costs about half a second a report."""
+    try:
+        from highdicom._standard_utils import get_module_attribute_map
+    except ImportError:  # a highdicom that keeps no such cache
+        return
+    getattr(get_module_attribute_map, "cache_clear", lambda: None)()
 
 
 def _evidence(header: "Dataset", patient_and_study: bool) -> "Dataset":
