@@ -47,9 +47,10 @@ def push(files: list[Path], port: int) -> int:
     return stored
 
 
-def listen_peak_rss(series: list[Path], weights: Path, out: Path) -> list[tuple[float, float, int]]:
+def listen_peak_rss(series: list[Path], weights: Path, out: Path) -> list[tuple[float, float, float, int]]:
     """Each series pushed once the node has scored the one before: for each, (peak MiB of the node
-    and its children so far, seconds from its first push to it scored, instances stored)."""
+    and its children so far, of the node's own process so far, seconds from its first push to it
+    scored, instances stored)."""
     port = free_port()
     log = out.parent / "listen.log"
     node = subprocess.Popen([sys.executable, "-m", "clinreadnet_cli", "listen", "--out", str(out), "--port",
@@ -75,7 +76,7 @@ def listen_peak_rss(series: list[Path], weights: Path, out: Path) -> list[tuple[
             entry = json.loads((out / MANIFEST).read_text().splitlines()[done - 1])
             if entry["slices"] != len(files):
                 raise RuntimeError(f"the node scored {entry['slices']} of {len(files)} slices: {log.read_text()[-2000:]}")
-            results.append((sum(peaks.values()) / 1024, seconds, stored))
+            results.append((sum(peaks.values()) / 1024, peaks[node.pid] / 1024, seconds, stored))
     finally:
         node.terminate()
         node.wait(timeout=60)
@@ -99,9 +100,10 @@ def main() -> None:
     rows = [{"command": "score", "slices": args.slices, "peak_rss_mib": round(score_mib), "seconds": round(score_seconds, 1)},
             {"command": "score --sr", "slices": args.slices, "peak_rss_mib": round(sr_mib),
              "seconds": round(sr_seconds, 1)}]
-    for k, (listen_mib, listen_seconds, stored) in enumerate(node, start=1):
+    for k, (listen_mib, node_mib, listen_seconds, stored) in enumerate(node, start=1):
         rows.append({"command": "listen" if args.series == 1 else f"listen, series {k} of {args.series}",
-                     "slices": stored, "peak_rss_mib": round(listen_mib), "seconds": round(listen_seconds, 1),
+                     "slices": stored, "peak_rss_mib": round(listen_mib), "node_process_mib": round(node_mib),
+                     "seconds": round(listen_seconds, 1),
                      "note": "peak from the node's start; seconds from the series' first push to it scored, "
                              "2 s timeout included"})
     for row in rows:
