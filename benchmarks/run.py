@@ -15,7 +15,8 @@ Sections (all on data generated from ../shared/data/ct_sources; nothing large is
             end (ratio: end-to-end rate / model-only rate); then decoding alone with 1, 2 and
             every core's decoding processes
   memory    peak RSS of the `clinreadnet score` command on 300- and 1,200-slice series, at the
-            default settings and with --runtime torch --precision fp32
+            default settings and with --runtime torch --precision fp32; and the first run of the
+            default weights (which exports them for the default runtime) on the 300-slice one
   training  one epoch of the train command on 800 images (+ 200 validation)
   archive   score-archive with the local engine and with Ray (1 and 2 actors) on an archive of
             --archive SERIES SLICES, whole commands against the model-only rate; records that
@@ -177,6 +178,11 @@ def main() -> None:
         if "memory" in args.only:  # the default weights and settings, then torch eager fp32 (one grid)
             scoring.build_series(tmp / "long", long)
             shipped = args.weights or default_weights()
+            if device.type == "cpu":  # the first run with these weights, its cache folder empty: it exports them
+                first = {**os.environ, "CLINREADNET_CACHE": str(tmp / "empty-cache")}
+                rss, wall = scoring.command_peak_rss(tmp / "short", shipped, "cpu", args.batch, [], env=first)
+                report([{"benchmark": "memory", "value": rss, "unit": "MiB", "ratio": 1.0, "wall_s": wall,
+                         "measure": f"score command (default, first run: exports the weights), {short}-slice series: peak RSS"}])
             Scorer(shipped, device=device.type)  # exports the model for the default runtime before the runs
             for extra, memory_weights in (([], shipped), (["--runtime", "torch", "--precision", "fp32"], weights)):
                 peaks = {n: scoring.command_peak_rss(tmp / name, memory_weights, device.type, args.batch, extra)

@@ -101,14 +101,15 @@ def decode_scaling(series_dir: Path, weights: Path, batch: int, workers: list[in
     return rows
 
 
-def command_peak_rss(series_dir: Path, weights: Path, device: str, batch: int, extra: list[str]) -> tuple[float, float]:
+def command_peak_rss(series_dir: Path, weights: Path, device: str, batch: int, extra: list[str],
+                     env: dict[str, str] | None = None) -> tuple[float, float]:
     """(peak resident memory in MiB, wall seconds) of one ``clinreadnet score`` process."""
     command = [sys.executable, "-m", "clinreadnet_cli", "score", str(series_dir), "--weights", str(weights),
                "--format", "jsonl", "--device", device, "--batch-size", str(batch), *extra]
-    return process_peak_rss(command)
+    return process_peak_rss(command, env)
 
 
-def process_peak_rss(command: list[str]) -> tuple[float, float]:
+def process_peak_rss(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """(peak resident memory in MiB of the process and its decoding children, wall seconds).
 
     Read from each process's own high-water mark (VmHWM in /proc, Linux), polled until it exits:
@@ -117,7 +118,7 @@ def process_peak_rss(command: list[str]) -> tuple[float, float]:
     their peaks (an upper bound of what they held together).
     """
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
     peaks: dict[int, int] = {}
     while process.poll() is None:
         poll_peaks(process.pid, peaks)

@@ -1,8 +1,8 @@
 """CPU inference runtimes besides torch eager: OpenVINO and ONNX Runtime, on the model exported once.
 
 The model is exported with ``torch.onnx.export`` (the torch.export-based exporter: timm's Swin
-and SOQN's CBAM need it) to one ONNX file in the cache folder, named by a key of what shapes the
-graph (the weights file's SHA-256 and the config it is read with, or the tensors themselves), so
+and SOQN's CBAM need it) to a folder of the cache, named by a key of what shapes the graph (the
+weights file's SHA-256 and the config it is read with, or the tensors themselves), so
 later runs only load it: then neither runtime needs torch, and ``score`` does not import it
 (600-750 MB less memory, 4 s less start-up). Nothing here changes the model's arithmetic: in fp32
 the logits are torch's up to float rounding (benchmarks/run.py, section options).
@@ -15,20 +15,23 @@ import ctypes
 import hashlib
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import umask
 from .config import ClinReadNetConfig
 
 if TYPE_CHECKING:
     from .archs import ClinReadNet
 
-EXPORT_FORMAT = "clinreadnet-onnx/1"  # bump when the export itself changes
+EXPORT_FORMAT = "clinreadnet-onnx/2"  # bump when the export itself changes
+ONNX_FILE = "model.onnx"  # in a folder of its own, its tensors beside it in model.onnx.data
 Logits = Callable[[np.ndarray], np.ndarray]  # (B, C, S, S) float32 in [0, 1] -> per-head logits (B, H, K)
 
 
@@ -46,7 +49,7 @@ def cache_dir() -> Path:
 def export_path(weights_sha256: str, config: ClinReadNetConfig) -> Path:
     """Where the export of a weights file (by its SHA-256), read with ``config``, is kept."""
     key = hashlib.sha256(f"{EXPORT_FORMAT}|{weights_sha256}|{config.to_json()}".encode()).hexdigest()[:24]
-    return cache_dir() / "onnx" / f"{key}.onnx"
+    return cache_dir() / "onnx" / key / ONNX_FILE
 
 
 def tensors_sha256(model: "ClinReadNet") -> str:
@@ -59,22 +62,36 @@ def tensors_sha256(model: "ClinReadNet") -> str:
 
 
 def export_onnx(model: "ClinReadNet", path: Path) -> Path:
-    """Export ``model`` (dynamic batch, its config's input channels) to ``path``, written under a
-    temporary name and renamed into place; a path that exists is kept as it is."""
+    """Export ``model`` (dynamic batch, its config's input channels) to ``path``, a file in a folder
+    of its own that holds the tensors too (``path`` + ``.data``). The folder is written under a
+    temporary name and renamed into place whole; an export already there is kept as it is."""
     if path.is_file():
         return path
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cfg = model.config
-    example = torch.rand(2, cfg.in_chans * cfg.sampling_grids, cfg.img_size, cfg.img_size)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(model.eval(), (example,), dynamo=True, input_names=["slices"],
-                                    output_names=["head_logits"], dynamic_shapes={"x": {0: batch}}, verbose=False)
-        # One self-contained file (the weights inside, 120 MB in fp32): a rename moves all of it.
-        program.save(str(tmp), external_data=False)
+    folder = path.parent
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        cfg = model.config
+        example = torch.rand(2, cfg.in_chans * cfg.sampling_grids, cfg.img_size, cfg.img_size)
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model.eval(), (example,), dynamo=True, input_names=["slices"],
+                                        output_names=["head_logits"], dynamic_shapes={"x": {0: batch}},
+                                        verbose=False)
+            # The tensors in a file of their own: saved inside the .onnx, they were serialised
+            # whole in memory first (120 MB in fp32, a 370 MiB higher peak on the first run).
+            program.save(str(partial / path.name), external_data=True)
+        os.chmod(partial, 0o777 & ~umask())
+        try:
+            os.replace(partial, folder)
+        except OSError:
+            if not path.is_file():  # not another process's export of the same key
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return path
 
 

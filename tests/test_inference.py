@@ -48,12 +48,16 @@ def test_exported_runtimes_give_torchs_scores_and_export_once(model, images, run
     expected = model.predict(images)
     got = prepare_for_inference(model, CPU, InferenceOptions(runtime=runtime))(images)
     assert torch.allclose(got.head_probs, expected.head_probs, atol=1e-5)
-    (exported,) = (tmp_path / "onnx").iterdir()
-    written = exported.stat().st_mtime_ns
+    (exported,) = (tmp_path / "onnx").iterdir()  # one folder, no temporary one left beside it
+    # The tensors beside the graph: serialised inside it, they were held whole in memory on export
+    graph, tensors = exported / "model.onnx", exported / "model.onnx.data"
+    assert sorted(p.name for p in exported.iterdir()) == [graph.name, tensors.name]
+    assert graph.stat().st_size < tensors.stat().st_size
+    written = graph.stat().st_mtime_ns
     again = prepare_for_inference(model, CPU, InferenceOptions(runtime=runtime))(images[:1])  # another batch size
     assert torch.allclose(again.score, expected.score[:1], atol=1e-5)
     assert [p.name for p in (tmp_path / "onnx").iterdir()] == [exported.name]
-    assert exported.stat().st_mtime_ns == written
+    assert graph.stat().st_mtime_ns == written
 
 
 @pytest.mark.parametrize("device, kwargs, message", [
@@ -103,7 +107,7 @@ from tests.conftest import tiny_config
 
 faulthandler.enable()  # an alternate signal stack on this thread, as pytest and python -X faulthandler give
 torch.manual_seed(0)
-onnx = export_onnx(create_model(tiny_config()).eval(), __import__("pathlib").Path(sys.argv[1]))
+onnx = export_onnx(create_model(tiny_config()).eval(), __import__("pathlib").Path(sys.argv[1]) / "m.onnx")
 first, second = runtime_logits("openvino", onnx, 1, "fp32"), runtime_logits("openvino", onnx, 1, "fp32")
 del first  # freed in the order they were made: OpenVINO puts back the stacks it found in the other order
 gc.collect()
@@ -123,7 +127,7 @@ def test_a_signal_after_two_openvino_models_are_freed_is_handled(tmp_path):
     memory and the next signal killed the process (SIGSEGV). The thread keeps its own stack."""
     from pathlib import Path
 
-    done = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_TWO_MODELS, str(tmp_path / "m.onnx")],
+    done = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_TWO_MODELS, str(tmp_path / "export")],
                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "survived [1]" in done.stdout, (done.returncode, done.stderr[-2000:])
 
@@ -148,7 +152,7 @@ def test_openvino_compiled_for_one_batch_gives_the_same_logits_for_any_batch(mod
     buffers were released."""
     from clinreadnet_cli.runtimes import export_onnx, runtime_logits
 
-    onnx = export_onnx(model, tmp_path / "m.onnx")
+    onnx = export_onnx(model, tmp_path / "export" / "m.onnx")
     any_batch, four = runtime_logits("openvino", onnx, 1, "fp32"), runtime_logits("openvino", onnx, 1, "fp32", batch=4)
     batch = images.numpy()
     expected = any_batch(batch)
