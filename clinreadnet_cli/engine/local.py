@@ -60,7 +60,7 @@ def decode_workers(choice: str, device: str) -> int:
     return max(1, cores - 1) if gpu else 1
 
 
-def _glibc():
+def glibc():
     """glibc's allocator functions (``mallopt``, ``malloc_trim``), or None where they are not there
     (other systems, musl): the two functions below then change nothing."""
     if not sys.platform.startswith("linux"):
@@ -81,7 +81,7 @@ def reuse_freed_memory() -> None:
     pages again cost more CPU than the arithmetic (2.4 of 3.4 ms of the 9 x 9 mean,
     benchmarks/decode_cost.py). A worker's peak memory is unchanged: it holds its largest
     slice's arrays either way."""
-    libc = _glibc()
+    libc = glibc()
     if libc is None:
         return
     m_trim_threshold, m_mmap_threshold = -1, -3
@@ -93,7 +93,7 @@ def return_freed_memory() -> None:
     """Hand the memory freed so far back to the system: a long-running process after a burst of
     work, such as the threads that received a pushed series, whose freed memory would otherwise
     stay counted against it."""
-    libc = _glibc()
+    libc = glibc()
     if libc is not None:
         libc.malloc_trim(0)
 
