@@ -322,7 +322,8 @@ def test_listen_scores_a_pushed_series_and_forwards_its_sr(pacs, studies, weight
     try:
         # A node serves on the C allocator (engine.node.run_on_system_allocator), in the process started
         environ = Path(f"/proc/{node.process.pid}/environ")
-        assert not environ.exists() or b"PYTHONMALLOC=malloc" in environ.read_bytes().split(b"\0")
+        assert not environ.exists() or {b"PYTHONMALLOC=malloc", b"MALLOC_ARENA_MAX=1"} <= set(
+            environ.read_bytes().split(b"\0"))
         files = sorted(SERIES.glob("*.dcm"))
         report = _an_sr(tmp_path, weights)
         assert push([*files, report], node.port) == [0] * 5  # the SR is acknowledged and ignored

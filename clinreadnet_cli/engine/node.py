@@ -112,23 +112,26 @@ class Spool:
 
 def run_on_system_allocator() -> None:
     """Start this command again in this process (same PID and arguments) with Python's small-object
-    allocator off (``PYTHONMALLOC=malloc``), unless it is off already.
+    allocator off (``PYTHONMALLOC=malloc``), unless ``PYTHONMALLOC`` is set already.
 
     That allocator takes memory in 1 MiB arenas and hands one back only once every object in it is
-    freed. In a node scoring series after series, the few objects a series leaves behind (its
-    manifest entry, the decoding threads' buffers) end up among the many short-lived ones its
-    Structured Report is built of, and each series kept about 0.12 MiB a slice for good (the node
-    grew 605 -> 654 MiB over 12 series of 30 slices). On glibc's allocator, whose freed memory
-    ``return_freed_memory`` hands back, it stays flat. Only where glibc is, and only in a process
-    started as clinreadnet (not a program that calls the command as a library)."""
-    if os.environ.get("PYTHONMALLOC") == "malloc" or glibc() is None:
+    freed. In a node scoring series after series, the few objects each series leaves behind end
+    up among the many short-lived ones its Structured Report is built of, and each series kept
+    about 0.1 MiB a slice for good (the node grew 605 -> 654 MiB over 12 series of 30 slices,
+    benchmarks/listen_memory.py --series 12); without the SR, or on glibc's allocator, whose freed
+    memory ``return_freed_memory`` hands back, the same loop stayed flat. Only where glibc is, and
+    only in a process started as clinreadnet (not a program that calls the command as a library)."""
+    if "PYTHONMALLOC" in os.environ or glibc() is None:  # an allocator the user chose is kept
         return
     entry = Path(sys.argv[0])
     if entry.name != "clinreadnet" and entry != Path(__file__).resolve().parents[1] / "__main__.py":
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "PYTHONMALLOC": "malloc"})
+    # One heap for every thread: the receiving threads' own heaps raised a 150-slice series' peak
+    # by 42 MiB, where one heap kept it below pymalloc's (benchmarks/listen_memory.py)
+    environment = {"MALLOC_ARENA_MAX": "1", **os.environ, "PYTHONMALLOC": "malloc"}
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
 
 
 def series_unit(series_uid: str, files: list[Path]) -> Unit:
