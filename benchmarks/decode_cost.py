@@ -9,7 +9,7 @@ read the headers), the content checks, the network input (``sample_slice``, the 
 path), the 9 x 9 mean that the noise figure and the patient size both threshold
 (``noise.smoothed_hu``, computed once), the noise figure and the patient size; then ``prepare``
 itself, all of them in one call. Every stage's best of ``--repeats`` passes over the series is
-reported. Freed memory is kept for reuse as in a decoding worker (``engine.local.reuse_freed_memory``;
+reported. Freed memory is kept for reuse as in a decoding worker (``engine.allocator.reuse_freed_memory``;
 ``--system-malloc`` measures without). Measures only; nothing here passes or fails on a time.
 """
 
@@ -26,7 +26,7 @@ from scoring import build_series
 
 from clinreadnet_cli.checkpoint import default_weights, read_config
 from clinreadnet_cli.decoding import prepare
-from clinreadnet_cli.engine.local import reuse_freed_memory
+from clinreadnet_cli.engine.allocator import reuse_freed_memory
 from clinreadnet_cli.noise import measure_noise, smoothed_hu
 from clinreadnet_cli.patient_size import measure_diameter
 from clinreadnet_cli.preprocess import sample_slice

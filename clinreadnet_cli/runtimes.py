@@ -82,7 +82,7 @@ def export_onnx(model: "ClinReadNet", path: Path) -> Path:
                                         output_names=["head_logits"], dynamic_shapes={"x": {0: batch}},
                                         verbose=False)
             # The tensors in a file of their own: saved inside the .onnx, they were serialised
-            # whole in memory first (120 MB in fp32, a 370 MiB higher peak on the first run).
+            # whole in memory first (120 MB in fp32, a 370 MiB higher peak at the export step).
             program.save(str(partial / path.name), external_data=True)
         os.chmod(partial, 0o777 & ~umask())
         try:

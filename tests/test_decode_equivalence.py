@@ -256,7 +256,7 @@ def test_prepare_shares_the_smoothed_slice_without_changing_the_figures(tmp_path
 REPEATED_MEANS = """
 import resource, sys
 import numpy as np
-from clinreadnet_cli.engine.local import reuse_freed_memory
+from clinreadnet_cli.engine.allocator import reuse_freed_memory
 from clinreadnet_cli.noise import smoothed_hu
 if sys.argv[1] == "reuse":
     reuse_freed_memory()
@@ -281,7 +281,7 @@ def test_decoding_workers_reuse_freed_memory_instead_of_mapping_it_again():
 FREED_IN_A_THREAD = """
 import threading
 from pathlib import Path
-from clinreadnet_cli.engine.local import return_freed_memory
+from clinreadnet_cli.engine.allocator import return_freed_memory
 
 def rss_mib():
     return int(next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:")).split()[1]) // 1024

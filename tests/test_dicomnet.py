@@ -320,7 +320,7 @@ def test_listen_scores_a_pushed_series_and_forwards_its_sr(pacs, studies, weight
     node = Listener(out, weights, "--series-timeout", "1", "--allow", "SCANNER",
                     "--forward", f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}")
     try:
-        # A node serves on the C allocator (engine.node.run_on_system_allocator), in the process started
+        # A node serves on the C allocator (engine.allocator.run_on_system_allocator), in the process started
         environ = Path(f"/proc/{node.process.pid}/environ")
         assert not environ.exists() or {b"PYTHONMALLOC=malloc", b"MALLOC_ARENA_MAX=1"} <= set(
             environ.read_bytes().split(b"\0"))

@@ -54,7 +54,7 @@ def listen(
 ) -> None:
     """Receive CT studies by DICOM (C-STORE) and score each series once it is complete; stop with Ctrl-C
     or SIGTERM (series not yet scored stay spooled and are scored on the next start)."""
-    from ..engine.node import run_on_system_allocator
+    from ..engine.allocator import run_on_system_allocator
 
     run_on_system_allocator()
     from ..api import ScorerSpec

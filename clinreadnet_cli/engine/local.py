@@ -21,6 +21,7 @@ from collections import defaultdict, deque
 from typing import Callable, Iterator, Sequence
 
 from ..readers import InputError
+from .allocator import reuse_freed_memory
 from ..decoding import Batch, DecodeSettings
 from ..scoring import nvidia_gpus_listed
 from .base import Unit, decode_unit
@@ -58,44 +59,6 @@ def decode_workers(choice: str, device: str) -> int:
     gpu = device == "cuda" or (device == "auto" and nvidia_gpus_listed())
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cores - 1) if gpu else 1
-
-
-def glibc():
-    """glibc's allocator functions (``mallopt``, ``malloc_trim``), or None where they are not there
-    (other systems, musl): the two functions below then change nothing."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None)
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-def reuse_freed_memory() -> None:
-    """Keep freed memory in this process for the next slice instead of handing it back to the
-    system. A slice's decoding allocates and frees arrays of about 1 MB many times over; by
-    default glibc maps each afresh from the system and returns it on free, and touching the new
-    pages again cost more CPU than the arithmetic (2.4 of 3.4 ms of the 9 x 9 mean,
-    benchmarks/decode_cost.py). A worker's peak memory is unchanged: it holds its largest
-    slice's arrays either way."""
-    libc = glibc()
-    if libc is None:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 64 * 2**20)  # arrays below this come from the heap, reused
-    libc.mallopt(m_trim_threshold, 256 * 2**20)  # free heap kept up to this much
-
-
-def return_freed_memory() -> None:
-    """Hand the memory freed so far back to the system: a long-running process after a burst of
-    work, such as the threads that received a pushed series, whose freed memory would otherwise
-    stay counted against it."""
-    libc = glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
 
 
 def _worker(tasks, conn, settings: DecodeSettings, inherited: list) -> None:

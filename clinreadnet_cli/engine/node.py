@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,7 +29,8 @@ from ..dicomnet.dicomweb import uid_file_name
 from ..dicomnet.dimse import SUCCESS, Peer, send
 from ..dicomnet.sr import write_reports
 from .base import ArchiveOptions, ArchiveStore, Unit
-from .local import DecodePool, glibc, return_freed_memory
+from .allocator import return_freed_memory
+from .local import DecodePool
 
 OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0xA700, 0xC000
 CT_IMAGE_CLASSES = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
@@ -108,30 +108,6 @@ class Spool:
                 self._last.setdefault(series, time.time())
             else:
                 (self.folder / series).rmdir()
-
-
-def run_on_system_allocator() -> None:
-    """Start this command again in this process (same PID and arguments) with Python's small-object
-    allocator off (``PYTHONMALLOC=malloc``), unless ``PYTHONMALLOC`` is set already.
-
-    That allocator takes memory in 1 MiB arenas and hands one back only once every object in it is
-    freed. In a node scoring series after series, the few objects each series leaves behind end
-    up among the many short-lived ones its Structured Report is built of, and each series kept
-    about 0.1 MiB a slice for good (the node grew 605 -> 654 MiB over 12 series of 30 slices,
-    benchmarks/listen_memory.py --series 12); without the SR, or on glibc's allocator, whose freed
-    memory ``return_freed_memory`` hands back, the same loop stayed flat. Only where glibc is, and
-    only in a process started as clinreadnet (not a program that calls the command as a library)."""
-    if "PYTHONMALLOC" in os.environ or glibc() is None:  # an allocator the user chose is kept
-        return
-    entry = Path(sys.argv[0])
-    if entry.name != "clinreadnet" and entry != Path(__file__).resolve().parents[1] / "__main__.py":
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # One heap for every thread: the receiving threads' own heaps raised a 150-slice series' peak
-    # by 42 MiB, where one heap kept it below pymalloc's (benchmarks/listen_memory.py)
-    environment = {"MALLOC_ARENA_MAX": "1", **os.environ, "PYTHONMALLOC": "malloc"}
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
 
 
 def series_unit(series_uid: str, files: list[Path]) -> Unit:
