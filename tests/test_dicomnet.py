@@ -334,6 +334,10 @@ def test_listen_scores_a_pushed_series_and_forwards_its_sr(pacs, studies, weight
         node.wait_for(lambda: len(manifest(out)) == 2)
         node.wait_for(lambda: node.log.read_text().count("sent the SR") == 2)
         assert "ignored SR" in node.log.read_text()
+        # Two series' records and tables written, by a child each time (engine.tables): Arrow's
+        # libraries never enter the node, whose every later series would carry them
+        maps = Path(f"/proc/{node.process.pid}/maps")
+        assert not maps.exists() or "libarrow" not in maps.read_text()
     finally:
         node.stop()
     records = pq.read_table(out / "records").to_pylist()

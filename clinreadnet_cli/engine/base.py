@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..atomic import atomic_path, write_text_atomic
+from ..atomic import write_text_atomic
 from ..decoding import Batch, DecodeSettings, series_batches
 from ..dicomnet.dicomweb import (DicomWebError, DicomWebServer, RemoteSeries, SeriesQuery, find_series, is_dicomweb,
                                 remote_batches)
@@ -31,7 +31,8 @@ from ..readers.dicom import read_header, skip_reason
 from ..readers.tiff import TIFF_SUFFIXES
 from ..readers.volume import VOLUME_SUFFIXES
 from ..records import FIELDS, with_nulls
-from ..summary import SummaryCollector
+from ..summary import SUMMARY_FIELDS, SummaryCollector
+from . import tables
 
 
 @dataclass(frozen=True)
@@ -149,54 +150,33 @@ class ArchiveError(ValueError):
     """A results folder that cannot be used for this run (other weights, damaged, not ours)."""
 
 
-def record_schema():
-    import pyarrow as pa
+def _record_spec() -> tables.Spec:
+    kinds = {"slice": "int64", "class": "int64", "instance_number": "int64", "sampling_grids": "int64",
+             "uncertain": "bool", "head_scores": "list<float64>"}
+    numbers = ["score", "head_sd", "entropy", "noise_hu", "wed_mm", "noise_hu_size", "z_mm", "slice_thickness_mm",
+               "kvp", "mas", "ctdivol_mgy"]
+    kinds.update(dict.fromkeys(numbers, "float64"))
+    return [(name, kinds.get(name, "string")) for name in RECORD_COLUMNS]
 
-    text, number, whole = pa.string(), pa.float64(), pa.int64()
-    types = {"slice": whole, "class": whole, "instance_number": whole, "sampling_grids": whole, "uncertain": pa.bool_(),
-             "head_scores": pa.list_(number), "score": number, "head_sd": number, "entropy": number,
-             "noise_hu": number, "wed_mm": number, "noise_hu_size": number, "z_mm": number,
-             "slice_thickness_mm": number, "kvp": number, "mas": number, "ctdivol_mgy": number}
-    return pa.schema([(name, types.get(name, text)) for name in RECORD_COLUMNS])
+
+def _series_spec() -> tables.Spec:
+    kinds = {"slices": "int64", "mean": "float64", "min": "float64", "p10": "float64", "below_threshold": "int64",
+             "threshold": "float64", "worst_slice": "int64"}
+    return [(name, kinds.get(name, "string")) for name in [*SUMMARY_FIELDS, "unit", "unit_status"]]
+
+
+RECORD_SPEC, SERIES_SPEC = _record_spec(), _series_spec()
+
+
+def json_lines(rows: list[dict], spec: tables.Spec) -> bytes:
+    """``rows`` as JSON lines of ``spec``'s columns, as ``tables`` reads them (NaN, infinity: null)."""
+    return "".join(json.dumps(with_nulls({name: row.get(name) for name, _ in spec})) + "\n" for row in rows).encode()
 
 
 def records_table(records: list[dict]):
-    """Records (as ``records.to_record`` makes them, plus ``unit``) as an Arrow table of the fixed schema."""
-    return arrow_table(records, record_schema())
-
-
-def arrow_table(rows: list[dict], schema):
-    """``rows`` as an Arrow table of ``schema`` (a missing key, NaN or infinity is null, as in score's
-    JSON), parsed as JSON lines by Arrow's own reader. Not ``Table.from_pylist``: pyarrow's
-    conversion of Python objects imports pandas where it is installed, which a node scoring series
-    after series would then keep (about 35 MiB); the reader costs a fifth of that conversion."""
-    import io
-
-    import pyarrow.json as pj
-
-    if not rows:
-        return schema.empty_table()
-    lines = "".join(json.dumps(with_nulls({name: row.get(name) for name in schema.names})) + "\n"
-                    for row in rows).encode()
-    return pj.read_json(io.BytesIO(lines), read_options=pj.ReadOptions(use_threads=False),
-                        parse_options=pj.ParseOptions(explicit_schema=schema))
-
-
-def read_parquet(path: Path, columns: list[str] | None = None):
-    """One Parquet file as a table (``pq.ParquetFile``: ``pq.read_table`` goes through the dataset
-    module, which imports pandas, as ``arrow_table`` says)."""
-    import pyarrow.parquet as pq
-
-    with pq.ParquetFile(path) as f:
-        return f.read(columns=columns)
-
-
-def write_parquet(table, path: Path) -> None:
-    """``table`` as the Parquet file ``path``, whole or not at all."""
-    import pyarrow.parquet as pq
-
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    """Records (as ``records.to_record`` makes them, plus ``unit``) as an Arrow table of the fixed
+    schema, in this process (Ray's workers, which hold Arrow anyway)."""
+    return tables.arrow_table(json_lines(records, RECORD_SPEC), RECORD_SPEC)
 
 
 def unit_entry(unit: Unit, records: list[dict], seconds: float, threshold: float = 2.0) -> dict:
@@ -255,17 +235,16 @@ class ArchiveStore:
     def _check_record_fields(self) -> None:
         """Refuse a folder whose shards have other columns (written by a version with other record
         fields): the new shards would not read as one table with them."""
-        import pyarrow.parquet as pq
-
         shard = next(iter(sorted((self.out / RECORDS).glob("*.parquet"))), None)
         if shard is None:
             return
         try:
-            names = pq.read_schema(shard).names
+            names = tables.column_names(shard)
         except (OSError, ValueError) as exc:
             raise ArchiveError(f"{shard} is damaged ({exc}); use a new --out or --overwrite") from None
-        if names != record_schema().names:
-            differ = sorted(set(record_schema().names) ^ set(names)) or ["their order"]
+        expected = [name for name, _ in RECORD_SPEC]
+        if names != expected:
+            differ = sorted(set(expected) ^ set(names)) or ["their order"]
             raise ArchiveError(f"{self.out} holds records with other fields ({', '.join(differ)}), written by "
                                "another version of clinreadnet; use a new --out, or --overwrite to start again")
 
@@ -300,7 +279,7 @@ class ArchiveStore:
     def write_shard(self, records: list[dict]) -> Path:
         """One staged Parquet file of ``records``."""
         folder = self.staging()
-        write_parquet(records_table(records), folder / "part.parquet")
+        tables.write_table(folder / "part.parquet", json_lines(records, RECORD_SPEC), RECORD_SPEC)
         return folder
 
     def commit(self, staged: Path, entries: list[dict]) -> None:
@@ -319,26 +298,14 @@ class ArchiveStore:
 
     def reconcile(self) -> None:
         """Keep in ``records/`` only the rows their unit's manifest line points to."""
-        import pyarrow as pa
-
         shutil.rmtree(self.out / ".staging", ignore_errors=True)
-        for file in sorted((self.out / RECORDS).glob("*.parquet")):
-            group = file.stem[len("part-"):].rsplit("-", 1)[0]
-            units = read_parquet(file, columns=["unit"]).column("unit").to_pylist()
-            keep = [self.entries.get(u, {}).get("group") == group for u in units]
-            if all(keep):
-                continue
-            if not any(keep):
-                file.unlink()
-                continue
-            mask = arrow_table([{"keep": k} for k in keep], pa.schema([("keep", pa.bool_())])).column("keep")
-            write_parquet(read_parquet(file).filter(mask), file)
+        tables.keep_owned_rows(self.out / RECORDS, {unit: entry.get("group") for unit, entry in self.entries.items()})
 
     def write_series_table(self) -> int:
         """``series.parquet``: one row per series of every finished unit; returns the row count."""
         rows = [{**row, "unit": entry["unit"], "unit_status": entry["status"]}
                 for entry in self.entries.values() for row in entry.get("series", [])]
-        write_parquet(arrow_table(rows, _series_schema()), self.out / SERIES_TABLE)
+        tables.write_table(self.out / SERIES_TABLE, json_lines(rows, SERIES_SPEC), SERIES_SPEC)
         return len(rows)
 
     def _clear(self) -> None:
@@ -347,14 +314,3 @@ class ArchiveStore:
             (self.out / name).unlink(missing_ok=True)
         for name in (RECORDS, ".staging"):
             shutil.rmtree(self.out / name, ignore_errors=True)
-
-
-def _series_schema():
-    import pyarrow as pa
-
-    from ..summary import SUMMARY_FIELDS
-
-    number, whole = pa.float64(), pa.int64()
-    types = {"slices": whole, "mean": number, "min": number, "p10": number, "below_threshold": whole,
-             "threshold": number, "worst_slice": whole}
-    return pa.schema([(name, types.get(name, pa.string())) for name in [*SUMMARY_FIELDS, "unit", "unit_status"]])
