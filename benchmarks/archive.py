@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import torch
 
 from common import SOURCES
-from scoring import build_series, model_only, process_peak_rss
+from scoring import PeakMemory, build_series, model_only, process_peak_rss
 
 from clinreadnet_cli.checkpoint import load_model, weights_identity
 from clinreadnet_cli.config import slices_per_batch
@@ -72,7 +72,7 @@ def startup_rows(tmp: Path, weights: Path, batch: int, threads: int, study_slice
             model_runs.append(model_seconds([study], weights, batch, study_slices, options)[1])
             command_runs.append(process_peak_rss([*CLI, "score", str(study), "--weights", str(weights), "--format",
                                                   "jsonl", "--batch-size", str(batch), "--threads", str(threads),
-                                                  "--runtime", asked.runtime, "--precision", asked.precision])[1])
+                                                  "--runtime", asked.runtime, "--precision", asked.precision]).seconds)
         model, command = float(np.median(model_runs)), float(np.median(command_runs))
         label = (f"score --runtime {asked.runtime} --precision {asked.precision} ({options.runtime} "
                  f"{options.precision}), {study_slices}-slice study")
@@ -94,21 +94,21 @@ def archive_rows(tmp: Path, weights: Path, series: int, slices: int, batch: int,
     rows = [{"benchmark": "archive", "measure": f"model only ({n} slices of the archive, batch {batch})",
              "value": model_rate, "unit": "slices/s"}]
 
-    def archive_run(root: Path, out: str, *extra: str) -> tuple[float, float]:
+    def archive_run(root: Path, out: str, *extra: str) -> PeakMemory:
         command = [*CLI, "score-archive", str(root), "--out", str(tmp / out), "--weights", str(weights),
                    "--batch-size", str(batch), "--threads", str(threads), *extra]
         return process_peak_rss(command)
 
-    rss_big, wall = archive_run(big_root, "local-big")
+    rss_big, wall, _ = archive_run(big_root, "local-big")
     rows.append({"benchmark": "archive", "measure": f"local engine, {series} series / {n_big} slices, whole command",
                  "value": n_big / wall, "unit": "slices/s", "ratio": n_big / wall / model_rate, "wall_s": wall})
-    rss_small, _ = archive_run(small_root, "local-small")
+    rss_small = archive_run(small_root, "local-small").mib
     rows += [{"benchmark": "archive", "measure": f"local engine, {k} series: peak RSS (main + decoding processes)",
               "value": rss, "unit": "MiB", "ratio": rss / rss_small} for k, rss in ((small, rss_small), (series, rss_big))]
     local = read_records(tmp / "local-big")
     for count in actors:
-        _, wall = archive_run(big_root, f"ray-{count}", "--engine", "ray", "--workers", str(count),
-                              "--units-per-task", str(series))
+        wall = archive_run(big_root, f"ray-{count}", "--engine", "ray", "--workers", str(count),
+                           "--units-per-task", str(series)).seconds
         rows.append({"benchmark": "archive", "measure": f"ray engine, {count} actor(s), {series} series, whole command",
                      "value": n_big / wall, "unit": "slices/s", "ratio": n_big / wall / model_rate, "wall_s": wall})
         ray_records = read_records(tmp / f"ray-{count}")

@@ -5,8 +5,9 @@ same files, without and with ``--sr`` (the node always writes the series' Struct
     python benchmarks/listen_memory.py --slices 150 --series 3   # a node scoring series after series
 
 Both run with the default weights and settings; memory is each process's high-water mark plus its
-decoding processes' (``scoring.process_peak_rss``). The series is pushed with pynetdicom's Storage
-SCU from this process; the node is stopped once its manifest records the series.
+children's (decoding processes, the node's Parquet writer: ``scoring.process_peak_rss``), and the
+most they held at one time. The series is pushed with pynetdicom's Storage SCU from this process;
+the node is stopped once its manifest records the series.
 """
 
 from __future__ import annotations
@@ -47,36 +48,37 @@ def push(files: list[Path], port: int) -> int:
     return stored
 
 
-def listen_peak_rss(series: list[Path], weights: Path, out: Path) -> list[tuple[float, float, float, int]]:
+def listen_peak_rss(series: list[Path], weights: Path, out: Path) -> list[tuple[float, float, float, float, int]]:
     """Each series pushed once the node has scored the one before: for each, (peak MiB of the node
-    and its children so far, of the node's own process so far, seconds from its first push to it
-    scored, instances stored)."""
+    and its children so far, the most they held at one time so far, the node's own process's peak
+    so far, seconds from its first push to it scored, instances stored)."""
     port = free_port()
     log = out.parent / "listen.log"
     node = subprocess.Popen([sys.executable, "-m", "clinreadnet_cli", "listen", "--out", str(out), "--port",
                              str(port), "--weights", str(weights), "--series-timeout", "2"],
                             stdout=subprocess.DEVNULL, stderr=log.open("w"))
     peaks: dict[int, int] = {}
+    together = 0
     results = []
     try:
         while "listening on" not in log.read_text():
             if node.poll() is not None:
                 raise RuntimeError(log.read_text())
-            poll_peaks(node.pid, peaks)
+            together = max(together, poll_peaks(node.pid, peaks))
             time.sleep(0.05)
         for done, folder in enumerate(series, start=1):
             start = time.perf_counter()
             files = sorted(folder.glob("*.dcm"))
             stored = push(files, port)
             while not (out / MANIFEST).exists() or len((out / MANIFEST).read_text().splitlines()) < done:
-                poll_peaks(node.pid, peaks)
+                together = max(together, poll_peaks(node.pid, peaks))
                 time.sleep(0.02)
             seconds = time.perf_counter() - start
-            poll_peaks(node.pid, peaks)
+            together = max(together, poll_peaks(node.pid, peaks))
             entry = json.loads((out / MANIFEST).read_text().splitlines()[done - 1])
             if entry["slices"] != len(files):
                 raise RuntimeError(f"the node scored {entry['slices']} of {len(files)} slices: {log.read_text()[-2000:]}")
-            results.append((sum(peaks.values()) / 1024, peaks[node.pid] / 1024, seconds, stored))
+            results.append((sum(peaks.values()) / 1024, together / 1024, peaks[node.pid] / 1024, seconds, stored))
     finally:
         node.terminate()
         node.wait(timeout=60)
@@ -94,15 +96,16 @@ def main() -> None:
     weights = resolve_weights(args.weights)
     with tempfile.TemporaryDirectory() as tmp:
         series = [build_series(Path(tmp) / f"series{k}", args.slices) for k in range(args.series)]
-        score_mib, score_seconds = command_peak_rss(series[0], weights, "auto", 8, [])
-        sr_mib, sr_seconds = command_peak_rss(series[0], weights, "auto", 8, ["--sr", str(Path(tmp) / "sr")])
+        score = command_peak_rss(series[0], weights, "auto", 8, [])
+        sr = command_peak_rss(series[0], weights, "auto", 8, ["--sr", str(Path(tmp) / "sr")])
         node = listen_peak_rss(series, weights, Path(tmp) / "node")
-    rows = [{"command": "score", "slices": args.slices, "peak_rss_mib": round(score_mib), "seconds": round(score_seconds, 1)},
-            {"command": "score --sr", "slices": args.slices, "peak_rss_mib": round(sr_mib),
-             "seconds": round(sr_seconds, 1)}]
-    for k, (listen_mib, node_mib, listen_seconds, stored) in enumerate(node, start=1):
+    rows = [{"command": command, "slices": args.slices, "peak_rss_mib": round(run.mib),
+             "together_mib": round(run.together_mib), "seconds": round(run.seconds, 1)}
+            for command, run in (("score", score), ("score --sr", sr))]
+    for k, (listen_mib, together_mib, node_mib, listen_seconds, stored) in enumerate(node, start=1):
         rows.append({"command": "listen" if args.series == 1 else f"listen, series {k} of {args.series}",
-                     "slices": stored, "peak_rss_mib": round(listen_mib), "node_process_mib": round(node_mib),
+                     "slices": stored, "peak_rss_mib": round(listen_mib), "together_mib": round(together_mib),
+                     "node_process_mib": round(node_mib),
                      "seconds": round(listen_seconds, 1),
                      "note": "peak from the node's start; seconds from the series' first push to it scored, "
                              "2 s timeout included"})

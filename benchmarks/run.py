@@ -16,7 +16,8 @@ Sections (all on data generated from ../shared/data/ct_sources; nothing large is
             every core's decoding processes
   memory    peak RSS of the `clinreadnet score` command on 300- and 1,200-slice series, at the
             default settings and with --runtime torch --precision fp32; and the first run of the
-            default weights (which exports them for the default runtime) on the 300-slice one
+            default weights (which exports them for the default runtime) on the 300-slice one;
+            value: the sum of each process's peak, together_mib: the most held at one time
   training  one epoch of the train command on 800 images (+ 200 validation)
   archive   score-archive with the local engine and with Ray (1 and 2 actors) on an archive of
             --archive SERIES SLICES, whole commands against the model-only rate; records that
@@ -180,8 +181,9 @@ def main() -> None:
             shipped = args.weights or default_weights()
             if device.type == "cpu":  # the first run with these weights, its cache folder empty: it exports them
                 first = {**os.environ, "CLINREADNET_CACHE": str(tmp / "empty-cache")}
-                rss, wall = scoring.command_peak_rss(tmp / "short", shipped, "cpu", args.batch, [], env=first)
-                report([{"benchmark": "memory", "value": rss, "unit": "MiB", "ratio": 1.0, "wall_s": wall,
+                run = scoring.command_peak_rss(tmp / "short", shipped, "cpu", args.batch, [], env=first)
+                report([{"benchmark": "memory", "value": run.mib, "unit": "MiB", "ratio": 1.0, "wall_s": run.seconds,
+                         "together_mib": run.together_mib,
                          "measure": f"score command (default, first run: exports the weights), {short}-slice series: peak RSS"}])
             Scorer(shipped, device=device.type)  # exports the model for the default runtime before the runs
             for extra, memory_weights in (([], shipped), (["--runtime", "torch", "--precision", "fp32"], weights)):
@@ -189,8 +191,9 @@ def main() -> None:
                          for n, name in ((short, "short"), (long, "long"))}
                 settings = " ".join(extra) + " one grid" if extra else "default weights and settings"
                 report([{"benchmark": "memory", "measure": f"score command ({settings}), {n}-slice series: peak RSS",
-                         "value": rss, "unit": "MiB", "ratio": rss / peaks[short][0], "wall_s": wall}
-                        for n, (rss, wall) in peaks.items()])
+                         "value": run.mib, "unit": "MiB", "ratio": run.mib / peaks[short].mib, "wall_s": run.seconds,
+                         "together_mib": run.together_mib}
+                        for n, run in peaks.items()])
         if "archive" in args.only:
             report(archive.archive_rows(tmp, args.weights or default_weights(), *args.archive, args.batch,
                                         torch.get_num_threads()))

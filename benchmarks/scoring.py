@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -101,42 +102,57 @@ def decode_scaling(series_dir: Path, weights: Path, batch: int, workers: list[in
     return rows
 
 
+class PeakMemory(NamedTuple):
+    """A command's memory: ``mib``, the sum of each of its processes' high-water marks (an upper
+    bound: it adds peaks that came at different times, such as a child that exited before the
+    others peaked); ``together_mib``, the most its processes held at one time (polled every 20 ms,
+    so a peak shorter than that can be missed); ``seconds``, its wall time."""
+
+    mib: float
+    seconds: float
+    together_mib: float
+
+
 def command_peak_rss(series_dir: Path, weights: Path, device: str, batch: int, extra: list[str],
-                     env: dict[str, str] | None = None) -> tuple[float, float]:
-    """(peak resident memory in MiB, wall seconds) of one ``clinreadnet score`` process."""
+                     env: dict[str, str] | None = None) -> PeakMemory:
+    """The memory of one ``clinreadnet score`` process (and its children)."""
     command = [sys.executable, "-m", "clinreadnet_cli", "score", str(series_dir), "--weights", str(weights),
                "--format", "jsonl", "--device", device, "--batch-size", str(batch), *extra]
     return process_peak_rss(command, env)
 
 
-def process_peak_rss(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """(peak resident memory in MiB of the process and its decoding children, wall seconds).
+def process_peak_rss(command: list[str], env: dict[str, str] | None = None) -> PeakMemory:
+    """The memory of the process and its children (decoding processes, an export).
 
     Read from each process's own high-water mark (VmHWM in /proc, Linux), polled until it exits:
     rusage's ru_maxrss would not do, because a child starts from the high-water mark of the
-    parent it was forked from, and this benchmark process is large. Children count as the sum of
-    their peaks (an upper bound of what they held together).
+    parent it was forked from, and this benchmark process is large.
     """
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
     peaks: dict[int, int] = {}
+    together = 0
     while process.poll() is None:
-        poll_peaks(process.pid, peaks)
+        together = max(together, poll_peaks(process.pid, peaks))
         time.sleep(0.02)
     wall = time.perf_counter() - start
     if process.returncode not in (0, 1):
         raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}")
-    return sum(peaks.values()) / 1024, wall
+    return PeakMemory(sum(peaks.values()) / 1024, wall, together / 1024)
 
 
-def poll_peaks(pid: int, peaks: dict[int, int]) -> None:
-    """Each of ``pid``'s and its descendants' high-water marks so far (KiB), into ``peaks``."""
+def poll_peaks(pid: int, peaks: dict[int, int]) -> int:
+    """Each of ``pid``'s and its descendants' high-water marks so far (KiB), into ``peaks``; returns
+    what they hold now, together (KiB)."""
+    now = 0
     for member in [pid, *_children(pid)]:
         try:
-            line = next(x for x in Path(f"/proc/{member}/status").read_text().splitlines() if x.startswith("VmHWM:"))
-            peaks[member] = max(peaks.get(member, 0), int(line.split()[1]))
-        except (OSError, StopIteration):  # exiting: its memory map is already gone
+            status = dict(line.split(":", 1) for line in Path(f"/proc/{member}/status").read_text().splitlines())
+            peaks[member] = max(peaks.get(member, 0), int(status["VmHWM"].split()[0]))
+            now += int(status["VmRSS"].split()[0])
+        except (OSError, KeyError, ValueError):  # exiting: its memory map is already gone
             pass
+    return now
 
 
 def _children(pid: int) -> list[int]:

@@ -51,9 +51,9 @@ def main() -> None:
         gib = 1024 * 1024 * args.slices * 2 / 2**30
         print(f"volume: {gib:.2f} GiB of voxels, {volume.stat().st_size / 2**20:.0f} MiB on disk", file=sys.stderr)
         score = [sys.executable, "-m", "clinreadnet_cli", "score", "--weights", str(weights), "--format", "jsonl"]
-        series_mib, series_s = process_peak_rss([*score, str(series)])
+        series_mib, series_s, _ = process_peak_rss([*score, str(series)])
         limit = ["--limit", f"max_volume_mib={int(gib * 1024) + 64}"]
-        volume_mib, volume_s = process_peak_rss([*score, str(volume), *limit])
+        volume_mib, volume_s, _ = process_peak_rss([*score, str(volume), *limit])
     rows = [
         {"input": f"{args.series_slices}-slice DICOM series (512²)", "peak_mib": round(series_mib), "seconds": round(series_s, 1)},
         {"input": f"NIfTI .nii.gz, {args.slices} slices of 1,024² ({gib:.1f} GiB)", "peak_mib": round(volume_mib),

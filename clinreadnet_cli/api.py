@@ -91,9 +91,7 @@ class Scorer:
         from . import runtimes
 
         onnx = runtimes.export_path(self.identity["weights_sha256"], self.config)
-        if not onnx.is_file():  # the first run with these weights exports them (torch, ~20 s)
-            runtimes.export_onnx(self.model, onnx)
-            del self.model  # the runtime holds its own copy of the tensors
+        runtimes.export_weights(self.path, self.config, onnx)  # the first run with these weights (torch, ~20 s)
         logits = runtimes.runtime_logits(self.options.runtime, onnx, self.threads, self.options.precision,
                                          batch=self.batch_size)
         self._release = getattr(logits, "release", None)

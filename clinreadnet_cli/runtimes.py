@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 EXPORT_FORMAT = "clinreadnet-onnx/2"  # bump when the export itself changes
 ONNX_FILE = "model.onnx"  # in a folder of its own, its tensors beside it in model.onnx.data
+WEIGHTS_ERROR_EXIT = 3  # export_weights' child: the weights file could not be loaded
 Logits = Callable[[np.ndarray], np.ndarray]  # (B, C, S, S) float32 in [0, 1] -> per-head logits (B, H, K)
 
 
@@ -93,6 +95,38 @@ def export_onnx(model: "ClinReadNet", path: Path) -> Path:
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return path
+
+
+def export_weights(weights: Path, config: ClinReadNetConfig, path: Path) -> Path:
+    """``export_onnx`` of the weights file ``weights`` read with ``config``, in a child process: the
+    caller never imports torch, and the export's working memory (about 1 GiB at its peak) goes with
+    the child instead of staying in a process that then compiles and runs the model. WeightsError
+    where the file's tensors cannot be loaded; RuntimeError where the export itself fails."""
+    if path.is_file():
+        return path
+    done = subprocess.run([sys.executable, "-m", "clinreadnet_cli.runtimes", str(weights), config.to_json(), str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0 or not path.is_file():
+        from .checkpoint import WeightsError
+
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise (WeightsError if done.returncode == WEIGHTS_ERROR_EXIT else RuntimeError)(
+            f"exporting {weights} for the {path.parent.name} cache entry failed: {last}")
+    return path
+
+
+def _export_child(weights: str, config_json: str, path: str) -> int:
+    """The child of ``export_weights``: its exit code, the reason on stderr."""
+    from .checkpoint import WeightsError, load_model
+
+    try:
+        model = load_model(weights)
+    except WeightsError as exc:
+        print(exc, file=sys.stderr)
+        return WEIGHTS_ERROR_EXIT
+    model.config = ClinReadNetConfig.from_json(config_json)  # the tensors are the same for any number of grids
+    export_onnx(model, Path(path))
+    return 0
 
 
 def runtime_logits(runtime: str, onnx: Path, threads: int | None, precision: str,
@@ -200,3 +234,7 @@ class OpenVinoLogits:
         """Free the buffers inference allocated (about 110 MiB at 8 forwards a call); the next call
         allocates them again (a few ms)."""
         self.compiled.release_memory()
+
+
+if __name__ == "__main__":
+    sys.exit(_export_child(*sys.argv[1:4]))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -59,3 +62,34 @@ def test_the_documented_snippet_runs_and_writes_nothing(tmp_path, monkeypatch, c
     assert len(scores) == 4 and scores[-1] < scores[0]  # the sample's most degraded slice scores lowest
     after = sorted(p.stat().st_mtime_ns for p in repo.rglob("*") if ".venv" not in p.parts and p.is_file())
     assert before == after
+
+
+def test_the_first_run_exports_in_a_child_and_never_imports_torch(weights, tmp_path):
+    """The export (torch, about 1 GiB at its peak on the real model) runs in a child process: the
+    process that then compiles and runs the model holds none of it, and a file whose tensors
+    cannot be loaded is a WeightsError naming it."""
+    pytest.importorskip("openvino")
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(weights.read_bytes()[:-64])  # its header intact, its last tensor cut short
+    script = f"""
+import json, sys
+import numpy as np
+from clinreadnet_cli import Scorer
+from clinreadnet_cli.checkpoint import WeightsError
+scorer = Scorer({str(weights)!r}, runtime="openvino")
+scores = scorer.predict([np.zeros((1, 128, 128), np.float32)]).score.tolist()
+try:
+    Scorer({str(damaged)!r}, runtime="openvino")
+    damaged = None
+except WeightsError as exc:
+    damaged = str(exc)
+print(json.dumps({{"torch": "torch" in sys.modules, "scores": scores, "damaged": damaged}}))
+"""
+    env = {**os.environ, "CLINREADNET_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["torch"] is False and len(answer["scores"]) == 1
+    assert str(damaged) in answer["damaged"]
+    (exported,) = (tmp_path / "cache" / "onnx").iterdir()  # the damaged file left no folder behind
+    assert (exported / "model.onnx").is_file()

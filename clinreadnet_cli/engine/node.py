@@ -185,6 +185,7 @@ class Node:
                     self.log("info", f"sent the SR of series {uid} to {self.forward.ae_title}@{self.forward.host}")
         except (ValueError, OSError) as exc:  # a unit of the node is one series
             self.log("error", f"{unit.key}: no Structured Report: {exc}")
+        return_freed_memory()  # before the records' Parquet writer starts beside this process
 
     def serve(self, port: int, host: str = "", stop: threading.Event | None = None,
               on_listening: Callable[[], None] = lambda: None) -> None:
