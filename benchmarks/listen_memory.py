@@ -2,12 +2,13 @@
 same files, without and with ``--sr`` (the node always writes the series' Structured Report).
 
     python benchmarks/listen_memory.py --slices 300 --json benchmarks/results/listen_memory.json
-    python benchmarks/listen_memory.py --slices 150 --series 3   # a node scoring series after series
+    python benchmarks/listen_memory.py --slices 300 --series 3   # a node scoring series after series
 
-Both run with the default weights and settings; memory is each process's high-water mark plus its
-children's (decoding processes, the node's Parquet writer: ``scoring.process_peak_rss``), and the
-most they held at one time. The series is pushed with pynetdicom's Storage SCU from this process;
-the node is stopped once its manifest records the series.
+Both run with the default weights and settings; score reads every series (the same files).
+Memory is each process's high-water mark plus its children's (``scoring.process_peak_rss``; for the
+node: its decoding processes and the largest of its short-lived Parquet writers, which run one
+after another), and the most they held at one time (``together_mib``). The series are pushed with
+pynetdicom's Storage SCU from this process; the node is stopped once its manifest records them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pydicom
 from pynetdicom import AE
 
 from common import write_json
-from scoring import build_series, command_peak_rss, poll_peaks
+from scoring import build_series, command_peak_rss, descendants, poll_peaks
 
 from clinreadnet_cli.checkpoint import resolve_weights
 from clinreadnet_cli.engine.base import MANIFEST
@@ -49,9 +50,10 @@ def push(files: list[Path], port: int) -> int:
 
 
 def listen_peak_rss(series: list[Path], weights: Path, out: Path) -> list[tuple[float, float, float, float, int]]:
-    """Each series pushed once the node has scored the one before: for each, (peak MiB of the node
-    and its children so far, the most they held at one time so far, the node's own process's peak
-    so far, seconds from its first push to it scored, instances stored)."""
+    """Each series pushed once the node has scored the one before: for each, (the peaks so far of
+    the node, of its decoding processes and of the largest of its short-lived children (the
+    Parquet writer, one after another), summed, MiB; the most they held at one time so far; the
+    node's own process's peak so far; seconds from its first push to it scored; instances stored)."""
     port = free_port()
     log = out.parent / "listen.log"
     node = subprocess.Popen([sys.executable, "-m", "clinreadnet_cli", "listen", "--out", str(out), "--port",
@@ -78,7 +80,10 @@ def listen_peak_rss(series: list[Path], weights: Path, out: Path) -> list[tuple[
             entry = json.loads((out / MANIFEST).read_text().splitlines()[done - 1])
             if entry["slices"] != len(files):
                 raise RuntimeError(f"the node scored {entry['slices']} of {len(files)} slices: {log.read_text()[-2000:]}")
-            results.append((sum(peaks.values()) / 1024, together / 1024, peaks[node.pid] / 1024, seconds, stored))
+            alive = {node.pid, *descendants(node.pid)}
+            passing = max((peak for pid, peak in peaks.items() if pid not in alive), default=0)
+            summed = sum(peak for pid, peak in peaks.items() if pid in alive) + passing
+            results.append((summed / 1024, together / 1024, peaks[node.pid] / 1024, seconds, stored))
     finally:
         node.terminate()
         node.wait(timeout=60)
@@ -89,17 +94,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--series", type=int, default=1,
-                        help="series pushed to the node one after another (each of --slices; score reads the first)")
+                        help="series pushed to the node one after another (each of --slices); score reads them all")
     parser.add_argument("--weights", type=Path, default=None, help="default: the shipped default weights")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     weights = resolve_weights(args.weights)
     with tempfile.TemporaryDirectory() as tmp:
-        series = [build_series(Path(tmp) / f"series{k}", args.slices) for k in range(args.series)]
-        score = command_peak_rss(series[0], weights, "auto", 8, [])
-        sr = command_peak_rss(series[0], weights, "auto", 8, ["--sr", str(Path(tmp) / "sr")])
+        study = Path(tmp) / "study"
+        series = [build_series(study / f"series{k}", args.slices) for k in range(args.series)]
+        score = command_peak_rss(study, weights, "auto", 8, [])
+        sr = command_peak_rss(study, weights, "auto", 8, ["--sr", str(Path(tmp) / "sr")])
         node = listen_peak_rss(series, weights, Path(tmp) / "node")
-    rows = [{"command": command, "slices": args.slices, "peak_rss_mib": round(run.mib),
+    rows = [{"command": command, "slices": args.slices * args.series, "peak_rss_mib": round(run.mib),
              "together_mib": round(run.together_mib), "seconds": round(run.seconds, 1)}
             for command, run in (("score", score), ("score --sr", sr))]
     for k, (listen_mib, together_mib, node_mib, listen_seconds, stored) in enumerate(node, start=1):

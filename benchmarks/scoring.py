@@ -145,7 +145,7 @@ def poll_peaks(pid: int, peaks: dict[int, int]) -> int:
     """Each of ``pid``'s and its descendants' high-water marks so far (KiB), into ``peaks``; returns
     what they hold now, together (KiB)."""
     now = 0
-    for member in [pid, *_children(pid)]:
+    for member in [pid, *descendants(pid)]:
         try:
             status = dict(line.split(":", 1) for line in Path(f"/proc/{member}/status").read_text().splitlines())
             peaks[member] = max(peaks.get(member, 0), int(status["VmHWM"].split()[0]))
@@ -155,10 +155,10 @@ def poll_peaks(pid: int, peaks: dict[int, int]) -> int:
     return now
 
 
-def _children(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every descendant: decoding processes forked from a forkserver are grandchildren."""
     try:
         children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
-    return children + [d for c in children for d in _children(c)]
+    return children + [d for c in children for d in descendants(c)]
