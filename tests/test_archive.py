@@ -185,26 +185,47 @@ def test_killed_run_resumes_with_every_record_exactly_once(weights, tmp_path):
     assert len(pq.read_table(out / "series.parquet")) == 16 + 2
 
 
-def test_a_crashing_decoder_costs_its_unit_only(archive, weights, monkeypatch):
-    """A reader library that kills its process (a hostile file) fails one unit; the pool goes on."""
-    real = local.decode_unit
+CRASHING_POOL = """
+import json, os, sys
+from clinreadnet_cli.checkpoint import read_config
+from clinreadnet_cli.decoding import DecodeSettings
+from clinreadnet_cli.engine import local
+from clinreadnet_cli.engine.base import plan_units
 
-    def crashing(unit, settings):
-        if "series3" in unit.paths[0]:
-            os._exit(11)
-        return real(unit, settings)
+real = local.decode_unit
 
-    monkeypatch.setattr(local, "decode_unit", crashing)
-    monkeypatch.setattr(local, "start_method", lambda: "fork")  # so that the workers inherit the patch
-    units = plan_units([archive]).units
-    settings = DecodeSettings(read_config(weights), batch_size=2)
-    with local.DecodePool(settings, workers=2) as pool:
-        events = list(pool.events(units))
-    ends = [tag for tag, batch in events if batch is local.END]
-    assert sorted(ends) == list(range(len(units)))
-    crashed = [batch for tag, batch in events if batch is not local.END and "series3" in units[tag].paths[0]]
-    assert len(crashed) == 1 and "decoding process died" in crashed[0].items[0].reason
-    decoded = sum(1 for _, batch in events if batch is not local.END for item in batch.items if hasattr(item, "pixels"))
+def crashing(unit, settings):
+    if "series3" in unit.paths[0]:
+        os._exit(11)
+    return real(unit, settings)
+
+local.decode_unit = crashing  # the first workers fork with it; the successor starts clean
+units = plan_units([sys.argv[1]]).units
+with local.DecodePool(DecodeSettings(read_config(sys.argv[2]), batch_size=2), workers=2) as pool:
+    events = [(tag, None if batch is local.END else [getattr(item, "reason", None) for item in batch.items])
+              for tag, batch in pool.events(units)]
+    kinds = sorted(type(process).__name__ for process, _ in pool._workers)
+print(json.dumps({"paths": [unit.paths[0] for unit in units], "events": events, "kinds": kinds}))
+"""
+
+
+def test_a_crashing_decoder_costs_its_unit_only(archive, weights):
+    """A reader library that kills its process (a hostile file) fails one unit; the pool goes on.
+
+    In a process of its own, as the CLI runs it: the first workers fork from a process with one
+    thread, and the dead one's successor, started once the pool's receiving thread runs, comes
+    from the fork server (a fork from a threaded process can deadlock on a copied lock)."""
+    done = subprocess.run([sys.executable, "-c", CRASHING_POOL, str(archive), str(weights)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["kinds"] == ["ForkProcess", "ForkServerProcess"]  # the successor came from the server
+    paths, events = result["paths"], result["events"]
+    ends = [tag for tag, reasons in events if reasons is None]
+    assert sorted(ends) == list(range(len(paths)))
+    crashed = [reasons for tag, reasons in events if reasons is not None and "series3" in paths[tag]]
+    assert len(crashed) == 1 and "decoding process died" in crashed[0][0]
+    decoded = sum(1 for _, reasons in events if reasons is not None for reason in reasons if reason is None)
     assert decoded == 5 * 3 + 2 + 1
 
 

@@ -103,9 +103,6 @@ class DecodePool:
     """
 
     def __init__(self, settings: DecodeSettings, workers: int = 2, prefetch: int = 32, units_ahead: int = 2):
-        self._context = mp.get_context(start_method())
-        if self._context.get_start_method() == "forkserver":
-            self._context.set_forkserver_preload([__name__])  # the readers, imported once in the server
         self.settings = settings
         self.units_ahead = units_ahead  # units queued per worker beyond the one it reads
         self._inbox: queue.Queue = queue.Queue(maxsize=max(2, prefetch))
@@ -117,12 +114,17 @@ class DecodePool:
         self._receiver.start()
 
     def _start(self, w: int):
-        tasks = self._context.Queue()
-        receiving, sending = self._context.Pipe(duplex=False)
-        forked = self._context.get_start_method() == "fork"
+        # Asked at every start: a dead worker's successor starts once this process runs the receiving
+        # thread and the model's thread pools, so it comes from the fork server, not a fork.
+        context = mp.get_context(start_method())
+        forked = context.get_start_method() == "fork"
+        if context.get_start_method() == "forkserver":
+            context.set_forkserver_preload([__name__])  # the readers, imported once in the server
+        tasks = context.Queue()
+        receiving, sending = context.Pipe(duplex=False)
         with self._lock:
             inherited = [receiving, *self._pipes] if forked else []  # only a fork copies our ends
-        process = self._context.Process(target=_worker, args=(tasks, sending, self.settings, inherited),
+        process = context.Process(target=_worker, args=(tasks, sending, self.settings, inherited),
                                         daemon=True, name="clinreadnet-decode")
         process.start()
         sending.close()  # only the worker writes: its death closes the pipe, which is how we notice
