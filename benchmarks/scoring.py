@@ -106,7 +106,10 @@ class PeakMemory(NamedTuple):
     """A command's memory: ``mib``, the sum of each of its processes' high-water marks (an upper
     bound: it adds peaks that came at different times, such as a child that exited before the
     others peaked); ``together_mib``, the most its processes held at one time (polled every 20 ms,
-    so a peak shorter than that can be missed); ``seconds``, its wall time."""
+    so a peak shorter than that can be missed; and, as any sum of RSS, pages two processes share
+    count twice: a poll that lands in the instant a child is started, before it runs its own
+    program on memory it still shares with its parent, counts the parent twice, once in about
+    24 starts of the node's Parquet writer); ``seconds``, its wall time."""
 
     mib: float
     seconds: float
