@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from .atomic import umask
-from .config import ClinReadNetConfig
+from .config import ClinReadNetConfig, ConfigError
 
 if TYPE_CHECKING:
     from .archs import ClinReadNet
@@ -100,10 +100,18 @@ def export_onnx(model: "ClinReadNet", path: Path) -> Path:
 def export_weights(weights: Path, config: ClinReadNetConfig, path: Path) -> Path:
     """``export_onnx`` of the weights file ``weights`` read with ``config``, in a child process: the
     caller never imports torch, and the export's working memory (about 1 GiB at its peak) goes with
-    the child instead of staying in a process that then compiles and runs the model. WeightsError
-    where the file's tensors cannot be loaded; RuntimeError where the export itself fails."""
+    the child instead of staying in a process that then compiles and runs the model. ConfigError
+    where the cache cannot be written, WeightsError where the file's tensors cannot be loaded,
+    RuntimeError where the export itself fails."""
     if path.is_file():
         return path
+    try:
+        path.parent.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent.parent, os.W_OK | os.X_OK):
+            raise PermissionError("not writable")
+    except OSError as exc:
+        raise ConfigError(f"the export cache {path.parent.parent} cannot be written ({exc.strerror or exc}); set "
+                          "CLINREADNET_CACHE to a writable folder, or use --runtime torch") from None
     done = subprocess.run([sys.executable, "-m", "clinreadnet_cli.runtimes", str(weights), config.to_json(), str(path)],
                           capture_output=True, text=True)
     if done.returncode != 0 or not path.is_file():

@@ -93,3 +93,13 @@ print(json.dumps({{"torch": "torch" in sys.modules, "scores": scores, "damaged":
     assert str(damaged) in answer["damaged"]
     (exported,) = (tmp_path / "cache" / "onnx").iterdir()  # the damaged file left no folder behind
     assert (exported / "model.onnx").is_file()
+
+
+def test_a_cache_that_cannot_be_written_is_one_clear_error(weights, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    from clinreadnet_cli.config import ConfigError
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("CLINREADNET_CACHE", str(tmp_path / "a-file"))
+    with pytest.raises(ConfigError, match="cannot be written .*CLINREADNET_CACHE"):
+        Scorer(weights, runtime="openvino")
