@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from .atomic import umask
+from .child import module_command
 from .config import ClinReadNetConfig, ConfigError
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ def export_weights(weights: Path, config: ClinReadNetConfig, path: Path) -> Path
     except OSError as exc:
         raise ConfigError(f"the export cache {path.parent.parent} cannot be written ({exc.strerror or exc}); set "
                           "CLINREADNET_CACHE to a writable folder, or use --runtime torch") from None
-    done = subprocess.run([sys.executable, "-m", "clinreadnet_cli.runtimes", str(weights), config.to_json(), str(path)],
+    done = subprocess.run(module_command(__name__, str(weights), config.to_json(), str(path)),
                           capture_output=True, text=True)
     if done.returncode != 0 or not path.is_file():
         from .checkpoint import WeightsError

@@ -69,8 +69,13 @@ def test_the_first_run_exports_in_a_child_and_never_imports_torch(weights, tmp_p
     process that then compiles and runs the model holds none of it, and a file whose tensors
     cannot be loaded is a WeightsError naming it."""
     pytest.importorskip("openvino")
-    damaged = tmp_path / "damaged.safetensors"
-    damaged.write_bytes(weights.read_bytes()[:-64])  # its header intact, its last tensor cut short
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    damaged = tmp_path / "damaged.safetensors"  # its header and config intact, one tensor missing
+    tensors = load_file(weights)
+    with safe_open(weights, "pt") as f:
+        save_file({k: v for k, v in tensors.items() if k != sorted(tensors)[0]}, damaged, metadata=f.metadata())
     script = f"""
 import json, sys
 import numpy as np
@@ -90,7 +95,7 @@ print(json.dumps({{"torch": "torch" in sys.modules, "scores": scores, "damaged":
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["torch"] is False and len(answer["scores"]) == 1
-    assert str(damaged) in answer["damaged"]
+    assert str(damaged) in answer["damaged"] and "missing" in answer["damaged"]  # the export child's own error
     (exported,) = (tmp_path / "cache" / "onnx").iterdir()  # the damaged file left no folder behind
     assert (exported / "model.onnx").is_file()
 

@@ -275,3 +275,19 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("pandas", 
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
     assert len(read_records(out)) == len(rows) + 5  # the new unit's rows are there, typed as before
+
+
+def test_the_parquet_writer_imports_this_package_whatever_the_current_folder(tmp_path, monkeypatch):
+    """The child is not started with ``python -m``, which would import a stray json.py (or another
+    checkout's package) from the current folder first."""
+    from clinreadnet_cli.engine import tables
+
+    (tmp_path / "json.py").write_text("raise ImportError('the stray json.py was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    spec = [("path", "string"), ("score", "float64")]
+    tables.write_table(tmp_path / "t.parquet", b'{"path": "a", "score": 2.5}\n{"path": "b"}\n', spec)
+    assert pq.read_table(tmp_path / "t.parquet").to_pylist() == [{"path": "a", "score": 2.5}, {"path": "b", "score": None}]
+    with pytest.raises(ValueError, match="2 of 3 rows arrived"):  # input cut short is refused, not written
+        tables._ask({"op": "write", "path": str(tmp_path / "u.parquet"), "spec": spec, "rows": 3},
+                    b'{"path": "a"}\n{"path": "b"}\n')
+    assert not (tmp_path / "u.parquet").exists()

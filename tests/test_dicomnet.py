@@ -424,3 +424,18 @@ def test_a_stream_cut_halfway_is_completed_instance_by_instance(pacs, signed_in,
     assert len(on_disk) == 4 and set(fetched.values()) == {remote.instance_url(uid) for uid in on_disk}
     # only the two the stream did not bring, each once
     assert len(asked) == len(set(asked)) == 2 and not set(asked) & set(streamed)
+
+
+def test_a_port_that_is_taken_is_a_usage_error(weights, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "clinreadnet_cli", "listen", "--out", str(tmp_path / "node"),
+                               "--host", "127.0.0.1", "--port", str(port), "--weights", str(weights)],
+                              capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in done.stderr

@@ -14,6 +14,7 @@ from rich.markup import escape
 from .app import (
     DEFAULT_WEIGHTS_HELP,
     EXIT_OK,
+    EXIT_PARTIAL,
     PRECISION_HELP,
     RUNTIME_HELP,
     Device,
@@ -59,7 +60,8 @@ def listen(
     run_on_system_allocator()
     from ..api import ScorerSpec
     from ..dicomnet.dimse import Peer
-    from ..engine.node import Node
+    from ..engine.node import ListenError, Node
+    from ..engine.tables import TableError
     from ..engine.base import ArchiveOptions
     from ..engine.local import decode_workers
 
@@ -83,8 +85,11 @@ def listen(
         pass
     except ValueError as exc:  # ArchiveError (a folder of another run), WeightsError
         usage_error(str(exc))
-    except OSError as exc:  # the port is taken, or not ours to use
-        usage_error(f"cannot listen on {host or '*'}:{port}: {exc.strerror or exc}")
+    except ListenError as exc:  # the port is taken, or not ours to use
+        usage_error(str(exc))
+    except (OSError, TableError) as exc:  # the results folder could not be written (disk full, ...)
+        _log("error", f"stopped: results not written ({exc}); series not yet scored stay in the spool")
+        raise typer.Exit(EXIT_PARTIAL)
     _log("info", "stopped; series not yet scored stay in the spool for the next start")
     raise typer.Exit(EXIT_OK)
 

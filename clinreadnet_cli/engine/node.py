@@ -39,6 +39,10 @@ POLL_SECONDS = 0.5
 Log = Callable[[str, str], None]  # (level: info | warning | error, message)
 
 
+class ListenError(OSError):
+    """The node cannot serve on the port it was given."""
+
+
 class Spool:
     """Received CT instances, ``folder/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``, at most
     ``max_bytes`` on disk; tracks when each series last grew."""
@@ -212,8 +216,11 @@ class Node:
             ae.maximum_pdu_size = 0
             if self.allow:
                 ae.require_calling_aet = self.allow
-            server = ae.start_server((host, port), block=False,
-                                     evt_handlers=[(evt.EVT_C_STORE, self.handle_store)])
+            try:
+                server = ae.start_server((host, port), block=False,
+                                         evt_handlers=[(evt.EVT_C_STORE, self.handle_store)])
+            except OSError as exc:  # the port is taken, or not ours to use
+                raise ListenError(f"cannot listen on {host or '*'}:{port}: {exc.strerror or exc}") from None
             on_listening()
             try:
                 while not stop.is_set():

@@ -5,12 +5,12 @@ Arrow's libraries stay in a process to its end: 22 MiB resident once imported, 4
 is written (their code, allocator and threads). A DICOM node, or ``score-archive`` over many
 series, would carry them through every later inference peak, above ``score`` on the same files.
 In a child they are held only while a table is written (about 0.3 s a call, start-up included).
-The child imports Arrow and nothing of clinreadnet beyond this module and ``atomic``.
+The child imports Arrow and nothing of clinreadnet beyond this module, ``child`` and ``atomic``.
 
 Rows travel as JSON lines (made by the caller: NaN and infinity as null, as in score's JSON) and
 are parsed by Arrow's own reader against an explicit schema. A schema is a ``Spec``, plain data:
 (column, type name) pairs. The child reads one JSON header line (the request) and then the rows
-from stdin, and answers one JSON object on stdout: ``{"error": ..., "kind": "os" | "value"}``
+from stdin, and answers one JSON object on stdout: ``{"error": ..., "kind": "os" | "value" | "other"}``
 where the request could not be done.
 """
 
@@ -22,15 +22,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..child import module_command
+
 Spec = list[tuple[str, str]]  # (column, "string" | "int64" | "float64" | "bool" | "list<float64>")
-CHILD = [sys.executable, "-m", "clinreadnet_cli.engine.tables"]
 
 
 # --- in the caller ------------------------------------------------------------------------------
 
 def write_table(path: Path, lines: bytes, spec: Spec) -> None:
     """The rows ``lines`` (JSON lines) as the Parquet file ``path`` of schema ``spec``, whole or not at all."""
-    _ask({"op": "write", "path": str(path), "spec": spec}, lines)
+    _ask({"op": "write", "path": str(path), "spec": spec, "rows": lines.count(b"\n")}, lines)
 
 
 def column_names(path: Path) -> list[str]:
@@ -45,15 +46,21 @@ def keep_owned_rows(folder: Path, groups: dict[str, str]) -> None:
         _ask({"op": "keep", "folder": str(folder), "groups": groups})
 
 
+class TableError(RuntimeError):
+    """The child stopped without an answer, or failed for a reason that is neither a file's (OSError)
+    nor a table's content (ValueError)."""
+
+
 def _ask(request: dict, payload: bytes = b"") -> dict:
-    done = subprocess.run(CHILD, input=json.dumps(request).encode() + b"\n" + payload, capture_output=True)
+    done = subprocess.run(module_command(__name__), input=json.dumps(request).encode() + b"\n" + payload,
+                          capture_output=True)
     try:
         answer = json.loads(done.stdout)
     except ValueError:
         last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
-        raise OSError(f"the Parquet writer stopped (exit {done.returncode}): {last}") from None
+        raise TableError(f"the Parquet writer stopped (exit {done.returncode}): {last}") from None
     if "error" in answer:
-        raise (OSError if answer["kind"] == "os" else ValueError)(answer["error"])
+        raise {"os": OSError, "value": ValueError}.get(answer["kind"], TableError)(answer["error"])
     return answer
 
 
@@ -116,7 +123,10 @@ def _answer(request: dict, payload: bytes) -> dict:
     import pyarrow.parquet as pq
 
     if request["op"] == "write":
-        _write_parquet(arrow_table(payload, request["spec"]), Path(request["path"]))
+        table = arrow_table(payload, request["spec"])
+        if table.num_rows != request["rows"]:  # input cut short (the caller killed mid-write)
+            raise ValueError(f"{table.num_rows} of {request['rows']} rows arrived")
+        _write_parquet(table, Path(request["path"]))
         return {}
     if request["op"] == "columns":
         return {"names": pq.read_schema(request["path"]).names}
@@ -134,7 +144,10 @@ def main() -> None:
         answer = {"error": str(exc), "kind": "os"}
     except ValueError as exc:  # pyarrow's ArrowInvalid (a damaged file, rows that do not parse) too
         answer = {"error": str(exc), "kind": "value"}
+    except Exception as exc:  # noqa: BLE001 - said to the caller, which raises TableError
+        answer = {"error": f"{type(exc).__name__}: {exc}", "kind": "other"}
     sys.stdout.write(json.dumps(answer))
+    sys.stdout.flush()  # the answer is out before anything at exit could fail
 
 
 if __name__ == "__main__":
