@@ -8,7 +8,8 @@
 #
 # FIRST, SECOND: the two stages' recipes in research/recipes (default the thirty-ninth attempt's,
 # v5-detail-alone.toml and v5-detail-then-all.toml; the forty-second's: v5-stack-embedding-2epoch.toml
-# v5-stack-then-all.toml). OTHER_SIMULATORS=0 skips the other-simulator check;
+# v5-stack-then-all.toml; the forty-third's: MIX=mix-all with v5-stack-embedding.toml v5-stack-then-all.toml).
+# OTHER_SIMULATORS=0 skips the other-simulator check;
 # TRAIN_FLAGS go to each `train` (--no-amp on a CPU without bf16).
 # SOURCES: normal-dose CT (default ../shared/data/ct_sources); WORK: simulated data and runs (default
 # work/, ignored by git). On a 2-core CPU with AVX512-BF16: simulations ~16 min, the teacher's
@@ -23,7 +24,15 @@ CLI=${CLINREADNET:-.venv/bin/clinreadnet}
 PY=${PYTHON:-.venv/bin/python}
 V4=weights/clinreadnet-sim-v4.safetensors
 V5="$WORK/clinreadnet-sim-v5.safetensors"
-bash scripts/weights_data.sh "$SOURCES" "$WORK"  # held-out and training simulations, labels, MIX25
+# MIX: the training mix, mix25 (scripts/weights_data.sh) or mix-all (every training slice,
+# research/v5_more_slices_data.sh: the forty-third attempt); either way the same held-out data.
+MIX=${MIX:-mix25}
+if [ "$MIX" = mix25 ]; then
+  bash scripts/weights_data.sh "$SOURCES" "$WORK"  # held-out and training simulations, labels, MIX25
+else
+  HELDOUT_ONLY=1 bash scripts/weights_data.sh "$SOURCES" "$WORK"
+  bash research/v5_more_slices_data.sh "$SOURCES" "$WORK"
+fi
 
 # Two stages, each toward v4's four-grid distributions (train --distil-from): the detail channel's
 # patch-embedding weights alone on v4's frozen tensors, then every layer. The teacher's
@@ -32,8 +41,8 @@ train_stage() {  # RECIPE INIT RUN
   local recipe=$1 init=$2 run=$3
   if [ ! -f "$run/metrics.jsonl" ] || [ "$(wc -l < "$run/metrics.jsonl")" -lt 2 ]; then
     local resume=(); [ -f "$run/last_state.safetensors" ] && resume=(--resume)
-    "$CLI" train --config "research/recipes/$recipe" --data "$WORK/mix25" \
-      --split-file "$WORK/mix25/split.json" --init-weights "$init" --out "$run" "${resume[@]}" ${TRAIN_FLAGS:-}
+    "$CLI" train --config "research/recipes/$recipe" --data "$WORK/$MIX" \
+      --split-file "$WORK/$MIX/split.json" --init-weights "$init" --out "$run" "${resume[@]}" ${TRAIN_FLAGS:-}
   fi
 }
 FIRST=${3:-v5-detail-alone.toml}

@@ -19,17 +19,19 @@ mkdir -p "$WORK"
 
 # Held out: every slice of the 11 patients; training: two evenly spaced slices of each other patient.
 [ -f "$WORK/heldout.npz" ] || "$PY" scripts/select_sources.py "$WORK/heldout.npz" --sources "$SOURCES" --patients-from "$HELDOUT"
-[ -f "$WORK/train2.npz" ] || "$PY" scripts/select_sources.py "$WORK/train2.npz" --sources "$SOURCES" --patients-from "$HELDOUT" \
+# HELDOUT_ONLY=1: the held-out data alone, for a training mix built elsewhere.
+[ "${HELDOUT_ONLY:-0}" = 1 ] || [ -f "$WORK/train2.npz" ] || "$PY" scripts/select_sources.py "$WORK/train2.npz" --sources "$SOURCES" --patients-from "$HELDOUT" \
   --exclude --per-patient 2
 [ -f "$WORK/sim_val/train.json" ] || "$CLI" simulate --source "$WORK/heldout.npz" --out "$WORK/sim_val" --overwrite \
   --mode both --full-filters ram-lak,shepp-logan,cosine,hann,hann:0.5 --electronic-noise 5,20 --seed 0
 # Full reconstructions at a fixed photon budget, Hann at half Nyquist drawn for a third of the slices.
-[ -f "$WORK/sim_t46/train.json" ] || "$CLI" simulate --source "$WORK/train2.npz" --out "$WORK/sim_t46" --overwrite \
+[ "${HELDOUT_ONLY:-0}" = 1 ] || [ -f "$WORK/sim_t46/train.json" ] || "$CLI" simulate --source "$WORK/train2.npz" --out "$WORK/sim_t46" --overwrite \
   --mode both --photon-budget 3e5,3e6 --full-filters hann:0.5,hann:0.5,ram-lak,shepp-logan,cosine,hann \
   --electronic-noise 5,20 --seed 5
 
 # Reference-unit labels: degradation in units of the quantum noise of each image's own full-dose reference.
 for sim in sim_val sim_t46; do
+  [ -d "$WORK/$sim" ] || continue
   [ -f "$WORK/$sim/train-ref.json" ] || "$PY" scripts/label_ordering.py "$WORK/$sim" --unit reference \
     --write "$WORK/$sim/train-ref.json"
 done
@@ -42,9 +44,7 @@ fi
 
 # Untouched training images twelve times, every Hann-at-half-Nyquist reconstruction a second time;
 # validation (it only picks the epoch) on 192 held-out images drawn at random.
-if [ ! -f "$WORK/mix25/split.json" ]; then
-  "$PY" scripts/mix_datasets.py "$WORK/mix25" --heldout "$WORK/sim_val" --train "$WORK/sim_t46:12:1.0" \
-    --again-filter hann:0.5 --labels train-ref.json --val-count 192
-  "$PY" -c "import json, sys; l = json.load(open(sys.argv[1])); json.dump({'train': [], 'val': sorted(l)}, open(sys.argv[2], 'w'))" \
-    "$WORK/sim_val-ref/train.json" "$WORK/val-all.json"
-fi
+[ "${HELDOUT_ONLY:-0}" = 1 ] || [ -f "$WORK/mix25/split.json" ] || "$PY" scripts/mix_datasets.py "$WORK/mix25" \
+  --heldout "$WORK/sim_val" --train "$WORK/sim_t46:12:1.0" --again-filter hann:0.5 --labels train-ref.json --val-count 192
+[ -f "$WORK/val-all.json" ] || "$PY" -c "import json, sys; l = json.load(open(sys.argv[1])); json.dump({'train': [], 'val': sorted(l)}, open(sys.argv[2], 'w'))" \
+  "$WORK/sim_val-ref/train.json" "$WORK/val-all.json"
