@@ -24,15 +24,10 @@ CLI=${CLINREADNET:-.venv/bin/clinreadnet}
 PY=${PYTHON:-.venv/bin/python}
 V4=weights/clinreadnet-sim-v4.safetensors
 V5="$WORK/clinreadnet-sim-v5.safetensors"
-# MIX: the training mix, mix25 (scripts/weights_data.sh) or mix-all (every training slice,
-# research/v5_more_slices_data.sh: the forty-third attempt); either way the same held-out data.
-MIX=${MIX:-mix25}
-if [ "$MIX" = mix25 ]; then
-  bash scripts/weights_data.sh "$SOURCES" "$WORK"  # held-out and training simulations, labels, MIX25
-else
-  HELDOUT_ONLY=1 bash scripts/weights_data.sh "$SOURCES" "$WORK"
-  bash research/v5_more_slices_data.sh "$SOURCES" "$WORK"
-fi
+# MIX: the training mix, mix25 or mix-all (every training slice: the forty-third attempt); either
+# way the same held-out data (scripts/weights_data.sh builds both).
+export MIX=${MIX:-mix25}
+bash scripts/weights_data.sh "$SOURCES" "$WORK"  # held-out and training simulations, labels, the mix
 
 # Two stages, each toward v4's four-grid distributions (train --distil-from): the detail channel's
 # patch-embedding weights alone on v4's frozen tensors, then every layer. The teacher's
