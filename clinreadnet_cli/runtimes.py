@@ -106,12 +106,13 @@ def export_weights(weights: Path, config: ClinReadNetConfig, path: Path) -> Path
     RuntimeError where the export itself fails."""
     if path.is_file():
         return path
+    cache = path.parent.parent  # the child writes the weights' own folder in it whole (a rename)
     try:
-        path.parent.parent.mkdir(parents=True, exist_ok=True)
-        if not os.access(path.parent.parent, os.W_OK | os.X_OK):
+        cache.mkdir(parents=True, exist_ok=True)
+        if not os.access(cache, os.W_OK | os.X_OK):
             raise PermissionError("not writable")
     except OSError as exc:
-        raise ConfigError(f"the export cache {path.parent.parent} cannot be written ({exc.strerror or exc}); set "
+        raise ConfigError(f"the export cache {cache} cannot be written ({exc.strerror or exc}); set "
                           "CLINREADNET_CACHE to a writable folder, or use --runtime torch") from None
     done = subprocess.run(module_command(__name__, str(weights), config.to_json(), str(path)),
                           capture_output=True, text=True)

@@ -116,16 +116,16 @@ class DecodePool:
     def _start(self, w: int):
         # Asked at every start: a dead worker's successor starts once this process runs the receiving
         # thread and the model's thread pools, so it comes from the fork server, not a fork.
-        context = mp.get_context(start_method())
-        forked = context.get_start_method() == "fork"
-        if context.get_start_method() == "forkserver":
+        method = start_method()
+        context = mp.get_context(method)
+        if method == "forkserver":
             context.set_forkserver_preload([__name__])  # the readers, imported once in the server
         tasks = context.Queue()
         receiving, sending = context.Pipe(duplex=False)
         with self._lock:
-            inherited = [receiving, *self._pipes] if forked else []  # only a fork copies our ends
+            inherited = [receiving, *self._pipes] if method == "fork" else []  # only a fork copies our ends
         process = context.Process(target=_worker, args=(tasks, sending, self.settings, inherited),
-                                        daemon=True, name="clinreadnet-decode")
+                                  daemon=True, name="clinreadnet-decode")
         process.start()
         sending.close()  # only the worker writes: its death closes the pipe, which is how we notice
         with self._lock:
