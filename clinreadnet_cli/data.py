@@ -285,7 +285,7 @@ class SliceDataset(Dataset):
     """(image (C, S, S) in [0, 1], target) pairs, through the score command's readers and preprocessing.
 
     The target is the item's class, or with ``targets`` the item's row of it (a teacher's class
-    probabilities, for distillation)."""
+    probabilities, for distillation) and its class."""
 
     def __init__(self, items: list[LabelledSlice], cfg: ClinReadNetConfig, transform=None, input_range: str = "auto",
                  random_grids: int = 0, targets: torch.Tensor | None = None):
@@ -298,11 +298,11 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | tuple[torch.Tensor, int]]:
         item = self.items[index]
         ref = slice_ref(item, self.input_range)
         grid = int(torch.randint(self.random_grids, ())) if self.random_grids > 1 else None
         image = prepare_slice(ref.load(), ref.value_range, self.cfg, grid)
         if self.transform is not None:
             image = self.transform(image)
-        return image, item.label if self.targets is None else self.targets[index]
+        return image, item.label if self.targets is None else (self.targets[index], item.label)

@@ -412,7 +412,8 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, emit: Event, out: Pa
     teacher, teacher_metadata = None, None
     if cfg.distil_from:
         teacher, teacher_metadata = teacher_targets(cfg, train_items, out / "teacher.safetensors", device, emit)
-    loss_fn = (DistillationLoss() if teacher is not None else create_loss(model_cfg)).to(device)
+    loss_fn = (DistillationLoss(rank_weight=model_cfg.loss.rank_weight) if teacher is not None
+               else create_loss(model_cfg)).to(device)
     # Everything is ready: only now does the run folder get written.
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -483,17 +484,20 @@ def _epochs(cfg: TrainConfig, model, loss_fn, loader, val_loader, sampler, optim
             model.eval()
             model.head.train(cfg.train_only == "heads")
         began, total, count = time.perf_counter(), 0.0, 0
-        for step, (images, labels) in enumerate(loader):
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        for step, (images, targets) in enumerate(loader):
+            # a class per image, or under distillation the teacher's distributions and the classes
+            targets = targets if isinstance(targets, (list, tuple)) else [targets]
+            images = images.to(device, non_blocking=True)
+            targets = [t.to(device, non_blocking=True) for t in targets]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
                 logits = net(images)
-            terms = loss_fn(logits.float(), labels)
+            terms = loss_fn(logits.float(), *targets)
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
             optimizer.step()
             # Warm restarts every `restart_epochs`, stepped fractionally every batch.
             scheduler.step((epoch + step / steps) / cfg.restart_epochs)
-            total, count = total + terms.total.item() * len(labels), count + len(labels)
+            total, count = total + terms.total.item() * len(images), count + len(images)
             emit("batch", {"epoch": epoch, "step": step, "steps": steps, "loss": terms.total.item(),
                            "lr": optimizer.param_groups[0]["lr"]})
         record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"],

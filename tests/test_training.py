@@ -564,9 +564,12 @@ def test_distillation_trains_one_grid_toward_the_teachers_four_grid_distribution
     assert train(*common, "--config", four, "--out", tmp_path / "teacher").exit_code == 0
     teacher_weights = tmp_path / "teacher" / "best.safetensors"
     out = tmp_path / "student"
-    result = train(*common, "--config", ldct / "tiny.toml", "--out", out, "--distil-from", teacher_weights,
+    ranked = tmp_path / "ranked.toml"  # the ranking term beside the distillation, on the items' classes
+    ranked.write_text(TINY_TOML + "[model_overrides.loss]\nrank_weight = 5.0\n")
+    result = train(*common, "--config", ranked, "--out", out, "--distil-from", teacher_weights,
                    "--init-weights", teacher_weights)
     assert result.exit_code == 0, result.stderr
+    assert json.loads((out / "config.json").read_text())["model_overrides"]["loss"]["rank_weight"] == 5.0
     assert "teacher" in result.stderr and "scored in" in result.stderr
     assert read_config(out / "best.safetensors").sampling_grids == 1
     # The targets are the teacher's own per-head distributions, read through all four grids.
@@ -597,3 +600,20 @@ def test_distillation_loss_is_zero_at_the_teacher_and_pulls_toward_it():
         optimiser.step()
     assert loss(logits, teacher).total.item() < 0.01 * start
     assert torch.allclose(torch.softmax(logits, -1), teacher, atol=0.02)
+
+
+def test_distillation_adds_the_ranking_term_on_the_items_classes_when_asked():
+    teacher = torch.full((3, 4, 21), 1 / 21)
+    classes = torch.tensor([0, 10, 20])  # the first image the worst
+    in_order = torch.zeros(3, 4, 21)
+    in_order[torch.arange(3), :, classes] = 10.0  # each image scored at its own class
+    backwards = in_order.flip(0)
+    plain, ranked = DistillationLoss(), DistillationLoss(rank_weight=5.0)
+    assert "rank" not in plain(backwards, teacher, classes).parts
+    assert ranked(in_order, teacher, classes).parts["rank"].item() == 0.0
+    wrong = ranked(backwards, teacher, classes)
+    assert wrong.parts["rank"].item() > 0.5
+    assert wrong.total.item() == pytest.approx(plain(backwards, teacher).total.item() + 5 * wrong.parts["rank"].item(),
+                                               rel=1e-5)
+    with pytest.raises(ValueError, match="label classes"):
+        ranked(in_order, teacher)
