@@ -8,7 +8,8 @@
 #
 # FIRST, SECOND: the two stages' recipes in research/recipes (default the thirty-ninth attempt's,
 # v5-detail-alone.toml and v5-detail-then-all.toml; the forty-second's: v5-stack-embedding-2epoch.toml
-# v5-stack-then-all.toml; the forty-third's: MIX=mix-all with v5-stack-embedding.toml v5-stack-then-all.toml).
+# v5-stack-then-all.toml; the forty-third's: MIX=mix-all with v5-stack-embedding.toml v5-stack-then-all.toml;
+# the forty-fourth's: the same with v5-stack-then-all-rank.toml).
 # OTHER_SIMULATORS=0 skips the other-simulator check;
 # TRAIN_FLAGS go to each `train` (--no-amp on a CPU without bf16).
 # SOURCES: normal-dose CT (default ../shared/data/ct_sources); WORK: simulated data and runs (default
