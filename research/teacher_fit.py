@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
-from clinreadnet_cli.archs.heads import CLASSES_PER_POINT
+from clinreadnet_cli.archs.heads import expected_score
 
 
 def teacher_scores(path: Path) -> dict[str, float]:
-    with safe_open(str(path), framework="np") as f:
+    with safe_open(str(path), framework="pt") as f:
         keys, probs = json.loads(f.metadata()["keys"]), f.get_tensor("head_probs")
-    expected = (probs.mean(axis=1) * np.arange(probs.shape[-1])).sum(axis=-1) / CLASSES_PER_POINT
-    return dict(zip(keys, expected.tolist()))
+    return dict(zip(keys, expected_score(probs.mean(dim=1)).tolist()))
 
 
 def predictions(path: Path) -> dict[str, float]:
