@@ -168,7 +168,7 @@ def load_weights(model: ClinReadNet, path: str | Path) -> None:
             target.copy_(tensors[name].to(target.dtype))
 
 
-def initialise_from(model: ClinReadNet, path: str | Path) -> tuple[int, list[str]]:
+def initialise_from(model: ClinReadNet, path: str | Path, deal_grids: bool = True) -> tuple[int, list[str]]:
     """Start ``model`` from another weights file's tensors (fine-tuning); returns (copied, not copied).
 
     Unlike ``load_weights`` the stored config may differ in what leaves the tensors' shapes alone
@@ -176,7 +176,8 @@ def initialise_from(model: ClinReadNet, path: str | Path) -> tuple[int, list[str
     temperatures stored as T become log T. A patch embedding with more input channels than the
     stored one takes the stored channels and zeros for the new ones (a new detail channel starts
     silent: the model begins as the stored one), except that a one-grid embedding widened to a
-    stacked-grid path is dealt across the grids (``deal_across_grids``). The rest keep their
+    stacked-grid path is dealt across the grids (``deal_across_grids``) unless ``deal_grids`` is
+    false (then the model begins as the stored one through the first grid). The rest keep their
     fresh initialisation.
     """
     import torch
@@ -191,7 +192,7 @@ def initialise_from(model: ClinReadNet, path: str | Path) -> tuple[int, list[str
         for name, target in model.state_dict().items():
             source = tensors.get(name)
             if source is not None and name.endswith("patch_embed.proj.weight") and widens_channels(source, target):
-                if model.config.input_path in STACK_PATHS and source.shape[1] == 1:
+                if deal_grids and model.config.input_path in STACK_PATHS and source.shape[1] == 1:
                     source = deal_across_grids(source, target.shape[1])
                 else:
                     source = torch.cat([source, source.new_zeros(source.shape[0], target.shape[1] - source.shape[1],

@@ -47,7 +47,7 @@ from .scoring import cuda_available, resolve_device
 
 STATE_FORMAT = "clinreadnet-train-state/1"
 HRPS_TERMS = ("cross_entropy", "fine_rps", "coarse_rps", "entropy")
-TRAIN_ONLY = ("heads", "detail-channel", "patch-embedding")
+TRAIN_ONLY = ("heads", "detail-channel", "other-grids", "patch-embedding")
 Event = Callable[[str, dict], None]
 
 
@@ -76,8 +76,10 @@ class TrainConfig:
     images_per_source: int = 1  # > 1: batches drawn in runs of this many images of one simulated source slice
     # Train these parameters alone, the rest frozen as --init-weights has them: "heads" (a read-out refit on
     # frozen features), "detail-channel" (the detail channel's patch-embedding weights: a channel added to
-    # trained weights starts at zero and, trained with everything else, stays almost unused) or
-    # "patch-embedding" (the whole first layer: how a stacked-grid path combines its grids)
+    # trained weights starts at zero and, trained with everything else, stays almost unused),
+    # "other-grids" (a stacked-grid path started as the one-grid weights through its first grid, the
+    # other grids' patch-embedding weights at zero: they alone learn) or "patch-embedding" (the whole
+    # first layer: how a stacked-grid path combines its grids)
     train_only: str | None = None
     # Train toward these weights' class distributions (read through all their sampling grids) instead
     # of the labels, which then only pick the epoch on validation (losses/distillation.py)
@@ -98,6 +100,9 @@ class TrainConfig:
         if self.train_only == "detail-channel" and self.model_config().input_path not in DETAIL_PATHS:
             raise ConfigError("train_only detail-channel needs a model whose input path has a detail channel "
                               f"({', '.join(sorted(DETAIL_PATHS))})")
+        if self.train_only == "other-grids" and self.model_config().input_path not in STACK_PATHS:
+            raise ConfigError("train_only other-grids needs a model whose input path stacks the sampling grids "
+                              f"({', '.join(sorted(STACK_PATHS))})")
         if self.train_only and not (self.init_weights or self.backbone_checkpoint):
             raise ConfigError(f"train_only {self.train_only} freezes the rest: it needs --init-weights (or "
                               "--backbone-checkpoint) to take them from")
@@ -300,12 +305,13 @@ def freeze_all_but(model: ClinReadNet, train_only: str) -> None:
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(train_only == "heads" and name.startswith("head.")
                                  or train_only == "patch-embedding" and name.startswith("backbone.patch_embed.proj."))
-    if train_only == "detail-channel":
-        weight = model.backbone.patch_embed.proj.weight  # (out, in_chans x grids, k, k), the image channel first
-        detail = (torch.arange(weight.shape[1], device=weight.device) % model.config.in_chans != 0)
-        mask = detail.to(weight.dtype)[None, :, None, None]
+    if train_only in ("detail-channel", "other-grids"):
+        weight = model.backbone.patch_embed.proj.weight  # (out, channels, k, k): the image (first grid) channel first
+        channel = torch.arange(weight.shape[1], device=weight.device)
+        learns = channel % model.config.in_chans != 0 if train_only == "detail-channel" else channel != 0
+        mask = learns.to(weight.dtype)[None, :, None, None]
         weight.requires_grad_(True)
-        weight.register_hook(lambda grad: grad * mask)  # the image channel's slice of the same tensor stays put
+        weight.register_hook(lambda grad: grad * mask)  # the first channel's slice of the same tensor stays put
 
 
 def train(cfg: TrainConfig, resume: bool = False, on_event: Event | None = None, overwrite: bool = False) -> RunResult:
@@ -406,7 +412,8 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, emit: Event, out: Pa
     if model.backbone_load is not None and not resume:
         emit("backbone", {"message": model.backbone_load.describe()})
     if cfg.init_weights and not resume:
-        copied, fresh = initialise_from(model, resolve_weights(cfg.init_weights))
+        copied, fresh = initialise_from(model, resolve_weights(cfg.init_weights),
+                                        deal_grids=cfg.train_only != "other-grids")
         emit("init", {"weights": cfg.init_weights, "copied": copied, "fresh": fresh})
     model = model.to(device)
     teacher, teacher_metadata = None, None

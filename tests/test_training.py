@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -19,7 +20,7 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from clinreadnet_cli.archs import create_model
-from clinreadnet_cli.checkpoint import load_model, read_config
+from clinreadnet_cli.checkpoint import initialise_from, load_model, read_config
 from clinreadnet_cli.config import ConfigError, get_config
 from clinreadnet_cli.cli import app
 from clinreadnet_cli.data import (DatasetError, LabelledSlice, SourceRunSampler, load_labelled, score_to_class,
@@ -230,6 +231,34 @@ def test_detail_channel_alone_trains_only_the_new_channels_patch_weights(ldct, t
     refused = train(*common, "--out", tmp_path / "one-channel", "--init-weights",
                     tmp_path / "first" / "best.safetensors", "--train-only", "detail-channel")
     assert refused.exit_code == 2 and "detail channel" in refused.stderr
+
+
+def test_other_grids_start_as_the_first_grid_and_alone_learn(ldct, tmp_path):
+    common = ["--data", ldct / "train", "--config", ldct / "tiny.toml", "--epochs", 1]
+    assert train(*common, "--out", tmp_path / "one-grid").exit_code == 0
+    one_grid = tmp_path / "one-grid" / "best.safetensors"
+    # Started, the stacked model reads as the one-grid weights through the first grid.
+    source = load_model(one_grid)
+    stacked = create_model(dataclasses.replace(source.config, input_path="decimate-stack", in_chans=4,
+                                                 sampling_grids=1))
+    initialise_from(stacked, one_grid, deal_grids=False)
+    image = unit_phantom(1)[0]
+    stack_input = prepare_slice(image, "unit", stacked.config)[None]
+    first_grid = prepare_slice(image, "unit", source.config, grid=0)[None]
+    assert torch.equal(stack_input[:, :1], first_grid)
+    assert torch.allclose(stacked.eval()(stack_input), source.eval()(first_grid), atol=1e-5)
+    result = train(*common, "--out", tmp_path / "stack", "--input-path", "decimate-stack", "--init-weights",
+                   one_grid, "--train-only", "other-grids", "--lr", 1e-2)
+    assert result.exit_code == 0, result.stderr
+    before, after = _tensors(one_grid), _tensors(tmp_path / "stack" / "best.safetensors")
+    conv = "backbone.patch_embed.proj.weight"
+    assert after[conv].shape[1] == 4
+    assert torch.equal(after[conv][:, :1], before[conv])  # the first grid as the one-grid weights have it
+    assert all(after[conv][:, grid].abs().sum() > 0 for grid in (1, 2, 3))  # zero at the start, learnt
+    assert all(torch.equal(before[k], after[k]) for k in before if k != conv)
+    refused = train(*common, "--out", tmp_path / "one-channel", "--init-weights", one_grid,
+                    "--train-only", "other-grids")
+    assert refused.exit_code == 2 and "stacks the sampling grids" in refused.stderr
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(ldct, tmp_path):

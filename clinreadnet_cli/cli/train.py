@@ -19,6 +19,7 @@ from .app import DEFAULT_WEIGHTS_NAME, Device, app, print_messages, stderr, usag
 class TrainOnly(str, Enum):  # training.TRAIN_ONLY
     heads = "heads"
     detail_channel = "detail-channel"
+    other_grids = "other-grids"
     patch_embedding = "patch-embedding"
 
 
@@ -65,7 +66,9 @@ def train(
                                                          "(to compare runs on the same patients). Default: a new split."),
     train_only: Optional[TrainOnly] = typer.Option(None, help="Train these alone, the rest frozen as --init-weights "
                                                            "has it: the four heads (a read-out refit), the "
-                                                           "detail channel's patch-embedding weights or the whole "
+                                                           "detail channel's patch-embedding weights, a "
+                                                           "stacked-grid path's other grids (started at zero: the "
+                                                           "first grid reads as --init-weights does) or the whole "
                                                            "patch embedding. Default: "
                                                            "every layer."),
     distil_from: Optional[str] = typer.Option(None, help="Distil: train toward these weights' class distributions "
