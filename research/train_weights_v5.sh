@@ -9,7 +9,8 @@
 # FIRST, SECOND: the two stages' recipes in research/recipes (default the thirty-ninth attempt's,
 # v5-detail-alone.toml and v5-detail-then-all.toml; the forty-second's: v5-stack-embedding-2epoch.toml
 # v5-stack-then-all.toml; the forty-third's: MIX=mix-all with v5-stack-embedding.toml v5-stack-then-all.toml;
-# the forty-fourth's: the same with v5-stack-then-all-rank.toml).
+# the forty-fourth's: the same with v5-stack-then-all-rank.toml; the forty-sixth's: v5-stack-other-grids.toml
+# none, SECOND none: the first stage alone is exported).
 # OTHER_SIMULATORS=0 skips the other-simulator check;
 # TRAIN_FLAGS go to each `train` (--no-amp on a CPU without bf16).
 # SOURCES: normal-dose CT (default ../shared/data/ct_sources); WORK: simulated data and runs (default
@@ -46,8 +47,12 @@ SECOND=${4:-v5-detail-then-all.toml}
 STAGE1="$WORK/runs/${FIRST%.toml}"
 RUN="$WORK/runs/${SECOND%.toml}"
 train_stage "$FIRST" "$V4" "$STAGE1"
-mkdir -p "$RUN"; [ -f "$RUN/teacher.safetensors" ] || cp "$STAGE1/teacher.safetensors" "$RUN/"
-train_stage "$SECOND" "$STAGE1/best.safetensors" "$RUN"
+if [ "$SECOND" = none ]; then
+  RUN=$STAGE1
+else
+  mkdir -p "$RUN"; [ -f "$RUN/teacher.safetensors" ] || cp "$STAGE1/teacher.safetensors" "$RUN/"
+  train_stage "$SECOND" "$STAGE1/best.safetensors" "$RUN"
+fi
 "$PY" scripts/export_weights.py "$RUN/best.safetensors" "$V5"
 
 # Held-out patients (reference-unit labels): v5 here; v4's report is benchmarks/results/heldout_v4.md.
