@@ -10,7 +10,7 @@
 # v5-detail-alone.toml and v5-detail-then-all.toml; the forty-second's: v5-stack-embedding-2epoch.toml
 # v5-stack-then-all.toml; the forty-third's: MIX=mix-all with v5-stack-embedding.toml v5-stack-then-all.toml;
 # the forty-fourth's: the same with v5-stack-then-all-rank.toml; the forty-sixth's: v5-stack-other-grids.toml
-# none, SECOND none: the first stage alone is exported).
+# none). SECOND none exports the first stage alone.
 # OTHER_SIMULATORS=0 skips the other-simulator check;
 # TRAIN_FLAGS go to each `train` (--no-amp on a CPU without bf16).
 # SOURCES: normal-dose CT (default ../shared/data/ct_sources); WORK: simulated data and runs (default
