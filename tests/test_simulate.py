@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib.util
 import json
@@ -908,3 +909,32 @@ def test_label_ceiling_measures_each_slice_in_its_own_reference_noise():
     assert own[0] == own[1] == 4.0 and own[3] == pytest.approx(own[8], abs=0.1)  # untouched, full dose; 25 % alike
     assert list(own[1:5]) == sorted(own[1:5], reverse=True)  # monotone in dose
     assert shared[3] > shared[7]  # one unit: the quiet slice's 25 % above the noisy one's 50 %
+
+
+def test_grid_jitter_reads_each_grids_noise_and_removes_a_miss_that_follows_it(tmp_path):
+    """research/grid_jitter.py: a noisier grid reads a larger noise SD at both scales, and a
+    first-grid miss that is linear in its noise relative to the four grids' is fitted on one set
+    and removed on another (the corrected score is the four-grid mean)."""
+    jitter = script_module("grid_jitter")
+    rng = np.random.default_rng(0)
+    grids = 0.5 + rng.normal(size=(4, 64, 64)) * np.array([0.01, 0.02, 0.03, 0.04])[:, None, None]
+    noise = jitter.grid_noise(grids.astype(np.float32))
+    assert (np.diff(noise, axis=0) > 0).all()
+    assert np.isnan(jitter.grid_noise(np.zeros((4, 64, 64), np.float32))).all()  # no soft tissue
+
+    def measured(path, count):
+        noise = rng.normal(size=(count, 4, 2))
+        miss = (noise[:, 0] - noise.mean(axis=1)) @ np.array([0.3, -0.1])
+        mean = rng.uniform(0, 4, count)
+        scores = np.column_stack([mean + miss] + [mean - miss / 3] * 3)
+        np.savez(path, keys=np.array([f"{i:04d}.tif" for i in range(count)]), labels=mean, scores=scores,
+                 noise=noise, embedding=rng.normal(size=(count, 4, 192)))
+        return mean
+
+    measured(tmp_path / "train.npz", 50)
+    held_mean = measured(tmp_path / "held.npz", 30)
+    jitter.fit(argparse.Namespace(train=tmp_path / "train.npz", features="noise", ridge=0.1,
+                                  apply=tmp_path / "held.npz", predictions=tmp_path / "held.csv"))
+    with (tmp_path / "held-corrected.csv").open() as f:
+        corrected = [float(row["prediction"]) for row in csv.DictReader(f)]
+    np.testing.assert_allclose(corrected, held_mean, atol=1e-3)
