@@ -36,18 +36,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clinreadnet_cli.archs.heads import average_probabilities, expected_score  # noqa: E402
 from clinreadnet_cli.checkpoint import load_model  # noqa: E402
-from clinreadnet_cli.noise import MAD_TO_SD  # noqa: E402
-from clinreadnet_cli.preprocess import GRID_OFFSETS, sample_slice  # noqa: E402
+from clinreadnet_cli.noise import MAD_TO_SD, TISSUE_HU  # noqa: E402
+from clinreadnet_cli.preprocess import GRID_OFFSETS, sample_slice, window_hu  # noqa: E402
 
-TISSUE_UNIT = ((-50 + 135) / 350, (150 + 135) / 350)  # -50..150 HU in the W350/L40 window
 SCALES = (3, 7)  # high-pass residual: the grid minus its n x n mean
 
 
-def grid_noise(grids: np.ndarray) -> np.ndarray:
+def tissue_unit(cfg) -> tuple[float, float]:
+    """The noise figure's soft-tissue HU range in the model's window, on its [0, 1] input."""
+    low, high = window_hu(np.array(TISSUE_HU), cfg.window_width, cfg.window_level)
+    return float(low), float(high)
+
+
+def grid_noise(grids: np.ndarray, tissue: tuple[float, float]) -> np.ndarray:
     """(G, S, S) grid images in [0, 1] -> (G, len(SCALES)) ln robust SD of each grid's high-pass
-    residual, over the soft tissue of the grids' mean (one mask for all four)."""
+    residual, over the soft tissue (``tissue_unit``) of the grids' mean (one mask for all four)."""
     mean = ndimage.uniform_filter(grids.mean(axis=0), 5)
-    mask = ndimage.binary_erosion((mean > TISSUE_UNIT[0]) & (mean < TISSUE_UNIT[1]), iterations=2)
+    mask = ndimage.binary_erosion((mean > tissue[0]) & (mean < tissue[1]), iterations=2)
     if mask.sum() < 200:
         return np.full((len(grids), len(SCALES)), np.nan)
     out = np.empty((len(grids), len(SCALES)))
@@ -76,7 +81,7 @@ def measure(args) -> None:
     scores, noise, embedding, began = [], [], [], time.perf_counter()
     for start in range(0, len(keys), args.batch):
         batch = [sample_slice(tifffile.imread(args.data / "image" / k), "unit", cfg) for k in keys[start:start + args.batch]]
-        noise += [grid_noise(b) for b in batch]
+        noise += [grid_noise(b, tissue_unit(cfg)) for b in batch]
         x = torch.from_numpy(np.stack(batch)).reshape(-1, 1, cfg.img_size, cfg.img_size)
         with torch.inference_mode():
             per_grid = expected_score(average_probabilities(model.forward_intermediates(x)[0]))

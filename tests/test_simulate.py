@@ -918,9 +918,11 @@ def test_grid_jitter_reads_each_grids_noise_and_removes_a_miss_that_follows_it(t
     jitter = script_module("grid_jitter")
     rng = np.random.default_rng(0)
     grids = 0.5 + rng.normal(size=(4, 64, 64)) * np.array([0.01, 0.02, 0.03, 0.04])[:, None, None]
-    noise = jitter.grid_noise(grids.astype(np.float32))
+    tissue = jitter.tissue_unit(tiny_config())
+    assert tissue == pytest.approx(((-50 + 135) / 350, (150 + 135) / 350))  # -50..150 HU in W350/L40
+    noise = jitter.grid_noise(grids.astype(np.float32), tissue)
     assert (np.diff(noise, axis=0) > 0).all()
-    assert np.isnan(jitter.grid_noise(np.zeros((4, 64, 64), np.float32))).all()  # no soft tissue
+    assert np.isnan(jitter.grid_noise(np.zeros((4, 64, 64), np.float32), tissue)).all()  # no soft tissue
 
     def measured(path, count):
         noise = rng.normal(size=(count, 4, 2))
