@@ -940,3 +940,20 @@ def test_grid_jitter_reads_each_grids_noise_and_removes_a_miss_that_follows_it(t
     with (tmp_path / "held-corrected.csv").open() as f:
         corrected = [float(row["prediction"]) for row in csv.DictReader(f)]
     np.testing.assert_allclose(corrected, held_mean, atol=1e-3)
+
+
+def test_patient_jackknife_gives_a_paired_difference_and_its_spread_over_patients():
+    """research/patient_jackknife.py: a candidate that scores as the baseline differs by 0 ± 0 (NaN
+    where a measure has no pairs); one
+    that reverses one patient's doses loses ordering within one reconstruction, and the
+    leave-one-patient-out spread of that loss is not zero."""
+    jackknife = script_module("patient_jackknife")
+    rows = [{"path": f"image/{p}{d}.tif", "group": p, "source": f"{p}.npz#0", "kind": "full", "filter": "hann",
+             "dose": str(d), "views": "1000"} for p in "ABCD" for d in (0.25, 0.5, 1.0)]
+    baseline = np.array([float(r["dose"]) for r in rows])
+    same = jackknife.jackknife(rows, baseline, baseline.copy())
+    assert same["cross_slice"] == same["within_reconstruction"] == (0, 0)
+    assert np.isnan(same["untouched_vs_low_dose"][0])  # no untouched images: no pairs, no difference
+    reversed_a = np.where([r["group"] == "A" for r in rows], -baseline, baseline)
+    loss, spread = jackknife.jackknife(rows, baseline, reversed_a)["within_reconstruction"]
+    assert loss == pytest.approx(-0.25) and spread > 0
