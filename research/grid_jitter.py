@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import sys
 import time
@@ -35,6 +36,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clinreadnet_cli.archs.heads import average_probabilities, expected_score  # noqa: E402
+from clinreadnet_cli.atomic import write_text_atomic  # noqa: E402
 from clinreadnet_cli.checkpoint import load_model  # noqa: E402
 from clinreadnet_cli.noise import MAD_TO_SD, TISSUE_HU  # noqa: E402
 from clinreadnet_cli.preprocess import GRID_OFFSETS, sample_slice, window_hu  # noqa: E402
@@ -78,10 +80,11 @@ def measure(args) -> None:
         keys = sorted(np.random.default_rng(0).choice(keys, args.limit, replace=False).tolist())
     model = load_model(args.weights).eval()
     cfg = dataclasses.replace(model.config, sampling_grids=len(GRID_OFFSETS))
+    tissue = tissue_unit(cfg)
     scores, noise, embedding, began = [], [], [], time.perf_counter()
     for start in range(0, len(keys), args.batch):
         batch = [sample_slice(tifffile.imread(args.data / "image" / k), "unit", cfg) for k in keys[start:start + args.batch]]
-        noise += [grid_noise(b, tissue_unit(cfg)) for b in batch]
+        noise += [grid_noise(b, tissue) for b in batch]
         x = torch.from_numpy(np.stack(batch)).reshape(-1, 1, cfg.img_size, cfg.img_size)
         with torch.inference_mode():
             per_grid = expected_score(average_probabilities(model.forward_intermediates(x)[0]))
@@ -123,11 +126,12 @@ def fit(args) -> None:
     columns = {"one grid": held["scores"][:, 0], "four grids": held["scores"].mean(axis=1), "corrected": corrected}
     for name, values in columns.items():
         path = args.predictions.with_name(f"{args.predictions.stem}-{name.replace(' ', '-')}.csv")
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "label", "prediction", "class"])
-            for key, label, value in zip(held["keys"], held["labels"], values):
-                writer.writerow([key, f"{label:.4f}", f"{value:.4f}", ""])
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path", "label", "prediction", "class"])
+        for key, label, value in zip(held["keys"], held["labels"], values):
+            writer.writerow([key, f"{label:.4f}", f"{value:.4f}", ""])
+        write_text_atomic(path, buffer.getvalue())
         print(f"wrote {path}")
 
 

@@ -33,12 +33,11 @@ def differences(rows: list[dict], baseline: np.ndarray, candidate: np.ndarray) -
 
 def jackknife(rows: list[dict], baseline: np.ndarray, candidate: np.ndarray) -> dict[str, tuple[float, float]]:
     """{measure: (difference on every patient, its leave-one-patient-out standard error)}."""
-    patients = np.array([r.get("group") or r["source"] for r in rows])
+    patients = acquisitions_from_manifest(rows).patient
     whole = differences(rows, baseline, candidate)
-    names = sorted(set(patients))
     left_out = []
-    for name in names:
-        keep = np.flatnonzero(patients != name)
+    for patient in np.unique(patients):
+        keep = np.flatnonzero(patients != patient)
         left_out.append(differences([rows[i] for i in keep], baseline[keep], candidate[keep]))
     spread = {}
     for m in MEASURES:
@@ -48,6 +47,7 @@ def jackknife(rows: list[dict], baseline: np.ndarray, candidate: np.ndarray) -> 
         spread[m] = float(np.sqrt((len(values) - 1) / len(values) * ((values - values.mean()) ** 2).sum())) \
             if len(values) > 1 else float("nan")
     return {m: (whole[m], spread[m]) for m in MEASURES}
+
 
 def predictions(path: Path) -> dict[str, float]:
     with path.open() as f:

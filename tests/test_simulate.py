@@ -944,9 +944,8 @@ def test_grid_jitter_reads_each_grids_noise_and_removes_a_miss_that_follows_it(t
 
 def test_patient_jackknife_gives_a_paired_difference_and_its_spread_over_patients():
     """research/patient_jackknife.py: a candidate that scores as the baseline differs by 0 ± 0 (NaN
-    where a measure has no pairs); one
-    that reverses one patient's doses loses ordering within one reconstruction, and the
-    leave-one-patient-out spread of that loss is not zero."""
+    where a measure has no pairs); one that reverses one patient's doses loses ordering within one
+    reconstruction, and the leave-one-patient-out spread of that loss is not zero."""
     jackknife = script_module("patient_jackknife")
     rows = [{"path": f"image/{p}{d}.tif", "group": p, "source": f"{p}.npz#0", "kind": "full", "filter": "hann",
              "dose": str(d), "views": "1000"} for p in "ABCD" for d in (0.25, 0.5, 1.0)]
